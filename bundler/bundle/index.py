@@ -1,0 +1,230 @@
+"""The signed statement of a bundle: ``airgap/index.json``.
+
+The index names every payload file in tar order with its size, whole-file
+sha256 and the sha256 of each ``chunk_size`` piece, plus image metadata. It is
+validated strictly even after its signature verified: a trusted key can still
+sign something malicious by mistake, and the reader must not write outside its
+staging directory because of it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bundler import canonical
+from bundler.errors import BundleError
+
+FORMAT = "airgap-bundle/1"
+INDEX_MEMBER = "airgap/index.json"
+SIGNATURE_DIR = "airgap/signatures/"
+SUMS_MEMBER = "airgap/SHA256SUMS"
+DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+MIN_CHUNK_SIZE = 64 * 1024
+MAX_CHUNK_SIZE = 1024 * 1024 * 1024
+PAYLOAD_ROOTS = ("models/", "images/blobs/sha256/", "elastic/")
+BLOB_PREFIX = "images/blobs/sha256/"
+MAX_PATH_BYTES = 4096
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = r"^sha256:[0-9a-f]{64}$"
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Digest = Annotated[str, Field(pattern=_DIGEST)]
+
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` is not a safe relative member path, or None if it is."""
+    if not path:
+        return "empty path"
+    if _FORBIDDEN_CHARS.search(path):
+        return "control character or backslash in path"
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        return "path too long"
+    if path.startswith("/"):
+        return "absolute path"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return "path with an empty, '.' or '..' component"
+        if len(part.encode("utf-8", "surrogateescape")) > 255:
+            return "path component longer than 255 bytes"
+    return None
+
+
+def format_time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str) -> datetime:
+    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    """Chunks of a file: at least one (an empty file has the hash of no bytes)."""
+    return max(1, -(-size // chunk_size))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Strict):
+    path: str
+    size: Annotated[int, Field(ge=0)]
+    sha256: Sha256Hex
+    chunks: list[Sha256Hex]
+
+    @field_validator("path")
+    @classmethod
+    def _safe(cls, v: str) -> str:
+        problem = path_problem(v)
+        if problem:
+            raise ValueError(f"{v!r}: {problem}")
+        if not v.startswith(PAYLOAD_ROOTS):
+            raise ValueError(f"{v!r}: payload must live under {', '.join(PAYLOAD_ROOTS)}")
+        if v.startswith(BLOB_PREFIX) and not SHA256_RE.match(v[len(BLOB_PREFIX) :]):
+            raise ValueError(f"{v!r}: image blobs are named by their sha256")
+        return v
+
+
+class Layer(_Strict):
+    digest: Digest
+    size: Annotated[int, Field(ge=0)]
+    media_type: str
+
+
+class ImageEntry(_Strict):
+    role: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")]
+    ref: str
+    tags: list[str] = Field(default_factory=list)
+    platform: str
+    manifest_digest: Digest
+    manifest_media_type: str
+    config_digest: Digest
+    layers: list[Layer]
+
+    @property
+    def blob_digests(self) -> list[str]:
+        return [self.manifest_digest, self.config_digest, *(la.digest for la in self.layers)]
+
+
+class Index(_Strict):
+    """The parsed, validated ``airgap/index.json``."""
+
+    format: Literal["airgap-bundle/1"]
+    tool: str
+    name: str
+    version: Annotated[int, Field(ge=1)]
+    created: str
+    expires: str
+    chunk_size: Annotated[int, Field(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)]
+    manifest: dict[str, Any]
+    lock: dict[str, Any]
+    files: list[FileEntry]
+    images: list[ImageEntry] = Field(default_factory=list)
+
+    @field_validator("created", "expires")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        parse_time(v)
+        return v
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("chunk_size must be a power of two")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Index:
+        if parse_time(self.expires) <= parse_time(self.created):
+            raise ValueError("expires must be after created")
+        previous = ""
+        by_path = {}
+        for f in self.files:
+            if f.path <= previous:
+                raise ValueError(f"files out of order or duplicated at {f.path!r}")
+            if previous and f.path.startswith(previous + "/"):
+                raise ValueError(f"{f.path!r} is inside {previous!r}, which is a file")
+            previous = f.path
+            by_path[f.path] = f
+            if len(f.chunks) != chunk_count(f.size, self.chunk_size):
+                raise ValueError(f"{f.path!r}: wrong number of chunk hashes")
+            if len(f.chunks) == 1 and f.chunks[0] != f.sha256:
+                raise ValueError(f"{f.path!r}: a one-chunk file's chunk hash must be its sha256")
+            if f.path.startswith(BLOB_PREFIX) and f.path[len(BLOB_PREFIX) :] != f.sha256:
+                raise ValueError(f"{f.path!r}: blob name differs from its sha256")
+        for img in self.images:
+            for digest in img.blob_digests:
+                path = BLOB_PREFIX + digest.removeprefix("sha256:")
+                if path not in by_path:
+                    raise ValueError(f"image {img.role}: blob {digest} is not in the bundle")
+        for la_img in self.images:
+            for la in la_img.layers:
+                entry = by_path[BLOB_PREFIX + la.digest.removeprefix("sha256:")]
+                if entry.size != la.size:
+                    raise ValueError(f"image {la_img.role}: layer {la.digest} size mismatch")
+        return self
+
+    @property
+    def created_at(self) -> datetime:
+        return parse_time(self.created)
+
+    @property
+    def expires_at(self) -> datetime:
+        return parse_time(self.expires)
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_bytes(self) -> bytes:
+        return canonical.dumps(self.model_dump(mode="json"))
+
+
+def parse_index(data: bytes, *, bundle: str | None = None) -> Index:
+    """Parse the exact bytes of ``airgap/index.json``.
+
+    Raises:
+        BundleError: not canonical JSON, or not a valid v1 index.
+    """
+    try:
+        doc = canonical.loads(data)
+    except canonical.CanonicalJSONError as e:
+        raise BundleError(f"index is not canonical JSON: {e}", bundle=bundle,
+                          member=INDEX_MEMBER) from e
+    if isinstance(doc, dict) and doc.get("format") != FORMAT:
+        raise BundleError(
+            f"unsupported bundle format {doc.get('format')!r} (this airgap reads {FORMAT})",
+            bundle=bundle,
+            member=INDEX_MEMBER,
+            hint="Use an airgap release that reads this format.",
+        )
+    try:
+        index = Index.model_validate(doc)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise BundleError(
+            f"invalid index: {loc}: {first['msg']}",
+            bundle=bundle,
+            member=INDEX_MEMBER,
+            hint="The signer produced an index this reader refuses; rebuild with a released airgap.",
+        ) from e
+    if index.to_bytes() != data:
+        raise BundleError("index does not round-trip", bundle=bundle, member=INDEX_MEMBER)
+    return index
+
+
+def render_sha256sums(files: list[FileEntry]) -> bytes:
+    """``sha256sum -c`` text for every payload file (paths relative to the bundle root)."""
+    lines = []
+    for f in files:
+        # sha256sum escapes names with a backslash or newline; our paths have neither.
+        lines.append(f"{f.sha256}  {f.path}\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")

@@ -1,0 +1,209 @@
+"""Split bundles: ``bundle.tar.part-000…`` plus a signed parts list.
+
+The parts list (``bundle.tar.parts.json``) names every part with its size and
+sha256 and is signed with the bundle's keys, so a missing, short or swapped part
+is named before anything is read. ``bundle.tar.parts.sha256`` holds the same
+hashes in ``sha256sum -c`` form for checks with stock tools on either side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from bundler import canonical
+from bundler.bundle.signing import TrustedKey, verify_threshold
+from bundler.errors import BundleError, UsageError
+
+PARTS_FORMAT = "airgap-parts/1"
+_PART_RE = re.compile(r"^(?P<base>.+)\.part-(?P<num>[0-9]{3,})$")
+
+
+def part_name(bundle_name: str, number: int) -> str:
+    return f"{bundle_name}.part-{number:03d}"
+
+
+def parts_list_path(bundle: Path) -> Path:
+    return bundle.with_name(bundle.name + ".parts.json")
+
+
+def parts_sums_path(bundle: Path) -> Path:
+    return bundle.with_name(bundle.name + ".parts.sha256")
+
+
+@dataclass(frozen=True)
+class Part:
+    path: Path
+    start: int  # offset of its first byte in the whole tar stream
+    size: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class BundleLocation:
+    """Where a bundle's bytes are: one file, split parts, or standard input."""
+
+    label: str  # how errors name the bundle
+    base: Path | None  # bundle path (split: the name without .part-NNN); None for stdin
+    parts: tuple[Part, ...]  # empty for stdin
+    parts_list: dict[str, Any] | None = None  # the signed part of the parts list, if any
+    parts_list_signatures: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def split(self) -> bool:
+        return len(self.parts) > 1 or (bool(self.parts) and self.parts_list is not None)
+
+    def locate(self, offset: int) -> tuple[str | None, int]:
+        """The part holding stream byte ``offset`` and the offset inside that part."""
+        if not self.split:
+            return None, offset
+        for p in self.parts:
+            if p.start <= offset < p.start + p.size:
+                return p.path.name, offset - p.start
+        last = self.parts[-1]
+        return last.path.name, offset - last.start
+
+
+def locate_bundle(spec: str) -> BundleLocation:
+    """Resolve ``BUNDLE`` as given on the command line: a file, a first part, or ``-``.
+
+    Raises:
+        UsageError: nothing found at that name.
+        BundleError: a split bundle whose parts list or parts are inconsistent.
+    """
+    if spec == "-":
+        return BundleLocation(label="<stdin>", base=None, parts=())
+    path = Path(spec)
+    m = _PART_RE.match(path.name)
+    if m:
+        base = path.with_name(m.group("base"))
+    elif not path.exists() and path.with_name(part_name(path.name, 0)).exists():
+        base = path
+    else:
+        if not path.is_file():
+            raise UsageError(f"{spec}: no such bundle file",
+                             hint="Give the bundle file, its first part (.part-000), or - for stdin.")
+        return BundleLocation(label=str(path), base=path,
+                              parts=(Part(path, 0, path.stat().st_size),))
+    return _split_location(base)
+
+
+def _split_location(base: Path) -> BundleLocation:
+    list_path = parts_list_path(base)
+    if list_path.exists():
+        try:
+            doc = canonical.loads(list_path.read_bytes().rstrip(b"\n"))
+            signed = doc["signed"]
+            if signed.get("format") != PARTS_FORMAT:
+                raise ValueError(f"unknown format {signed.get('format')!r}")
+            sigs = tuple((k, bytes.fromhex(v)) for k, v in sorted(doc["signatures"].items()))
+            entries = [(base.with_name(p["name"]), int(p["size"]), str(p["sha256"]))
+                       for p in signed["parts"]]
+            for p, _, _ in entries:
+                if p.parent != base.parent or _PART_RE.match(p.name) is None:
+                    raise ValueError(f"part name {p.name!r} is not a sibling part file")
+        except (OSError, ValueError, KeyError, TypeError, canonical.CanonicalJSONError) as e:
+            raise BundleError(f"unreadable parts list: {e}", bundle=str(list_path)) from e
+        parts, start = [], 0
+        for p, size, sha in entries:
+            if not p.is_file():
+                raise BundleError(
+                    "part is missing",
+                    part=p.name,
+                    hint=f"Copy {p.name} again (its sha256 is {sha}, see {list_path.name}).",
+                )
+            actual = p.stat().st_size
+            if actual != size:
+                raise BundleError(
+                    f"part is {actual} bytes, the signed parts list says {size}",
+                    part=p.name,
+                    hint=f"Copy {p.name} again (its sha256 is {sha}, see {list_path.name}).",
+                )
+            parts.append(Part(p, start, size, sha))
+            start += size
+        return BundleLocation(label=str(base), base=base, parts=tuple(parts),
+                              parts_list=signed, parts_list_signatures=sigs)
+    # No parts list: take the contiguous run part-000, part-001, …
+    found = []
+    i = 0
+    while (p := base.with_name(part_name(base.name, i))).is_file():
+        found.append(p)
+        i += 1
+    if not found:
+        raise UsageError(f"{base}: no such bundle or parts")
+    parts, start = [], 0
+    for p in found:
+        size = p.stat().st_size
+        parts.append(Part(p, start, size))
+        start += size
+    return BundleLocation(label=str(base), base=base, parts=tuple(parts))
+
+
+def check_parts_list(loc: BundleLocation, trusted: dict[str, TrustedKey], index_sha256: str) -> None:
+    """The parts list must be signed by a trusted key and name this very index.
+
+    Raises:
+        TrustError: no trusted signature on the parts list.
+        BundleError: the parts list belongs to another bundle.
+    """
+    if loc.parts_list is None:
+        return
+    verify_threshold(canonical.dumps(loc.parts_list), loc.parts_list_signatures, trusted, 1,
+                     f"{loc.label}.parts.json")
+    if loc.parts_list.get("index_sha256") != index_sha256:
+        raise BundleError(
+            "the parts list belongs to a different bundle than part 000",
+            bundle=str(parts_list_path(loc.base)) if loc.base else loc.label,
+            hint="Keep the parts and the parts list of one build together; copy them again.",
+        )
+
+
+class ChainedReader:
+    """Read split parts (or one file, or stdin) as one stream, tracking the offset."""
+
+    def __init__(self, loc: BundleLocation, stdin: BinaryIO | None = None) -> None:
+        self.loc = loc
+        self.pos = 0
+        self._files: list[BinaryIO] = []
+        self._i = 0
+        self._cur: BinaryIO | None = stdin
+        if stdin is None and not loc.parts:
+            raise UsageError("no input")
+
+    def _open_next(self) -> bool:
+        if self._i >= len(self.loc.parts):
+            return False
+        part = self.loc.parts[self._i]
+        self._i += 1
+        try:
+            f: BinaryIO = open(part.path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        except OSError as e:
+            raise BundleError(f"cannot open part: {e.strerror}", part=part.path.name) from e
+        self._files.append(f)
+        self._cur = f
+        return True
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` as far as the stream allows; returns bytes read (0 at the end)."""
+        got = 0
+        while got < len(view):
+            if self._cur is None and not self._open_next():
+                break
+            assert self._cur is not None
+            n = self._cur.readinto(view[got:])
+            if not n:
+                if not self.loc.parts:  # stdin: EOF is the end
+                    break
+                self._cur = None
+                continue
+            got += n
+        self.pos += got
+        return got
+
+    def close(self) -> None:
+        for f in self._files:
+            with contextlib.suppress(OSError):
+                f.close()

@@ -1,0 +1,443 @@
+"""Read a bundle in one streaming pass, trusting nothing until it is proven.
+
+Order of proof: the index bytes and the signatures are read first (bounded
+sizes) and the signature threshold is checked before the index is even parsed;
+then expiry, rollback and the index's own consistency; then SHA256SUMS must be
+exactly what the index implies; then each payload member must carry exactly the
+tar header the index implies and its bytes must match every signed chunk hash;
+then the archive must end with exactly the end-of-archive blocks. Every byte of
+the bundle is therefore covered by the signature. Any failure names the member,
+the split part and the byte offset, and the sink is told to throw its work away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from bundler.bundle import tarfmt
+from bundler.bundle.index import (
+    INDEX_MEMBER,
+    SIGNATURE_DIR,
+    SUMS_MEMBER,
+    FileEntry,
+    Index,
+    parse_index,
+    path_problem,
+    render_sha256sums,
+)
+from bundler.bundle.parts import BundleLocation, ChainedReader, check_parts_list, locate_bundle
+from bundler.bundle.signing import KEYID_RE, SIGNATURE_SIZE, TrustedKey, verify_threshold
+from bundler.errors import BundleError, ExpiredError, UsageError
+from bundler.hashing import BLOCK_SIZE, StreamHasher
+
+MAX_INDEX_SIZE = 64 * 1024 * 1024
+MAX_SIGNATURES = 64
+
+
+class Sink(Protocol):
+    """Receives verified-in-flight payload; keeps it provisional until ``commit``."""
+
+    def begin(self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]],
+              sums: bytes) -> None: ...
+    def open_member(self, entry: FileEntry) -> None: ...
+    def write(self, data: memoryview) -> None: ...
+    def close_member(self, entry: FileEntry) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    trusted: dict[str, TrustedKey]
+    threshold: int = 1
+    now: datetime | None = None
+    # Called after the signature and expiry checks, before any payload byte is
+    # used (install passes its rollback check here).
+    before_payload: Callable[[Index], None] | None = None
+
+
+@dataclass
+class VerifyResult:
+    location: BundleLocation
+    index: Index
+    index_sha256: str
+    signers: tuple[str, ...]
+    untrusted_signers: tuple[str, ...]
+    bytes_read: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_detached_signatures(loc: BundleLocation) -> list[Path]:
+    """Co-signatures beside the bundle: ``<bundle>.<keyid>.sig``."""
+    if loc.base is None:
+        return []
+    found = []
+    for p in sorted(loc.base.parent.glob(f"{loc.base.name}.*.sig")):
+        keyid = p.name[len(loc.base.name) + 1 : -len(".sig")]
+        if KEYID_RE.match(keyid):
+            found.append(p)
+    return found
+
+
+def read_detached(paths: list[Path]) -> list[tuple[str, bytes]]:
+    """Read ``<anything>.<keyid>.sig`` files as (keyid, signature) pairs.
+
+    Raises:
+        UsageError: a file is unreadable or its name does not end in ``.<keyid>.sig``.
+    """
+    out = []
+    for p in paths:
+        parts = p.name.rsplit(".", 2)
+        if len(parts) != 3 or parts[2] != "sig" or not KEYID_RE.match(parts[1]):
+            raise UsageError(f"{p}: a detached signature must be named <bundle>.<keyid>.sig")
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise UsageError(f"{p}: cannot read signature: {e.strerror}") from e
+        out.append((parts[1], data))
+    return out
+
+
+class _Reader:
+    def __init__(self, loc: BundleLocation, stream: ChainedReader) -> None:
+        self.loc = loc
+        self.stream = stream
+        self.label = loc.label
+
+    def error(self, message: str, *, member: str | None = None, at: int | None = None,
+              hint: str | None = None) -> BundleError:
+        pos = self.stream.pos if at is None else at
+        part, local = self.loc.locate(pos)
+        return BundleError(message, bundle=self.label, member=member, part=part,
+                           offset=local, hint=hint)
+
+    def read_exact(self, n: int, member: str | None) -> bytes:
+        buf = bytearray(n)
+        start = self.stream.pos
+        got = self.stream.readinto(memoryview(buf))
+        if got != n:
+            raise self.error(
+                f"bundle ends early: needed {n} more bytes, got {got} (truncated transfer?)",
+                member=member,
+                at=start + got,
+                hint="Copy the bundle (or its last part) again; it is incomplete.",
+            )
+        return bytes(buf)
+
+    def expect_zeros(self, n: int, member: str) -> None:
+        if n and self.read_exact(n, member).count(0) != n:
+            raise self.error("non-zero bytes in tar padding", member=member)
+
+    def read_header(self, expecting: str) -> tarfmt.RawHeader | None:
+        """Next member header, or None at the end-of-archive marker."""
+        start = self.stream.pos
+        block = self.read_exact(tarfmt.BLOCK, expecting)
+        if block.count(0) == tarfmt.BLOCK:
+            return None
+        try:
+            info = tarfmt.parse_ustar(block)
+            raw = block
+            if info.type == tarfmt.tarfile.XHDTYPE:
+                if info.size > tarfmt.MAX_PAX_HEADER:
+                    raise tarfmt.HeaderError("oversized pax header")
+                data = self.read_exact(info.size + tarfmt.padding(info.size), expecting)
+                records = tarfmt.parse_pax_records(data[: info.size])
+                block2 = self.read_exact(tarfmt.BLOCK, expecting)
+                if block2.count(0) == tarfmt.BLOCK:
+                    raise tarfmt.HeaderError("pax header with no member after it")
+                info2 = tarfmt.parse_ustar(block2)
+                if info2.type in (tarfmt.tarfile.XHDTYPE, tarfmt.tarfile.XGLTYPE):
+                    raise tarfmt.HeaderError("two pax headers in a row")
+                name = records.get("path", info2.name)
+                size = int(records["size"]) if "size" in records else info2.size
+                return tarfmt.RawHeader(name, size, info2.type, raw + data + block2,
+                                        records.get("linkpath", info2.linkname))
+            return tarfmt.RawHeader(info.name, info.size, info.type, raw, info.linkname)
+        except (tarfmt.HeaderError, ValueError) as e:
+            raise self.error(str(e), member=f"(header where {expecting} was expected)",
+                             at=start) from e
+
+    def check_member(self, h: tarfmt.RawHeader | None, expected: str, size: int | None,
+                     listed: set[str], seen: set[str], at: int) -> tarfmt.RawHeader:
+        if h is None:
+            raise self.error(f"archive ends where {expected} was expected (missing member)",
+                             member=expected, at=at,
+                             hint="The bundle is incomplete or was altered; copy it again.")
+        shown = repr(h.name) if path_problem(h.name) else h.name
+        if h.kind is not None:
+            target = f" -> {h.linkname!r}" if h.linkname else ""
+            raise self.error(f"member is {h.kind}{target}; bundles carry only regular files",
+                             member=shown, at=at,
+                             hint="This bundle was crafted or altered; do not use it.")
+        problem = path_problem(h.name)
+        if problem:
+            raise self.error(f"unsafe member path: {problem}", member=shown, at=at,
+                             hint="This bundle was crafted or altered; do not use it.")
+        if h.name != expected:
+            if h.name in seen:
+                why = "duplicate member"
+            elif h.name in listed:
+                why = f"member out of order (expected {expected})"
+            else:
+                why = f"member not listed in the signed index (expected {expected})"
+            raise self.error(why, member=shown, at=at,
+                             hint="This bundle was crafted or altered; do not use it.")
+        if size is not None and h.size != size:
+            raise self.error(f"member is {h.size} bytes but the signed index says {size}",
+                             member=h.name, at=at)
+        return h
+
+
+def read_bundle(
+    spec: str | BundleLocation,
+    policy: TrustPolicy,
+    sink: Sink | None = None,
+    *,
+    detached: list[tuple[str, bytes]] | None = None,
+    stdin: BinaryIO | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_index: Callable[[Index], None] | None = None,
+) -> VerifyResult:
+    """Verify a bundle in one pass, feeding its payload to ``sink`` as it streams.
+
+    The sink's ``commit`` is called only after every check passed; on any
+    failure its ``abort`` is called and the error raised.
+
+    Raises:
+        TrustError, ExpiredError, RollbackError: the index is not acceptable.
+        BundleError: the bytes differ from what the signed index says.
+    """
+    loc = spec if isinstance(spec, BundleLocation) else locate_bundle(spec)
+    if loc.base is None and stdin is None:
+        stdin = sys.stdin.buffer
+    stream = ChainedReader(loc, stdin)
+    r = _Reader(loc, stream)
+    started = time.monotonic()
+    sink_started = False
+    try:
+        # 1. index + signatures + SHA256SUMS header: bounded reads, nothing parsed yet.
+        at = stream.pos
+        h = r.read_header(INDEX_MEMBER)
+        if h is not None and h.kind is None and h.name != INDEX_MEMBER:
+            raise r.error(f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
+                          member=h.name, at=at,
+                          hint="Pass the .tar written by `airgap build` (or its .part-000).")
+        index_h = r.check_member(h, INDEX_MEMBER, None, set(), set(), at)
+        if index_h.size > MAX_INDEX_SIZE:
+            raise r.error("index is implausibly large", member=INDEX_MEMBER, at=at)
+        index_bytes = r.read_exact(index_h.size, INDEX_MEMBER)
+        r.expect_zeros(tarfmt.padding(index_h.size), INDEX_MEMBER)
+        index_sha256 = hashlib.sha256(index_bytes).hexdigest()
+
+        embedded: list[tuple[str, bytes]] = []
+        headers: list[tuple[tarfmt.RawHeader, int]] = [(index_h, at)]
+        while True:
+            at = stream.pos
+            h = r.read_header(SUMS_MEMBER)
+            if h is None or not h.name.startswith(SIGNATURE_DIR):
+                break
+            keyid = h.name[len(SIGNATURE_DIR) :].removesuffix(".sig")
+            if (h.kind is not None or not h.name.endswith(".sig") or not KEYID_RE.match(keyid)
+                    or h.size != SIGNATURE_SIZE or len(embedded) >= MAX_SIGNATURES):
+                raise r.error("malformed signature member", member=repr(h.name), at=at)
+            if any(k == keyid for k, _ in embedded):
+                raise r.error("duplicate member", member=h.name, at=at)
+            if embedded and keyid < embedded[-1][0]:
+                raise r.error("signature members out of order", member=h.name, at=at)
+            sig = r.read_exact(SIGNATURE_SIZE, h.name)
+            r.expect_zeros(tarfmt.padding(SIGNATURE_SIZE), h.name)
+            embedded.append((keyid, sig))
+            headers.append((h, at))
+        sums_h = r.check_member(h, SUMS_MEMBER, None, set(), set(), at)
+        headers.append((sums_h, at))
+
+        # 2. trust: signatures over the exact index bytes, before parsing them.
+        check = verify_threshold(index_bytes, embedded + list(detached or []), policy.trusted,
+                                 policy.threshold, f"{loc.label}: {INDEX_MEMBER}")
+        check_parts_list(loc, policy.trusted, index_sha256)
+        index = parse_index(index_bytes, bundle=loc.label)
+        now = policy.now or datetime.now(UTC)
+        if now >= index.expires_at:
+            raise ExpiredError(
+                f"{loc.label}: bundle {index.name} v{index.version} expired at {index.expires}"
+            )
+        result = VerifyResult(loc, index, index_sha256, check.valid, check.unknown)
+        if index.created_at > now:
+            result.warnings.append(
+                f"bundle was created at {index.created}, later than this host's clock"
+            )
+        if on_index:
+            on_index(index)
+        if policy.before_payload:
+            policy.before_payload(index)
+
+        # 3. every header so far must be the exact bytes the writer makes.
+        mtime = int(index.created_at.timestamp())
+        for hdr, hat in headers:
+            if hdr.raw != tarfmt.member_header(hdr.name, hdr.size, mtime):
+                raise r.error("tar header differs from the canonical one", member=hdr.name,
+                              at=hat)
+        expected_sums = render_sha256sums(index.files)
+        if sums_h.size != len(expected_sums):
+            raise r.error("SHA256SUMS does not match the signed index", member=SUMS_MEMBER)
+        sums = r.read_exact(sums_h.size, SUMS_MEMBER)
+        if sums != expected_sums:
+            raise r.error("SHA256SUMS does not match the signed index", member=SUMS_MEMBER)
+        r.expect_zeros(tarfmt.padding(sums_h.size), SUMS_MEMBER)
+
+        if sink is not None:
+            sink_started = True
+            sink.begin(index, index_bytes, embedded, sums)
+
+        # 4. payload: headers exact, chunks verified on every core while streaming.
+        _stream_payload(r, index, mtime, sink, workers, progress)
+
+        # 5. the end: exactly two zero blocks, then nothing.
+        at = stream.pos
+        tail = r.read_exact(len(tarfmt.END_OF_ARCHIVE), "(end of archive)")
+        if tail != tarfmt.END_OF_ARCHIVE:
+            raise r.error("unexpected data after the last listed member", at=at,
+                          member="(end of archive)",
+                          hint="An extra member was appended or the bundle was altered.")
+        if stream.readinto(memoryview(bytearray(1))):
+            raise r.error("trailing bytes after the end of the archive", at=stream.pos - 1)
+        if sink is not None:
+            sink.commit()
+    except BaseException:
+        if sink is not None and sink_started:
+            sink.abort()
+        raise
+    finally:
+        stream.close()
+    result.bytes_read = stream.pos
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _stream_payload(
+    r: _Reader,
+    index: Index,
+    mtime: int,
+    sink: Sink | None,
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+) -> None:
+    chunk_size = index.chunk_size
+    block = min(BLOCK_SIZE, chunk_size)
+    listed = {f.path for f in index.files}
+    seen: set[str] = set()
+    hasher = StreamHasher(block, workers)
+    chunk_id = 0
+    try:
+        for entry in index.files:
+            at = r.stream.pos
+            h = r.check_member(r.read_header(entry.path), entry.path, entry.size, listed, seen, at)
+            if h.raw != tarfmt.member_header(entry.path, entry.size, mtime):
+                raise r.error("tar header differs from the canonical one", member=entry.path,
+                              at=at)
+            seen.add(entry.path)
+            if sink is not None:
+                sink.open_member(entry)
+            data_start = r.stream.pos
+            for k, expected in enumerate(entry.chunks):
+                chunk_start = r.stream.pos
+                left = min(chunk_size, entry.size - k * chunk_size)
+                while left > 0:
+                    buf = hasher.get_buffer()
+                    n = min(block, left)
+                    view = memoryview(buf)[:n]
+                    got = r.stream.readinto(view)
+                    if got != n:
+                        hasher.release(buf)
+                        raise r.error(
+                            f"bundle ends early inside this member ({entry.size - (r.stream.pos - data_start)} bytes missing)",
+                            member=entry.path,
+                            hint="Copy the bundle (or its last part) again; it is incomplete.",
+                        )
+                    if sink is not None:
+                        sink.write(view)
+                    hasher.update(chunk_id, buf, n)
+                    left -= n
+                    if progress:
+                        progress(n)
+                hasher.finish_chunk(chunk_id, expected, member=entry.path, chunk=k,
+                                    offset=chunk_start)
+                chunk_id += 1
+                if hasher.failed:
+                    break
+            if hasher.failed:
+                break
+            if sink is not None:
+                sink.close_member(entry)
+            r.expect_zeros(tarfmt.padding(entry.size), entry.path)
+    finally:
+        mismatch = hasher.close()
+    if mismatch is not None:
+        size = min(chunk_size, next(f.size for f in index.files if f.path == mismatch.member)
+                   - mismatch.chunk * chunk_size)
+        raise r.error(
+            f"content differs from the signed hash in chunk {mismatch.chunk} "
+            f"(bytes {mismatch.chunk * chunk_size}..{mismatch.chunk * chunk_size + size} of the file)",
+            member=mismatch.member,
+            at=mismatch.offset,
+        )
+
+
+@dataclass(frozen=True)
+class BundleHead:
+    """The first members of a bundle, read without verifying anything."""
+
+    location: BundleLocation
+    index_bytes: bytes
+    index: Index
+    embedded: tuple[tuple[str, bytes], ...]
+
+    @property
+    def index_sha256(self) -> str:
+        return hashlib.sha256(self.index_bytes).hexdigest()
+
+
+def read_head(spec: str | BundleLocation, *, stdin: BinaryIO | None = None) -> BundleHead:
+    """Read the index and embedded signatures (for ``inspect`` and ``sign``).
+
+    Nothing here is trusted: callers that act on the bundle use :func:`read_bundle`.
+
+    Raises:
+        BundleError: the first members are not an airgap index and signatures.
+    """
+    loc = spec if isinstance(spec, BundleLocation) else locate_bundle(spec)
+    if loc.base is None and stdin is None:
+        stdin = sys.stdin.buffer
+    stream = ChainedReader(loc, stdin)
+    r = _Reader(loc, stream)
+    try:
+        h = r.read_header(INDEX_MEMBER)
+        if h is None or h.name != INDEX_MEMBER or h.kind is not None:
+            raise r.error(f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
+                          at=0, hint="Pass the .tar written by `airgap build` (or its .part-000).")
+        if h.size > MAX_INDEX_SIZE:
+            raise r.error("index is implausibly large", member=INDEX_MEMBER, at=0)
+        index_bytes = r.read_exact(h.size, INDEX_MEMBER)
+        r.expect_zeros(tarfmt.padding(h.size), INDEX_MEMBER)
+        embedded = []
+        while True:
+            h = r.read_header(SUMS_MEMBER)
+            if h is None or not h.name.startswith(SIGNATURE_DIR) or h.size != SIGNATURE_SIZE:
+                break
+            keyid = h.name[len(SIGNATURE_DIR) :].removesuffix(".sig")
+            sig = r.read_exact(SIGNATURE_SIZE, h.name)
+            r.expect_zeros(tarfmt.padding(SIGNATURE_SIZE), h.name)
+            if KEYID_RE.match(keyid) and len(embedded) < MAX_SIGNATURES:
+                embedded.append((keyid, sig))
+    finally:
+        stream.close()
+    return BundleHead(loc, index_bytes, parse_index(index_bytes, bundle=loc.label), tuple(embedded))

@@ -1,0 +1,294 @@
+"""``airgap`` command line: parse options, call one core function, render the result.
+
+All errors are rendered here, in one place: one line naming what failed, one
+line with the fix, and the exit code from :mod:`bundler.errors`' table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bundler import __version__
+from bundler.cli.render import human
+from bundler.errors import EXIT_INTERRUPTED, EXIT_USAGE, AirgapError
+
+F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("bundler")
+
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``4G`` -> 4 GiB. Suffixes K, M, G, T are binary (powers of 1024)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size like 4G, 700M or 1073741824")
+    factor = 1024 ** " kmgt".index(m.group(2).lower() or " ")
+    return int(float(m.group(1)) * factor)
+
+
+class _State:
+    def __init__(self, verbose: int, quiet: bool) -> None:
+        self.verbose = verbose
+        self.quiet = quiet
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="airgap")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; errors only on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Carry a private LLM stack for Elastic into an air-gapped network, verified.
+
+    \b
+    Exit codes: 0 ok · 1 operational failure · 2 usage or invalid input
+                3 verification/trust failure (signature, expiry, damaged bundle) · 130 interrupted
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    ctx.obj = _State(verbose, quiet)
+
+
+def _state() -> _State:
+    obj = click.get_current_context().find_root().obj
+    assert isinstance(obj, _State)
+    return obj
+
+
+@contextmanager
+def _reporter(quiet: bool = False) -> Iterator[Any]:
+    from bundler.cli.render import make_reporter
+
+    with make_reporter(quiet or _state().quiet) as r:
+        yield r
+
+
+def _passphrase(passphrase_file: Path | None) -> bytes | None:
+    from bundler.bundle.signing import read_passphrase
+
+    return read_passphrase(passphrase_file)
+
+
+passphrase_option = click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File holding the key passphrase (else AIRGAP_KEY_PASSPHRASE; never on the command line).",
+)
+
+
+@cli.command()
+@click.argument("keyfile", type=click.Path(path_type=Path, dir_okay=False))
+@passphrase_option
+def keygen(keyfile: Path, passphrase_file: Path | None) -> None:
+    """Create an Ed25519 signing key KEYFILE (0600) and its public key KEYFILE.pub."""
+    from bundler.bundle.signing import generate_keypair
+
+    keyid = generate_keypair(keyfile, _passphrase(passphrase_file))
+    click.echo(keyid)
+    if not _state().quiet:
+        click.echo(f"private key: {keyfile} (keep it on the connected side)", err=True)
+        click.echo(f"public key:  {keyfile}.pub (give it to the air-gapped host)", err=True)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+def validate(manifest: Path) -> None:
+    """Check a manifest without fetching anything."""
+    from bundler.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    click.echo(f"{manifest}: ok ({m.name} v{m.version}, model {m.model.served_name})")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema."""
+    from bundler.manifest import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Bundle file to write (split parts get .part-NNN appended).")
+@click.option("--key", "keys", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
+              required=True, help="Signing key (repeat for several signers).")
+@click.option("--split-size", type=str, default=None, help="Cut the bundle into parts, e.g. 4G.")
+@click.option("--expires-days", type=click.IntRange(1, 3650), default=None,
+              help="Validity of the signed index (overrides the manifest).")
+@click.option("--chunk-size", type=str, default="64M", show_default=True,
+              help="Verification chunk (power of two, 64K..1G).")
+@passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def build(manifest: Path, output: Path, keys: tuple[Path, ...], split_size: str | None,
+          expires_days: int | None, chunk_size: str, passphrase_file: Path | None,
+          as_json: bool) -> None:
+    """Build a signed bundle from MANIFEST (SOURCE_DATE_EPOCH sets its creation time)."""
+    from bundler.build import BuildOptions
+    from bundler.build import build as run_build
+    from bundler.bundle.signing import load_signing_key
+    from bundler.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    pw = _passphrase(passphrase_file)
+    signing = tuple(load_signing_key(k, pw) for k in keys)
+    opts = BuildOptions(output=output, keys=signing,
+                        split_size=parse_size(split_size) if split_size else None,
+                        expires_days=expires_days, chunk_size=parse_size(chunk_size))
+    with _reporter(as_json) as reporter:
+        result = run_build(m, opts, reporter)
+    out = {
+        "name": result.index.name,
+        "version": result.index.version,
+        "outputs": [str(p) for p in result.outputs],
+        "bytes": result.size,
+        "files": len(result.index.files),
+        "index_sha256": result.index_sha256,
+        "signers": list(result.signers),
+        "expires": result.index.expires,
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"built {out['name']} v{out['version']}: {len(result.index.files)} files, "
+               f"{human(result.size)}, expires {out['expires']}")
+    for p in result.outputs:
+        click.echo(f"  {p}")
+    click.echo(f"index sha256 {result.index_sha256}; signed by "
+               + ", ".join(k[:16] for k in result.signers))
+
+
+@cli.command()
+@click.argument("bundle", type=str)
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Co-signer's private key.")
+@passphrase_option
+def sign(bundle: str, key: Path, passphrase_file: Path | None) -> None:
+    """Add a detached co-signature BUNDLE.<keyid>.sig (the bundle is not rewritten)."""
+    from bundler.bundle.cosign import cosign
+    from bundler.bundle.signing import load_signing_key
+
+    signing = load_signing_key(key, _passphrase(passphrase_file))
+    for p in cosign(bundle, signing):
+        click.echo(str(p))
+
+
+def trust_options(f: F) -> F:
+    f = click.option("--require-signatures", type=click.IntRange(1, 64), default=1,
+                     show_default=True, help="Distinct trusted signers required.")(f)
+    f = click.option("--trust-dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="Directory of trusted *.pub keys.")(f)
+    f = click.option("--trusted-key", "trusted_keys", multiple=True,
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="A trusted public key (repeatable).")(f)
+    return click.option("--signature", "signatures", multiple=True,
+                        type=click.Path(path_type=Path, dir_okay=False),
+                        help="Extra detached signature <name>.<keyid>.sig (for stdin input).")(f)
+
+
+@cli.command()
+@click.argument("bundle", type=str)
+@trust_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(bundle: str, trusted_keys: tuple[Path, ...], trust_dir: Path | None,
+           require_signatures: int, signatures: tuple[Path, ...], as_json: bool) -> None:
+    """Verify BUNDLE (a file, its first .part-000, or - for stdin): signatures, every byte."""
+    from bundler.bundle.reader import (
+        TrustPolicy,
+        find_detached_signatures,
+        read_bundle,
+        read_detached,
+    )
+    from bundler.bundle.parts import locate_bundle
+    from bundler.bundle.signing import load_trust
+
+    trusted = load_trust(trusted_keys, trust_dir)
+    loc = locate_bundle(bundle)
+    detached = read_detached(find_detached_signatures(loc) + list(signatures))
+    with _reporter(as_json) as reporter:
+        reporter.stage("verifying", sum(p.size for p in loc.parts) or None)
+        result = read_bundle(loc, TrustPolicy(trusted, require_signatures), None,
+                             detached=detached, progress=reporter.advance)
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    rate = result.bytes_read / result.seconds / 1e6 if result.seconds else 0.0
+    out = {
+        "ok": True,
+        "name": result.index.name,
+        "version": result.index.version,
+        "expires": result.index.expires,
+        "index_sha256": result.index_sha256,
+        "signers": list(result.signers),
+        "untrusted_signers": list(result.untrusted_signers),
+        "files": len(result.index.files),
+        "bytes": result.bytes_read,
+        "seconds": round(result.seconds, 3),
+        "parts": [p.path.name for p in loc.parts] if loc.split else [],
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(
+        f"OK {out['name']} v{out['version']}: signed by {len(result.signers)} trusted key(s) "
+        f"({', '.join(k[:16] for k in result.signers)}); {out['files']} files, "
+        f"{human(result.bytes_read)} verified in {result.seconds:.1f}s ({rate:.0f} MB/s); "
+        f"expires {out['expires']}"
+    )
+
+
+@cli.command()
+@click.argument("bundle", type=str)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect(bundle: str, as_json: bool) -> None:
+    """Show what BUNDLE carries (reads only its index; `airgap verify` proves it)."""
+    from bundler.bundle.parts import locate_bundle
+    from bundler.bundle.reader import find_detached_signatures, read_detached, read_head
+    from bundler.describe import describe
+
+    loc = locate_bundle(bundle)
+    head = read_head(loc)
+    signers = sorted({k for k, _ in head.embedded}
+                     | {k for k, _ in read_detached(find_detached_signatures(loc))})
+    info = describe(head.index, head.index_sha256, signers)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from bundler.cli.render import render_inspect
+
+    render_inspect(info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: the one place errors become messages and exit codes."""
+    try:
+        rv = cli.main(args=argv, prog_name="airgap", standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code if e.exit_code else EXIT_USAGE)
+    except AirgapError as e:
+        click.echo(f"error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"hint: {e.hint}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing was left half-written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        sys.exit(1)

@@ -1,0 +1,51 @@
+"""What a bundle holds, as plain data (rendered by ``airgap inspect``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bundler.bundle.index import BLOB_PREFIX, Index
+
+
+def describe(index: Index, index_sha256: str, signers: list[str]) -> dict[str, Any]:
+    """A JSON-able summary of a bundle's signed index."""
+    by_path = {f.path: f for f in index.files}
+    model_files = [f for f in index.files if f.path.startswith("models/")]
+    model = dict(index.manifest.get("model", {}))
+    lock_model = index.lock.get("model", {})
+    if "commit" in lock_model:
+        model["commit"] = lock_model["commit"]
+    model["files"] = len(model_files)
+    model["bytes"] = sum(f.size for f in model_files)
+    images = []
+    for img in index.images:
+        blobs = {img.manifest_digest, img.config_digest, *(la.digest for la in img.layers)}
+        images.append({
+            "role": img.role,
+            "ref": img.ref,
+            "digest": img.manifest_digest,
+            "config_digest": img.config_digest,
+            "platform": img.platform,
+            "layers": len(img.layers),
+            "bytes": sum(by_path[BLOB_PREFIX + d.removeprefix("sha256:")].size for d in blobs),
+        })
+    elastic = [
+        {"path": f.path, "bytes": f.size, "sha256": f.sha256}
+        for f in index.files if f.path.startswith("elastic/")
+    ]
+    return {
+        "format": index.format,
+        "name": index.name,
+        "version": index.version,
+        "created": index.created,
+        "expires": index.expires,
+        "tool": index.tool,
+        "index_sha256": index_sha256,
+        "signers": signers,
+        "chunk_size": index.chunk_size,
+        "model": model,
+        "images": images,
+        "elastic": elastic,
+        "files": len(index.files),
+        "total_bytes": index.payload_bytes,
+    }

@@ -1,0 +1,29 @@
+"""Every environment variable the tool reads, read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+from bundler.errors import UsageError
+
+
+def key_passphrase() -> bytes | None:
+    """``AIRGAP_KEY_PASSPHRASE``: passphrase of an encrypted signing key."""
+    value = os.environ.get("AIRGAP_KEY_PASSPHRASE")
+    return value.encode() if value else None
+
+
+def source_date_epoch() -> datetime | None:
+    """``SOURCE_DATE_EPOCH`` (reproducible-builds.org): the build's ``created`` time."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return None
+    try:
+        seconds = int(value)
+    except ValueError as e:
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={value!r} is not an integer",
+            hint="Set it to seconds since 1970-01-01 UTC, e.g. $(git log -1 --format=%ct).",
+        ) from e
+    return datetime.fromtimestamp(seconds, UTC)
