@@ -384,12 +384,32 @@ def _stream_payload(
     if mismatch is not None:
         size = min(chunk_size, next(f.size for f in index.files if f.path == mismatch.member)
                    - mismatch.chunk * chunk_size)
-        raise r.error(
-            f"content differs from the signed hash in chunk {mismatch.chunk} "
-            f"(bytes {mismatch.chunk * chunk_size}..{mismatch.chunk * chunk_size + size} of the file)",
-            member=mismatch.member,
-            at=mismatch.offset,
-        )
+        start = mismatch.chunk * chunk_size
+        message = (f"content differs from the signed hash in chunk {mismatch.chunk} "
+                   f"(bytes {start}..{start + size} of the file)")
+        damaged = _damaged_parts(r.loc, mismatch.offset, size)
+        if damaged:
+            raise BundleError(
+                message, bundle=r.label, member=mismatch.member, part=", ".join(damaged),
+                hint=f"Copy {', '.join(damaged)} again; the parts list has every part's sha256.",
+            )
+        raise r.error(message, member=mismatch.member, at=mismatch.offset)
+
+
+def _damaged_parts(loc: BundleLocation, offset: int, size: int) -> list[str]:
+    """When a chunk spans parts, hash those parts against the signed parts list."""
+    spanned = [p for p in loc.parts if p.start < offset + size and offset < p.start + p.size]
+    if len(spanned) < 2 or any(p.sha256 is None for p in spanned):
+        return []
+    bad = []
+    for p in spanned:
+        h = hashlib.sha256()
+        with open(p.path, "rb") as f:
+            while block := f.read(BLOCK_SIZE):
+                h.update(block)
+        if h.hexdigest() != p.sha256:
+            bad.append(p.path.name)
+    return bad
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bundler.build import BuildOptions, build
+from bundler.bundle.signing import TrustedKey, generate_keypair, load_signing_key, load_trust
+from bundler.manifest import load_manifest
+from helpers import make_demo_sources
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the user's home or inherits a passphrase or build time."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("AIRGAP_KEY_PASSPHRASE", raising=False)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(int(time.time()) - 60))
+
+
+@dataclass
+class Keys:
+    private: Path
+    public: Path
+    keyid: str
+
+    def trust(self) -> dict[str, TrustedKey]:
+        return load_trust([self.public], None)
+
+
+def make_key(directory: Path, name: str = "signer") -> Keys:
+    directory.mkdir(parents=True, exist_ok=True)
+    priv = directory / name
+    keyid = generate_keypair(priv)
+    return Keys(priv, directory / f"{name}.pub", keyid)
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Keys:
+    return make_key(tmp_path / "keys")
+
+
+@pytest.fixture
+def demo_manifest(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    return make_demo_sources(src)
+
+
+def build_bundle(manifest: Path, out: Path, *keys: Keys, chunk_size: int = 64 * 1024,
+                 split_size: int | None = None):
+    m = load_manifest(manifest)
+    signing = tuple(load_signing_key(k.private) for k in keys)
+    return build(m, BuildOptions(output=out, keys=signing, chunk_size=chunk_size,
+                                 split_size=split_size))
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, demo_manifest: Path, key: Keys) -> Path:
+    out = tmp_path / "out" / "demo.tar"
+    out.parent.mkdir()
+    build_bundle(demo_manifest, out, key)
+    return out
+
+
+def airgap(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the real CLI in a subprocess (exit codes, stdin, stderr as a user sees them)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "bundler", *args], input=input,
+                          capture_output=True, env=full_env, cwd=cwd, timeout=300, check=False)
