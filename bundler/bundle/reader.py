@@ -196,6 +196,18 @@ class _Reader:
         return h
 
 
+def _first_header(r: _Reader) -> tarfmt.RawHeader | None:
+    try:
+        return r.read_header(INDEX_MEMBER)
+    except BundleError as e:
+        raise r.error(
+            "does not start with a tar header: not an airgap bundle, or damaged at its start",
+            at=0,
+            hint="Pass the .tar written by `airgap build` (or its .part-000); if it is one, "
+                 "copy it again.",
+        ) from e
+
+
 def read_bundle(
     spec: str | BundleLocation,
     policy: TrustPolicy,
@@ -226,7 +238,7 @@ def read_bundle(
     try:
         # 1. index + signatures + SHA256SUMS header: bounded reads, nothing parsed yet.
         at = stream.pos
-        h = r.read_header(INDEX_MEMBER)
+        h = _first_header(r)
         if h is not None and h.kind is None and h.name != INDEX_MEMBER:
             raise r.error(f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
                           member=h.name, at=at,
@@ -440,7 +452,7 @@ def read_head(spec: str | BundleLocation, *, stdin: BinaryIO | None = None) -> B
     stream = ChainedReader(loc, stdin)
     r = _Reader(loc, stream)
     try:
-        h = r.read_header(INDEX_MEMBER)
+        h = _first_header(r)
         if h is None or h.name != INDEX_MEMBER or h.kind is not None:
             raise r.error(f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
                           at=0, hint="Pass the .tar written by `airgap build` (or its .part-000).")

@@ -1,0 +1,156 @@
+"""The real `airgap` command as an operator runs it: exit codes, stdin, messages."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import airgap
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    r = airgap("keygen", str(tmp_path / "k"))
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "k"
+
+
+def test_keygen_prints_keyid_and_protects_the_key(tmp_path: Path) -> None:
+    r = airgap("keygen", str(tmp_path / "k"))
+    assert r.returncode == 0
+    keyid = r.stdout.decode().strip()
+    assert len(keyid) == 64
+    assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+    r = airgap("keygen", str(tmp_path / "k"))
+    assert r.returncode == 2 and b"already exists" in r.stderr
+
+
+def test_passphrase_from_file_or_env_never_argv(tmp_path: Path, demo_manifest: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    assert airgap("keygen", str(tmp_path / "k"), "--passphrase-file", str(pw)).returncode == 0
+    out = tmp_path / "b.tar"
+    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(tmp_path / "k"))
+    assert r.returncode == 2 and b"hint: Give its passphrase" in r.stderr
+    assert not out.exists()
+    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(tmp_path / "k"),
+               env={"AIRGAP_KEY_PASSPHRASE": "s3cret"})
+    assert r.returncode == 0, r.stderr
+    r = airgap("--help")
+    assert b"--passphrase " not in r.stdout
+
+
+def test_build_verify_inspect_sign_round_trip(tmp_path: Path, demo_manifest: Path,
+                                              keys: Path) -> None:
+    out = tmp_path / "b.tar"
+    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys), "--json",
+               "--chunk-size", "64K")
+    assert r.returncode == 0, r.stderr
+    built = json.loads(r.stdout)
+    assert built["outputs"] == [str(out)] and built["files"] == 16
+
+    r = airgap("verify", str(out), "--trusted-key", f"{keys}.pub", "--json")
+    assert r.returncode == 0, r.stderr
+    verified = json.loads(r.stdout)
+    assert verified["index_sha256"] == built["index_sha256"]
+    assert verified["bytes"] == out.stat().st_size
+
+    r = airgap("verify", "-", "--trusted-key", f"{keys}.pub", input=out.read_bytes())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"OK demo v1")
+
+    r = airgap("inspect", str(out), "--json")
+    info = json.loads(r.stdout)
+    assert info["name"] == "demo" and info["model"]["files"] == 4
+    assert {i["role"] for i in info["images"]} == {"vllm", "nginx"}
+    assert len(info["elastic"]) == 4
+    assert info["total_bytes"] == sum(
+        f.stat().st_size for f in (demo_manifest.parent / "weights").rglob("*") if f.is_file()
+    ) + sum(e["bytes"] for e in info["elastic"]) + sum(i["bytes"] for i in info["images"])
+
+    # a co-signer adds a detached signature; verify then meets a threshold of 2
+    assert airgap("keygen", str(tmp_path / "k2")).returncode == 0
+    r = airgap("verify", str(out), "--trusted-key", f"{keys}.pub", "--trusted-key",
+               f"{tmp_path / 'k2'}.pub", "--require-signatures", "2")
+    assert r.returncode == 3 and b"1 valid signature(s) from trusted keys, 2 required" in r.stderr
+    r = airgap("sign", str(out), "--key", str(tmp_path / "k2"))
+    assert r.returncode == 0, r.stderr
+    r = airgap("verify", str(out), "--trusted-key", f"{keys}.pub", "--trusted-key",
+               f"{tmp_path / 'k2'}.pub", "--require-signatures", "2")
+    assert r.returncode == 0, r.stderr
+    # over stdin, the detached signature is passed explicitly
+    sig = next(tmp_path.glob("b.tar.*.sig"))
+    r = airgap("verify", "-", "--trust-dir", str(tmp_path), "--require-signatures", "2",
+               "--signature", str(sig), input=out.read_bytes())
+    assert r.returncode == 0, r.stderr
+
+
+def test_split_parts_through_stdin(tmp_path: Path, demo_manifest: Path, keys: Path) -> None:
+    out = tmp_path / "s.tar"
+    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys),
+               "--split-size", "100K")
+    assert r.returncode == 0, r.stderr
+    parts = sorted(tmp_path.glob("s.tar.part-*"))
+    assert len(parts) == 4
+    r = airgap("verify", str(parts[0]), "--trusted-key", f"{keys}.pub")
+    assert r.returncode == 0, r.stderr
+    joined = b"".join(p.read_bytes() for p in parts)
+    r = airgap("verify", "-", "--trusted-key", f"{keys}.pub", input=joined)
+    assert r.returncode == 0, r.stderr
+    r = airgap("verify", "-", "--trusted-key", f"{keys}.pub", input=joined[:-3000])
+    assert r.returncode == 3 and b"ends early" in r.stderr
+
+
+def test_errors_are_one_line_plus_hint_with_the_documented_exit_codes(
+        tmp_path: Path, demo_manifest: Path, keys: Path) -> None:
+    out = tmp_path / "b.tar"
+    assert airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys)).returncode == 0
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    r = airgap("verify", str(bad), "--trusted-key", f"{keys}.pub")
+    assert r.returncode == 3
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: ")
+    assert "member " in lines[0]
+
+    r = airgap("verify", str(out))  # no trusted key
+    assert r.returncode == 2 and b"no trusted key given" in r.stderr
+    r = airgap("verify", str(tmp_path / "nope.tar"), "--trusted-key", f"{keys}.pub")
+    assert r.returncode == 2 and b"no such bundle" in r.stderr
+    r = airgap("verify", str(demo_manifest), "--trusted-key", f"{keys}.pub")
+    assert r.returncode == 3 and b"not an airgap bundle" in r.stderr
+    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys),
+               "--split-size", "lots")
+    assert r.returncode == 2
+    r = airgap("frobnicate")
+    assert r.returncode == 2
+    r = airgap("--version")
+    assert r.returncode == 0 and r.stdout.startswith(b"airgap, version")
+
+    bad_manifest = tmp_path / "m.yaml"
+    bad_manifest.write_text(demo_manifest.read_text().replace("max_model_len", "max_model_length"))
+    r = airgap("validate", str(bad_manifest))
+    assert r.returncode == 2
+    assert b"serve.max_model_length: unknown key" in r.stderr
+
+
+def test_interrupted_or_failed_build_leaves_no_bundle(tmp_path: Path, demo_manifest: Path,
+                                                      keys: Path) -> None:
+    (demo_manifest.parent / "vllm.tar").write_bytes(b"garbage")
+    out = tmp_path / "b.tar"
+    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys))
+    assert r.returncode == 1 and b"vllm.tar" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("b.tar", ".b.tar"))) == []
+
+
+def test_schema_is_json(tmp_path: Path) -> None:
+    r = airgap("schema")
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["title"].startswith("airgap manifest")
