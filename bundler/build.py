@@ -71,7 +71,7 @@ def _model_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
         raise FetchError(
             f"model.repo {m.model.repo!r} must be downloaded first",
             hint="Download the weights (huggingface-cli download REPO --local-dir DIR) and set "
-                 "model.path, or use an airgap release with Hugging Face fetching.",
+            "model.path, or use an airgap release with Hugging Face fetching.",
         )
     root = m.resolve(m.model.path)
     files = walk_files(root)
@@ -87,14 +87,15 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
     wanted_elser = set(m.elastic.elser)
     wanted_docs = (
         {(p, m.elastic.product_docs.version) for p in m.elastic.product_docs.products}
-        if m.elastic.product_docs else set()
+        if m.elastic.product_docs
+        else set()
     )
     if m.elastic.source_dir is None:
         if wanted_elser or wanted_docs:
             raise FetchError(
                 "elastic artifacts must be downloaded first",
                 hint="Put the ELSER and product-doc files in a directory and set "
-                     "elastic.source_dir, or use an airgap release with Elastic fetching.",
+                "elastic.source_dir, or use an airgap release with Elastic fetching.",
             )
         return [], {}
     root = m.resolve(m.elastic.source_dir)
@@ -124,14 +125,20 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
         have = elser_files.get(model_id, set())
         need = {f"{model_id}.metadata.json", f"{model_id}.pt", f"{model_id}.vocab.json"}
         if have != need:
-            raise SourceError(f"ELSER {model_id} is incomplete: missing "
-                              f"{', '.join(sorted(need - have))}", path=str(root))
+            raise SourceError(
+                f"ELSER {model_id} is incomplete: missing {', '.join(sorted(need - have))}",
+                path=str(root),
+            )
     missing_docs = wanted_docs - docs
     if missing_docs:
         names = ", ".join(f"kb-product-doc-{p}-{v}.zip" for p, v in sorted(missing_docs))
         raise SourceError(f"missing product docs: {names}", path=str(root))
-    return payloads, {"source": "path", "path": m.elastic.source_dir,
-                      "elser": sorted(elser_files), "product_docs": sorted(f"{p}-{v}" for p, v in docs)}
+    return payloads, {
+        "source": "path",
+        "path": m.elastic.source_dir,
+        "elser": sorted(elser_files),
+        "product_docs": sorted(f"{p}-{v}" for p, v in docs),
+    }
 
 
 def plan_build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> BuildPlan:
@@ -152,8 +159,8 @@ def plan_build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None
             raise FetchError(
                 f"images.{role} {source!r} must be pulled first",
                 hint=f"Save it (`docker save {source} -o {role}.tar`) and set "
-                     f"images.{role}: {{archive: {role}.tar}}, or use an airgap release with "
-                     "registry fetching.",
+                f"images.{role}: {{archive: {role}.tar}}, or use an airgap release with "
+                "registry fetching.",
             )
         reporter.stage(f"reading image {role}")
         img = load_image_archive(
@@ -165,10 +172,13 @@ def plan_build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None
         )
         images.append(img.entry)
         payloads.extend(img.payloads)
-        image_lock[role] = {"source": "archive", "ref": img.entry.ref,
-                            "manifest_digest": img.entry.manifest_digest,
-                            "config_digest": img.entry.config_digest,
-                            "platform": img.entry.platform}
+        image_lock[role] = {
+            "source": "archive",
+            "ref": img.entry.ref,
+            "manifest_digest": img.entry.manifest_digest,
+            "config_digest": img.entry.config_digest,
+            "platform": img.entry.platform,
+        }
     elastic_payloads, elastic_lock = _elastic_payloads(m)
     payloads.extend(elastic_payloads)
     lock: dict[str, Any] = {"model": model_lock, "images": image_lock}
@@ -210,5 +220,11 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             reporter.stage("writing", total)
         reporter.advance(n)
 
-    return write_bundle(plan, opts.output, opts.keys, split_size=opts.split_size,
-                        progress=copy_progress, hash_progress=hash_progress)
+    return write_bundle(
+        plan,
+        opts.output,
+        opts.keys,
+        split_size=opts.split_size,
+        progress=copy_progress,
+        hash_progress=hash_progress,
+    )

@@ -20,18 +20,21 @@ def describe(index: Index, index_sha256: str, signers: list[str]) -> dict[str, A
     images = []
     for img in index.images:
         blobs = {img.manifest_digest, img.config_digest, *(la.digest for la in img.layers)}
-        images.append({
-            "role": img.role,
-            "ref": img.ref,
-            "digest": img.manifest_digest,
-            "config_digest": img.config_digest,
-            "platform": img.platform,
-            "layers": len(img.layers),
-            "bytes": sum(by_path[BLOB_PREFIX + d.removeprefix("sha256:")].size for d in blobs),
-        })
+        images.append(
+            {
+                "role": img.role,
+                "ref": img.ref,
+                "digest": img.manifest_digest,
+                "config_digest": img.config_digest,
+                "platform": img.platform,
+                "layers": len(img.layers),
+                "bytes": sum(by_path[BLOB_PREFIX + d.removeprefix("sha256:")].size for d in blobs),
+            }
+        )
     elastic = [
         {"path": f.path, "bytes": f.size, "sha256": f.sha256}
-        for f in index.files if f.path.startswith("elastic/")
+        for f in index.files
+        if f.path.startswith("elastic/")
     ]
     return {
         "format": index.format,

@@ -103,8 +103,10 @@ def hash_sources(
             for i in order:
                 src = sources[i]
                 if isinstance(src, bytes):
-                    digests = [hashlib.sha256(src[o : o + chunk_size]).hexdigest()
-                               for o in range(0, max(1, len(src)), chunk_size)]
+                    digests = [
+                        hashlib.sha256(src[o : o + chunk_size]).hexdigest()
+                        for o in range(0, max(1, len(src)), chunk_size)
+                    ]
                     results[i] = Digests(hashlib.sha256(src).hexdigest(), tuple(digests))
                     if progress:
                         progress(len(src))
@@ -123,8 +125,12 @@ def hash_sources(
                 if n_chunks > 1:
                     whole[i] = pool.submit(task, src.offset, src.size, False)
                 parts[i] = [
-                    pool.submit(task, src.offset + k * chunk_size,
-                                min(chunk_size, src.size - k * chunk_size), True)
+                    pool.submit(
+                        task,
+                        src.offset + k * chunk_size,
+                        min(chunk_size, src.size - k * chunk_size),
+                        True,
+                    )
                     for k in range(n_chunks)
                 ]
             for i, futs in parts.items():
@@ -148,6 +154,22 @@ class ChunkMismatch:
     actual: str
 
 
+@dataclass(frozen=True)
+class _Update:
+    hasher: hashlib._Hash
+    buf: bytearray
+    n: int
+
+
+@dataclass(frozen=True)
+class _Finish:
+    hasher: hashlib._Hash
+    expected: str
+    member: str
+    chunk: int
+    offset: int
+
+
 class StreamHasher:
     """Verify chunk hashes of a single sequential stream on every core.
 
@@ -162,7 +184,7 @@ class StreamHasher:
         self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(self.lanes * depth + 2):
             self._pool.put(bytearray(block_size))
-        self._queues: list[queue.Queue[tuple[object, ...] | None]] = [
+        self._queues: list[queue.Queue[_Update | _Finish | None]] = [
             queue.Queue(maxsize=depth) for _ in range(self.lanes)
         ]
         self._hashers: dict[int, hashlib._Hash] = {}
@@ -177,23 +199,23 @@ class StreamHasher:
             t.start()
         self._closed = False
 
-    def _run(self, q: queue.Queue[tuple[object, ...] | None]) -> None:
+    def _run(self, q: queue.Queue[_Update | _Finish | None]) -> None:
         while True:
             item = q.get()
             if item is None:
                 return
             try:
-                if item[0] == "u":
-                    _, hasher, buf, n = item
-                    hasher.update(memoryview(buf)[:n])  # type: ignore[attr-defined,index]
-                    self._pool.put(buf)  # type: ignore[arg-type]
+                if isinstance(item, _Update):
+                    item.hasher.update(memoryview(item.buf)[: item.n])
+                    self._pool.put(item.buf)
                 else:
-                    _, hasher, expected, mismatch = item
-                    actual = hasher.hexdigest()  # type: ignore[attr-defined]
-                    if actual != expected:
+                    actual = item.hasher.hexdigest()
+                    if actual != item.expected:
                         with self._lock:
                             self._mismatches.append(
-                                ChunkMismatch(**{**mismatch, "actual": actual})  # type: ignore[dict-item]
+                                ChunkMismatch(
+                                    item.member, item.chunk, item.offset, item.expected, actual
+                                )
                             )
             except BaseException as e:  # pragma: no cover - recorded, re-raised by close()
                 with self._lock:
@@ -209,14 +231,13 @@ class StreamHasher:
         hasher = self._hashers.get(chunk_id)
         if hasher is None:
             hasher = self._hashers[chunk_id] = hashlib.sha256()
-        self._queues[chunk_id % self.lanes].put(("u", hasher, buf, n))
+        self._queues[chunk_id % self.lanes].put(_Update(hasher, buf, n))
 
     def finish_chunk(
         self, chunk_id: int, expected: str, *, member: str, chunk: int, offset: int
     ) -> None:
         hasher = self._hashers.pop(chunk_id, None) or hashlib.sha256()
-        info = {"member": member, "chunk": chunk, "offset": offset, "expected": expected}
-        self._queues[chunk_id % self.lanes].put(("f", hasher, expected, info))
+        self._queues[chunk_id % self.lanes].put(_Finish(hasher, expected, member, chunk, offset))
 
     @property
     def failed(self) -> bool:

@@ -82,7 +82,7 @@ class _Store:
                     f"not a readable uncompressed tar: {e}",
                     path=str(path),
                     hint="Give a `docker save` tar, an OCI archive tar, or an OCI layout directory "
-                         "(decompress .tar.gz first).",
+                    "(decompress .tar.gz first).",
                 ) from e
 
     def has(self, name: str) -> bool:
@@ -148,11 +148,15 @@ def load_image_archive(
             match its digest.
     """
     if not path.exists():
-        raise SourceError("image archive does not exist", path=str(path),
-                          hint="Save it with `docker save IMAGE -o FILE` or `skopeo copy`.")
+        raise SourceError(
+            "image archive does not exist",
+            path=str(path),
+            hint="Save it with `docker save IMAGE -o FILE` or `skopeo copy`.",
+        )
     store = _Store(path)
-    if store.has("manifest.json") and not (store.has("index.json") and store.has("oci-layout")
-                                           and not store.has("repositories")):
+    if store.has("manifest.json") and not (
+        store.has("index.json") and store.has("oci-layout") and not store.has("repositories")
+    ):
         return _from_docker_archive(store, role, platform, default_ref, chunk_size)
     if store.has("index.json") and store.has("oci-layout"):
         return _from_oci_layout(store, role, platform, default_ref, chunk_size)
@@ -170,7 +174,7 @@ def _check_platform(store: _Store, config: dict[str, Any], want: str) -> str:
             f"image is for {have}, the manifest asks for platform {want}",
             path=str(store.path),
             hint="Save the image for the right platform (docker save --platform / skopeo "
-                 "--override-arch), or change `platform` in the manifest.",
+            "--override-arch), or change `platform` in the manifest.",
         )
     return have
 
@@ -198,8 +202,9 @@ def _from_docker_archive(
     except (ValueError, KeyError, TypeError) as e:
         raise SourceError(f"{config_name} is not an image config: {e}", path=str(store.path)) from e
     if len(diff_ids) != len(layer_names):
-        raise SourceError("config lists a different number of layers than manifest.json",
-                          path=str(store.path))
+        raise SourceError(
+            "config lists a different number of layers than manifest.json", path=str(store.path)
+        )
     plat = _check_platform(store, config, platform)
     layers: list[tuple[FileRange, str, str | None]] = []
     for name, diff_id in zip(layer_names, diff_ids, strict=True):
@@ -216,17 +221,29 @@ def _from_docker_archive(
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": "sha256:" + hash_sources(
-            [config_bytes], chunk_size)[0].sha256, "size": len(config_bytes)},
+        "config": {
+            "mediaType": OCI_CONFIG,
+            "digest": "sha256:" + hash_sources([config_bytes], chunk_size)[0].sha256,
+            "size": len(config_bytes),
+        },
         "layers": [
             {"mediaType": mt, "digest": "sha256:" + d.sha256, "size": r.size}
             for (r, mt, _), d in zip(layers, layer_digests, strict=True)
         ],
     }
     tags = [str(t) for t in item.get("RepoTags") or []]
-    return _finish_known(store, role, tags[0] if tags else default_ref, tags,
-                         canonical.dumps(manifest), OCI_MANIFEST, config_bytes, layers,
-                         layer_digests, plat)
+    return _finish_known(
+        store,
+        role,
+        tags[0] if tags else default_ref,
+        tags,
+        canonical.dumps(manifest),
+        OCI_MANIFEST,
+        config_bytes,
+        layers,
+        layer_digests,
+        plat,
+    )
 
 
 def _finish_known(
@@ -246,9 +263,11 @@ def _finish_known(
     for (r, media_type, expected), d in zip(layers, layer_digests, strict=True):
         digest = "sha256:" + d.sha256
         if expected is not None and expected != digest:
-            raise SourceError(f"layer content is {digest}, the image says {expected}",
-                              path=str(store.path),
-                              hint="The archive is damaged; save or copy it again.")
+            raise SourceError(
+                f"layer content is {digest}, the image says {expected}",
+                path=str(store.path),
+                hint="The archive is damaged; save or copy it again.",
+            )
         layer_entries.append(Layer(digest=digest, size=r.size, media_type=media_type))
         payloads.append(Payload(BLOB_PREFIX + d.sha256, r, digests=d, origin=str(store.path)))
     blob_digest = {}
@@ -291,6 +310,7 @@ def _from_oci_layout(
                 if isinstance(plat, dict) and not platform_matches(platform_of(plat), platform):
                     continue
                 candidates.append((d, name))
+
     walk(index.get("manifests") if isinstance(index, dict) else None, None, 0)
     matching = []
     for desc, name in candidates:
@@ -314,21 +334,35 @@ def _from_oci_layout(
     for la in manifest.get("layers", []):
         r = store.range(_blob_name(str(la["digest"])))
         if r.size != la.get("size"):
-            raise SourceError(f"layer {la['digest']} is {r.size} bytes, manifest says "
-                              f"{la.get('size')}", path=str(store.path))
+            raise SourceError(
+                f"layer {la['digest']} is {r.size} bytes, manifest says {la.get('size')}",
+                path=str(store.path),
+            )
         layers.append((r, str(la["mediaType"]), str(la["digest"])))
     layer_digests = hash_sources([r for r, _, _ in layers], chunk_size)
     ref = name if name and ("/" in name or ":" in name) else default_ref
-    return _finish_known(store, role, ref, [ref] if ref != default_ref else [], manifest_bytes,
-                         str(desc.get("mediaType", OCI_MANIFEST)), config_bytes, layers,
-                         layer_digests, plat)
+    return _finish_known(
+        store,
+        role,
+        ref,
+        [ref] if ref != default_ref else [],
+        manifest_bytes,
+        str(desc.get("mediaType", OCI_MANIFEST)),
+        config_bytes,
+        layers,
+        layer_digests,
+        plat,
+    )
 
 
 def _verified_blob(store: _Store, digest: str) -> bytes:
     data = store.read(_blob_name(digest))
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise SourceError(f"blob {digest} does not match its digest", path=str(store.path),
-                          hint="The archive is damaged; save or copy it again.")
+        raise SourceError(
+            f"blob {digest} does not match its digest",
+            path=str(store.path),
+            hint="The archive is damaged; save or copy it again.",
+        )
     return data
 
 

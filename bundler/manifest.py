@@ -41,7 +41,8 @@ ELSER_IDS = (
     "multilingual-e5-small",
     "multilingual-e5-small_linux-x86_64",
 )
-PRODUCTS = ("elasticsearch", "kibana", "observability", "security")
+Product = Literal["elasticsearch", "kibana", "observability", "security"]
+PRODUCTS: tuple[Product, ...] = ("elasticsearch", "kibana", "observability", "security")
 
 
 class _Strict(BaseModel):
@@ -97,9 +98,7 @@ class Images(_Strict):
 
 class ProductDocs(_Strict):
     version: Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+$")]
-    products: list[Literal["elasticsearch", "kibana", "observability", "security"]] = Field(
-        default_factory=lambda: list(PRODUCTS), min_length=1
-    )
+    products: list[Product] = Field(default_factory=lambda: list(PRODUCTS), min_length=1)
 
 
 class Elastic(_Strict):
@@ -141,7 +140,7 @@ class Connector(_Strict):
 class Manifest(_Strict):
     """The declarative input of ``airgap build``."""
 
-    apiVersion: Literal["airgap/v1"]  # noqa: N815 - the YAML key
+    apiVersion: Literal["airgap/v1"]
     kind: Literal["Bundle"]
     name: Annotated[str, Field(pattern=NAME_RE)]
     version: Annotated[int, Field(ge=1)]
@@ -191,7 +190,9 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def parse_manifest(data: Any, *, source: str = "<manifest>", base_dir: Path | None = None) -> Manifest:
+def parse_manifest(
+    data: Any, *, source: str = "<manifest>", base_dir: Path | None = None
+) -> Manifest:
     """Validate an already-loaded manifest document.
 
     Raises:

@@ -12,6 +12,7 @@ import pytest
 from bundler.build import BuildOptions, build
 from bundler.bundle.signing import TrustedKey, generate_keypair, load_signing_key, load_trust
 from bundler.manifest import load_manifest
+
 from helpers import make_demo_sources
 
 
@@ -53,12 +54,18 @@ def demo_manifest(tmp_path: Path) -> Path:
     return make_demo_sources(src)
 
 
-def build_bundle(manifest: Path, out: Path, *keys: Keys, chunk_size: int = 64 * 1024,
-                 split_size: int | None = None):
+def build_bundle(
+    manifest: Path,
+    out: Path,
+    *keys: Keys,
+    chunk_size: int = 64 * 1024,
+    split_size: int | None = None,
+):
     m = load_manifest(manifest)
     signing = tuple(load_signing_key(k.private) for k in keys)
-    return build(m, BuildOptions(output=out, keys=signing, chunk_size=chunk_size,
-                                 split_size=split_size))
+    return build(
+        m, BuildOptions(output=out, keys=signing, chunk_size=chunk_size, split_size=split_size)
+    )
 
 
 @pytest.fixture
@@ -69,9 +76,20 @@ def bundle(tmp_path: Path, demo_manifest: Path, key: Keys) -> Path:
     return out
 
 
-def airgap(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
-           cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+def airgap(
+    *args: str,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     """Run the real CLI in a subprocess (exit codes, stdin, stderr as a user sees them)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bundler", *args], input=input,
-                          capture_output=True, env=full_env, cwd=cwd, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bundler", *args],
+        input=input,
+        capture_output=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )

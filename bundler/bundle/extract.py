@@ -41,17 +41,20 @@ class StagingExtractor:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
 
-    def begin(self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]],
-              sums: bytes) -> None:
+    def begin(
+        self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes
+    ) -> None:
         try:
             os.mkdir(self.staging, 0o755)
         except FileExistsError as e:
-            raise UsageError(f"{self.staging}: staging directory exists already",
-                             hint="Remove it or choose another directory.") from e
+            raise UsageError(
+                f"{self.staging}: staging directory exists already",
+                hint="Remove it or choose another directory.",
+            ) from e
         self._created = True
         self._write_small(INDEX_MEMBER, index_bytes)
         for keyid, sig in signatures:
@@ -64,7 +67,7 @@ class StagingExtractor:
 
     def write(self, data: memoryview) -> None:
         while data:
-            data = data[os.write(self._fd, data):]
+            data = data[os.write(self._fd, data) :]
 
     def close_member(self, entry: FileEntry) -> None:
         if self.fsync:
@@ -94,14 +97,19 @@ def write_oci_layout(images_dir: Path, index: Index) -> None:
     manifests = []
     for img in index.images:
         blob = images_dir / "blobs" / "sha256" / img.manifest_digest.removeprefix("sha256:")
-        manifests.append({
-            "mediaType": img.manifest_media_type,
-            "digest": img.manifest_digest,
-            "size": blob.stat().st_size,
-            "annotations": {"org.opencontainers.image.ref.name": img.role},
-        })
-    doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-           "manifests": manifests}
+        manifests.append(
+            {
+                "mediaType": img.manifest_media_type,
+                "digest": img.manifest_digest,
+                "size": blob.stat().st_size,
+                "annotations": {"org.opencontainers.image.ref.name": img.role},
+            }
+        )
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }
     images_dir.mkdir(parents=True, exist_ok=True)
     (images_dir / "oci-layout").write_bytes(OCI_LAYOUT)
     (images_dir / "index.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -196,8 +196,9 @@ def parse_index(data: bytes, *, bundle: str | None = None) -> Index:
     try:
         doc = canonical.loads(data)
     except canonical.CanonicalJSONError as e:
-        raise BundleError(f"index is not canonical JSON: {e}", bundle=bundle,
-                          member=INDEX_MEMBER) from e
+        raise BundleError(
+            f"index is not canonical JSON: {e}", bundle=bundle, member=INDEX_MEMBER
+        ) from e
     if isinstance(doc, dict) and doc.get("format") != FORMAT:
         raise BundleError(
             f"unsupported bundle format {doc.get('format')!r} (this airgap reads {FORMAT})",
@@ -214,7 +215,7 @@ def parse_index(data: bytes, *, bundle: str | None = None) -> Index:
             f"invalid index: {loc}: {first['msg']}",
             bundle=bundle,
             member=INDEX_MEMBER,
-            hint="The signer produced an index this reader refuses; rebuild with a released airgap.",
+            hint="The signer made an index this reader refuses; rebuild with a released airgap.",
         ) from e
     if index.to_bytes() != data:
         raise BundleError("index does not round-trip", bundle=bundle, member=INDEX_MEMBER)

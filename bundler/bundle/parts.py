@@ -12,7 +12,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from bundler import canonical
 from bundler.bundle.signing import TrustedKey, verify_threshold
@@ -84,10 +84,13 @@ def locate_bundle(spec: str) -> BundleLocation:
         base = path
     else:
         if not path.is_file():
-            raise UsageError(f"{spec}: no such bundle file",
-                             hint="Give the bundle file, its first part (.part-000), or - for stdin.")
-        return BundleLocation(label=str(path), base=path,
-                              parts=(Part(path, 0, path.stat().st_size),))
+            raise UsageError(
+                f"{spec}: no such bundle file",
+                hint="Give the bundle file, its first part (.part-000), or - for stdin.",
+            )
+        return BundleLocation(
+            label=str(path), base=path, parts=(Part(path, 0, path.stat().st_size),)
+        )
     return _split_location(base)
 
 
@@ -100,8 +103,10 @@ def _split_location(base: Path) -> BundleLocation:
             if signed.get("format") != PARTS_FORMAT:
                 raise ValueError(f"unknown format {signed.get('format')!r}")
             sigs = tuple((k, bytes.fromhex(v)) for k, v in sorted(doc["signatures"].items()))
-            entries = [(base.with_name(p["name"]), int(p["size"]), str(p["sha256"]))
-                       for p in signed["parts"]]
+            entries = [
+                (base.with_name(p["name"]), int(p["size"]), str(p["sha256"]))
+                for p in signed["parts"]
+            ]
             for p, _, _ in entries:
                 if p.parent != base.parent or _PART_RE.match(p.name) is None:
                     raise ValueError(f"part name {p.name!r} is not a sibling part file")
@@ -124,8 +129,13 @@ def _split_location(base: Path) -> BundleLocation:
                 )
             parts.append(Part(p, start, size, sha))
             start += size
-        return BundleLocation(label=str(base), base=base, parts=tuple(parts),
-                              parts_list=signed, parts_list_signatures=sigs)
+        return BundleLocation(
+            label=str(base),
+            base=base,
+            parts=tuple(parts),
+            parts_list=signed,
+            parts_list_signatures=sigs,
+        )
     # No parts list: take the contiguous run part-000, part-001, …
     found = []
     i = 0
@@ -142,7 +152,9 @@ def _split_location(base: Path) -> BundleLocation:
     return BundleLocation(label=str(base), base=base, parts=tuple(parts))
 
 
-def check_parts_list(loc: BundleLocation, trusted: dict[str, TrustedKey], index_sha256: str) -> None:
+def check_parts_list(
+    loc: BundleLocation, trusted: dict[str, TrustedKey], index_sha256: str
+) -> None:
     """The parts list must be signed by a trusted key and name this very index.
 
     Raises:
@@ -151,8 +163,13 @@ def check_parts_list(loc: BundleLocation, trusted: dict[str, TrustedKey], index_
     """
     if loc.parts_list is None:
         return
-    verify_threshold(canonical.dumps(loc.parts_list), loc.parts_list_signatures, trusted, 1,
-                     f"{loc.label}.parts.json")
+    verify_threshold(
+        canonical.dumps(loc.parts_list),
+        loc.parts_list_signatures,
+        trusted,
+        1,
+        f"{loc.label}.parts.json",
+    )
     if loc.parts_list.get("index_sha256") != index_sha256:
         raise BundleError(
             "the parts list belongs to a different bundle than part 000",
@@ -161,15 +178,20 @@ def check_parts_list(loc: BundleLocation, trusted: dict[str, TrustedKey], index_
         )
 
 
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+    def close(self) -> None: ...
+
+
 class ChainedReader:
     """Read split parts (or one file, or stdin) as one stream, tracking the offset."""
 
-    def __init__(self, loc: BundleLocation, stdin: BinaryIO | None = None) -> None:
+    def __init__(self, loc: BundleLocation, stdin: Readable | None = None) -> None:
         self.loc = loc
         self.pos = 0
-        self._files: list[BinaryIO] = []
+        self._files: list[Readable] = []
         self._i = 0
-        self._cur: BinaryIO | None = stdin
+        self._cur: Readable | None = stdin
         if stdin is None and not loc.parts:
             raise UsageError("no input")
 
@@ -179,7 +201,7 @@ class ChainedReader:
         part = self.loc.parts[self._i]
         self._i += 1
         try:
-            f: BinaryIO = open(part.path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+            f: Readable = open(part.path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
         except OSError as e:
             raise BundleError(f"cannot open part: {e.strerror}", part=part.path.name) from e
         self._files.append(f)

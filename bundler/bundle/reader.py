@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol, cast
 
 from bundler.bundle import tarfmt
 from bundler.bundle.index import (
@@ -32,7 +33,13 @@ from bundler.bundle.index import (
     path_problem,
     render_sha256sums,
 )
-from bundler.bundle.parts import BundleLocation, ChainedReader, check_parts_list, locate_bundle
+from bundler.bundle.parts import (
+    BundleLocation,
+    ChainedReader,
+    Readable,
+    check_parts_list,
+    locate_bundle,
+)
 from bundler.bundle.signing import KEYID_RE, SIGNATURE_SIZE, TrustedKey, verify_threshold
 from bundler.errors import BundleError, ExpiredError, UsageError
 from bundler.hashing import BLOCK_SIZE, StreamHasher
@@ -44,8 +51,9 @@ MAX_SIGNATURES = 64
 class Sink(Protocol):
     """Receives verified-in-flight payload; keeps it provisional until ``commit``."""
 
-    def begin(self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]],
-              sums: bytes) -> None: ...
+    def begin(
+        self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes
+    ) -> None: ...
     def open_member(self, entry: FileEntry) -> None: ...
     def write(self, data: memoryview) -> None: ...
     def close_member(self, entry: FileEntry) -> None: ...
@@ -112,12 +120,19 @@ class _Reader:
         self.stream = stream
         self.label = loc.label
 
-    def error(self, message: str, *, member: str | None = None, at: int | None = None,
-              hint: str | None = None) -> BundleError:
+    def error(
+        self,
+        message: str,
+        *,
+        member: str | None = None,
+        at: int | None = None,
+        hint: str | None = None,
+    ) -> BundleError:
         pos = self.stream.pos if at is None else at
         part, local = self.loc.locate(pos)
-        return BundleError(message, bundle=self.label, member=member, part=part,
-                           offset=local, hint=hint)
+        return BundleError(
+            message, bundle=self.label, member=member, part=part, offset=local, hint=hint
+        )
 
     def read_exact(self, n: int, member: str | None) -> bytes:
         buf = bytearray(n)
@@ -145,7 +160,7 @@ class _Reader:
         try:
             info = tarfmt.parse_ustar(block)
             raw = block
-            if info.type == tarfmt.tarfile.XHDTYPE:
+            if info.type == tarfile.XHDTYPE:
                 if info.size > tarfmt.MAX_PAX_HEADER:
                     raise tarfmt.HeaderError("oversized pax header")
                 data = self.read_exact(info.size + tarfmt.padding(info.size), expecting)
@@ -154,33 +169,56 @@ class _Reader:
                 if block2.count(0) == tarfmt.BLOCK:
                     raise tarfmt.HeaderError("pax header with no member after it")
                 info2 = tarfmt.parse_ustar(block2)
-                if info2.type in (tarfmt.tarfile.XHDTYPE, tarfmt.tarfile.XGLTYPE):
+                if info2.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
                     raise tarfmt.HeaderError("two pax headers in a row")
                 name = records.get("path", info2.name)
                 size = int(records["size"]) if "size" in records else info2.size
-                return tarfmt.RawHeader(name, size, info2.type, raw + data + block2,
-                                        records.get("linkpath", info2.linkname))
+                return tarfmt.RawHeader(
+                    name,
+                    size,
+                    info2.type,
+                    raw + data + block2,
+                    records.get("linkpath", info2.linkname),
+                )
             return tarfmt.RawHeader(info.name, info.size, info.type, raw, info.linkname)
         except (tarfmt.HeaderError, ValueError) as e:
-            raise self.error(str(e), member=f"(header where {expecting} was expected)",
-                             at=start) from e
+            raise self.error(
+                str(e), member=f"(header where {expecting} was expected)", at=start
+            ) from e
 
-    def check_member(self, h: tarfmt.RawHeader | None, expected: str, size: int | None,
-                     listed: set[str], seen: set[str], at: int) -> tarfmt.RawHeader:
+    def check_member(
+        self,
+        h: tarfmt.RawHeader | None,
+        expected: str,
+        size: int | None,
+        listed: set[str],
+        seen: set[str],
+        at: int,
+    ) -> tarfmt.RawHeader:
         if h is None:
-            raise self.error(f"archive ends where {expected} was expected (missing member)",
-                             member=expected, at=at,
-                             hint="The bundle is incomplete or was altered; copy it again.")
+            raise self.error(
+                f"archive ends where {expected} was expected (missing member)",
+                member=expected,
+                at=at,
+                hint="The bundle is incomplete or was altered; copy it again.",
+            )
         shown = repr(h.name) if path_problem(h.name) else h.name
         if h.kind is not None:
             target = f" -> {h.linkname!r}" if h.linkname else ""
-            raise self.error(f"member is {h.kind}{target}; bundles carry only regular files",
-                             member=shown, at=at,
-                             hint="This bundle was crafted or altered; do not use it.")
+            raise self.error(
+                f"member is {h.kind}{target}; bundles carry only regular files",
+                member=shown,
+                at=at,
+                hint="This bundle was crafted or altered; do not use it.",
+            )
         problem = path_problem(h.name)
         if problem:
-            raise self.error(f"unsafe member path: {problem}", member=shown, at=at,
-                             hint="This bundle was crafted or altered; do not use it.")
+            raise self.error(
+                f"unsafe member path: {problem}",
+                member=shown,
+                at=at,
+                hint="This bundle was crafted or altered; do not use it.",
+            )
         if h.name != expected:
             if h.name in seen:
                 why = "duplicate member"
@@ -188,11 +226,13 @@ class _Reader:
                 why = f"member out of order (expected {expected})"
             else:
                 why = f"member not listed in the signed index (expected {expected})"
-            raise self.error(why, member=shown, at=at,
-                             hint="This bundle was crafted or altered; do not use it.")
+            raise self.error(
+                why, member=shown, at=at, hint="This bundle was crafted or altered; do not use it."
+            )
         if size is not None and h.size != size:
-            raise self.error(f"member is {h.size} bytes but the signed index says {size}",
-                             member=h.name, at=at)
+            raise self.error(
+                f"member is {h.size} bytes but the signed index says {size}", member=h.name, at=at
+            )
         return h
 
 
@@ -204,7 +244,7 @@ def _first_header(r: _Reader) -> tarfmt.RawHeader | None:
             "does not start with a tar header: not an airgap bundle, or damaged at its start",
             at=0,
             hint="Pass the .tar written by `airgap build` (or its .part-000); if it is one, "
-                 "copy it again.",
+            "copy it again.",
         ) from e
 
 
@@ -214,7 +254,7 @@ def read_bundle(
     sink: Sink | None = None,
     *,
     detached: list[tuple[str, bytes]] | None = None,
-    stdin: BinaryIO | None = None,
+    stdin: Readable | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_index: Callable[[Index], None] | None = None,
@@ -230,7 +270,7 @@ def read_bundle(
     """
     loc = spec if isinstance(spec, BundleLocation) else locate_bundle(spec)
     if loc.base is None and stdin is None:
-        stdin = sys.stdin.buffer
+        stdin = cast(Readable, sys.stdin.buffer)
     stream = ChainedReader(loc, stdin)
     r = _Reader(loc, stream)
     started = time.monotonic()
@@ -240,9 +280,12 @@ def read_bundle(
         at = stream.pos
         h = _first_header(r)
         if h is not None and h.kind is None and h.name != INDEX_MEMBER:
-            raise r.error(f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
-                          member=h.name, at=at,
-                          hint="Pass the .tar written by `airgap build` (or its .part-000).")
+            raise r.error(
+                f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
+                member=h.name,
+                at=at,
+                hint="Pass the .tar written by `airgap build` (or its .part-000).",
+            )
         index_h = r.check_member(h, INDEX_MEMBER, None, set(), set(), at)
         if index_h.size > MAX_INDEX_SIZE:
             raise r.error("index is implausibly large", member=INDEX_MEMBER, at=at)
@@ -258,8 +301,13 @@ def read_bundle(
             if h is None or not h.name.startswith(SIGNATURE_DIR):
                 break
             keyid = h.name[len(SIGNATURE_DIR) :].removesuffix(".sig")
-            if (h.kind is not None or not h.name.endswith(".sig") or not KEYID_RE.match(keyid)
-                    or h.size != SIGNATURE_SIZE or len(embedded) >= MAX_SIGNATURES):
+            if (
+                h.kind is not None
+                or not h.name.endswith(".sig")
+                or not KEYID_RE.match(keyid)
+                or h.size != SIGNATURE_SIZE
+                or len(embedded) >= MAX_SIGNATURES
+            ):
                 raise r.error("malformed signature member", member=repr(h.name), at=at)
             if any(k == keyid for k, _ in embedded):
                 raise r.error("duplicate member", member=h.name, at=at)
@@ -273,8 +321,13 @@ def read_bundle(
         headers.append((sums_h, at))
 
         # 2. trust: signatures over the exact index bytes, before parsing them.
-        check = verify_threshold(index_bytes, embedded + list(detached or []), policy.trusted,
-                                 policy.threshold, f"{loc.label}: {INDEX_MEMBER}")
+        check = verify_threshold(
+            index_bytes,
+            embedded + list(detached or []),
+            policy.trusted,
+            policy.threshold,
+            f"{loc.label}: {INDEX_MEMBER}",
+        )
         check_parts_list(loc, policy.trusted, index_sha256)
         index = parse_index(index_bytes, bundle=loc.label)
         now = policy.now or datetime.now(UTC)
@@ -296,8 +349,7 @@ def read_bundle(
         mtime = int(index.created_at.timestamp())
         for hdr, hat in headers:
             if hdr.raw != tarfmt.member_header(hdr.name, hdr.size, mtime):
-                raise r.error("tar header differs from the canonical one", member=hdr.name,
-                              at=hat)
+                raise r.error("tar header differs from the canonical one", member=hdr.name, at=hat)
         expected_sums = render_sha256sums(index.files)
         if sums_h.size != len(expected_sums):
             raise r.error("SHA256SUMS does not match the signed index", member=SUMS_MEMBER)
@@ -317,9 +369,12 @@ def read_bundle(
         at = stream.pos
         tail = r.read_exact(len(tarfmt.END_OF_ARCHIVE), "(end of archive)")
         if tail != tarfmt.END_OF_ARCHIVE:
-            raise r.error("unexpected data after the last listed member", at=at,
-                          member="(end of archive)",
-                          hint="An extra member was appended or the bundle was altered.")
+            raise r.error(
+                "unexpected data after the last listed member",
+                at=at,
+                member="(end of archive)",
+                hint="An extra member was appended or the bundle was altered.",
+            )
         if stream.readinto(memoryview(bytearray(1))):
             raise r.error("trailing bytes after the end of the archive", at=stream.pos - 1)
         if sink is not None:
@@ -354,8 +409,7 @@ def _stream_payload(
             at = r.stream.pos
             h = r.check_member(r.read_header(entry.path), entry.path, entry.size, listed, seen, at)
             if h.raw != tarfmt.member_header(entry.path, entry.size, mtime):
-                raise r.error("tar header differs from the canonical one", member=entry.path,
-                              at=at)
+                raise r.error("tar header differs from the canonical one", member=entry.path, at=at)
             seen.add(entry.path)
             if sink is not None:
                 sink.open_member(entry)
@@ -370,8 +424,9 @@ def _stream_payload(
                     got = r.stream.readinto(view)
                     if got != n:
                         hasher.release(buf)
+                        missing = entry.size - (r.stream.pos - data_start)
                         raise r.error(
-                            f"bundle ends early inside this member ({entry.size - (r.stream.pos - data_start)} bytes missing)",
+                            f"bundle ends early inside this member ({missing} bytes missing)",
                             member=entry.path,
                             hint="Copy the bundle (or its last part) again; it is incomplete.",
                         )
@@ -381,8 +436,9 @@ def _stream_payload(
                     left -= n
                     if progress:
                         progress(n)
-                hasher.finish_chunk(chunk_id, expected, member=entry.path, chunk=k,
-                                    offset=chunk_start)
+                hasher.finish_chunk(
+                    chunk_id, expected, member=entry.path, chunk=k, offset=chunk_start
+                )
                 chunk_id += 1
                 if hasher.failed:
                     break
@@ -394,15 +450,23 @@ def _stream_payload(
     finally:
         mismatch = hasher.close()
     if mismatch is not None:
-        size = min(chunk_size, next(f.size for f in index.files if f.path == mismatch.member)
-                   - mismatch.chunk * chunk_size)
+        size = min(
+            chunk_size,
+            next(f.size for f in index.files if f.path == mismatch.member)
+            - mismatch.chunk * chunk_size,
+        )
         start = mismatch.chunk * chunk_size
-        message = (f"content differs from the signed hash in chunk {mismatch.chunk} "
-                   f"(bytes {start}..{start + size} of the file)")
+        message = (
+            f"content differs from the signed hash in chunk {mismatch.chunk} "
+            f"(bytes {start}..{start + size} of the file)"
+        )
         damaged = _damaged_parts(r.loc, mismatch.offset, size)
         if damaged:
             raise BundleError(
-                message, bundle=r.label, member=mismatch.member, part=", ".join(damaged),
+                message,
+                bundle=r.label,
+                member=mismatch.member,
+                part=", ".join(damaged),
                 hint=f"Copy {', '.join(damaged)} again; the parts list has every part's sha256.",
             )
         raise r.error(message, member=mismatch.member, at=mismatch.offset)
@@ -438,7 +502,7 @@ class BundleHead:
         return hashlib.sha256(self.index_bytes).hexdigest()
 
 
-def read_head(spec: str | BundleLocation, *, stdin: BinaryIO | None = None) -> BundleHead:
+def read_head(spec: str | BundleLocation, *, stdin: Readable | None = None) -> BundleHead:
     """Read the index and embedded signatures (for ``inspect`` and ``sign``).
 
     Nothing here is trusted: callers that act on the bundle use :func:`read_bundle`.
@@ -448,19 +512,22 @@ def read_head(spec: str | BundleLocation, *, stdin: BinaryIO | None = None) -> B
     """
     loc = spec if isinstance(spec, BundleLocation) else locate_bundle(spec)
     if loc.base is None and stdin is None:
-        stdin = sys.stdin.buffer
+        stdin = cast(Readable, sys.stdin.buffer)
     stream = ChainedReader(loc, stdin)
     r = _Reader(loc, stream)
     try:
         h = _first_header(r)
         if h is None or h.name != INDEX_MEMBER or h.kind is not None:
-            raise r.error(f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
-                          at=0, hint="Pass the .tar written by `airgap build` (or its .part-000).")
+            raise r.error(
+                f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
+                at=0,
+                hint="Pass the .tar written by `airgap build` (or its .part-000).",
+            )
         if h.size > MAX_INDEX_SIZE:
             raise r.error("index is implausibly large", member=INDEX_MEMBER, at=0)
         index_bytes = r.read_exact(h.size, INDEX_MEMBER)
         r.expect_zeros(tarfmt.padding(h.size), INDEX_MEMBER)
-        embedded = []
+        embedded: list[tuple[str, bytes]] = []
         while True:
             h = r.read_header(SUMS_MEMBER)
             if h is None or not h.name.startswith(SIGNATURE_DIR) or h.size != SIGNATURE_SIZE:

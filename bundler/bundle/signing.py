@@ -98,8 +98,11 @@ def load_signing_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
         key = serialization.load_pem_private_key(data, password=passphrase or None)
     except TypeError as e:
         if passphrase:
-            raise KeyFileError("key is not encrypted but a passphrase was given",
-                               path=str(path), hint="Unset AIRGAP_KEY_PASSPHRASE.") from e
+            raise KeyFileError(
+                "key is not encrypted but a passphrase was given",
+                path=str(path),
+                hint="Unset AIRGAP_KEY_PASSPHRASE.",
+            ) from e
         raise KeyFileError(
             "key is encrypted",
             path=str(path),
@@ -112,8 +115,9 @@ def load_signing_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
             hint="Use the KEYFILE written by `airgap keygen` and its passphrase.",
         ) from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError("not an Ed25519 key", path=str(path),
-                           hint="Create one with `airgap keygen KEYFILE`.")
+        raise KeyFileError(
+            "not an Ed25519 key", path=str(path), hint="Create one with `airgap keygen KEYFILE`."
+        )
     return SigningKey(key=key, keyid=keyid_of(key.public_key()), path=str(path))
 
 

@@ -93,7 +93,8 @@ def _dedupe(payloads: Sequence[Payload]) -> list[Payload]:
         if other is None:
             by_path[p.path] = p
         elif other.size != p.size or (
-            other.expected_sha256 and p.expected_sha256
+            other.expected_sha256
+            and p.expected_sha256
             and other.expected_sha256 != p.expected_sha256
         ):
             raise SourceError(
@@ -116,11 +117,12 @@ def compute_entries(
     try:
         computed = hash_sources([payloads[i].source for i in todo], chunk_size, progress=progress)
     except (OSError, EOFError) as e:
-        raise SourceError(f"cannot read source: {e}",
-                          hint="Check the file exists and is readable.") from e
+        raise SourceError(
+            f"cannot read source: {e}", hint="Check the file exists and is readable."
+        ) from e
     digests: list[Digests | None] = [p.digests for p in payloads]
-    for i, d in zip(todo, computed, strict=True):
-        digests[i] = d
+    for i, computed_digests in zip(todo, computed, strict=True):
+        digests[i] = computed_digests
     entries = []
     for p, d in zip(payloads, digests, strict=True):
         assert d is not None
@@ -152,7 +154,7 @@ def _copy_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
             n = len(data)
             view = memoryview(data)
             while view:
-                view = view[os.write(dst_fd, view):]
+                view = view[os.write(dst_fd, view) :]
         if n == 0:
             raise EOFError(f"source ended {count} bytes early")
         offset += n
@@ -175,8 +177,11 @@ class _Output:
 
     def _next_file(self) -> None:
         self._close_current()
-        name = part_name(self.target.name, len(self.tmp_paths)) if self.split_size else (
-            self.target.name)
+        name = (
+            part_name(self.target.name, len(self.tmp_paths))
+            if self.split_size
+            else (self.target.name)
+        )
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=self.target.parent)
         os.fchmod(fd, 0o644)
         self._fd = fd
@@ -209,7 +214,7 @@ class _Output:
             n = min(self._room(), len(view))
             chunk = view[:n]
             while chunk:
-                chunk = chunk[os.write(self._fd, chunk):]
+                chunk = chunk[os.write(self._fd, chunk) :]
             self._account(n)
             view = view[n:]
 
@@ -291,8 +296,9 @@ def write_bundle(
         raise UsageError(f"{output.parent}: output directory does not exist")
 
     payloads = _dedupe(plan.payloads)
-    before = {p.source.path: _stamp(p.source.path) for p in payloads
-              if isinstance(p.source, FileRange)}
+    before = {
+        p.source.path: _stamp(p.source.path) for p in payloads if isinstance(p.source, FileRange)
+    }
     entries = compute_entries(payloads, plan.chunk_size, progress=hash_progress)
     index = build_index(plan, entries)
     index_bytes = index.to_bytes()
@@ -321,8 +327,9 @@ def write_bundle(
                 try:
                     out.copy(fds[src.path], src.offset, src.size)
                 except EOFError as e:
-                    raise SourceError("file shrank while the bundle was written",
-                                      path=str(src.path)) from e
+                    raise SourceError(
+                        "file shrank while the bundle was written", path=str(src.path)
+                    ) from e
             out.write(b"\0" * tarfmt.padding(p.size))
             if progress:
                 progress(p.size)
@@ -392,8 +399,7 @@ def _commit(
         ],
     }
     body = canonical.dumps(signed)
-    doc = {"signed": signed,
-           "signatures": {k.keyid: k.sign(body).hex() for k in keys}}
+    doc = {"signed": signed, "signatures": {k.keyid: k.sign(body).hex() for k in keys}}
     sums = "".join(f"{h}  {f.name}\n" for f, h in zip(finals, part_hashes, strict=True))
     atomic_write_bytes(parts_sums_path(output), sums.encode())
     atomic_write_bytes(parts_list_path(output), canonical.dumps(doc) + b"\n")

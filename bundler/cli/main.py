@@ -55,8 +55,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
                 3 verification/trust failure (signature, expiry, damaged bundle) · 130 interrupted
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     ctx.obj = _State(verbose, quiet)
 
 
@@ -121,20 +124,47 @@ def schema() -> None:
 
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Bundle file to write (split parts get .part-NNN appended).")
-@click.option("--key", "keys", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
-              required=True, help="Signing key (repeat for several signers).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Bundle file to write (split parts get .part-NNN appended).",
+)
+@click.option(
+    "--key",
+    "keys",
+    type=click.Path(path_type=Path, dir_okay=False),
+    multiple=True,
+    required=True,
+    help="Signing key (repeat for several signers).",
+)
 @click.option("--split-size", type=str, default=None, help="Cut the bundle into parts, e.g. 4G.")
-@click.option("--expires-days", type=click.IntRange(1, 3650), default=None,
-              help="Validity of the signed index (overrides the manifest).")
-@click.option("--chunk-size", type=str, default="64M", show_default=True,
-              help="Verification chunk (power of two, 64K..1G).")
+@click.option(
+    "--expires-days",
+    type=click.IntRange(1, 3650),
+    default=None,
+    help="Validity of the signed index (overrides the manifest).",
+)
+@click.option(
+    "--chunk-size",
+    type=str,
+    default="64M",
+    show_default=True,
+    help="Verification chunk (power of two, 64K..1G).",
+)
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def build(manifest: Path, output: Path, keys: tuple[Path, ...], split_size: str | None,
-          expires_days: int | None, chunk_size: str, passphrase_file: Path | None,
-          as_json: bool) -> None:
+def build(
+    manifest: Path,
+    output: Path,
+    keys: tuple[Path, ...],
+    split_size: str | None,
+    expires_days: int | None,
+    chunk_size: str,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
     """Build a signed bundle from MANIFEST (SOURCE_DATE_EPOCH sets its creation time)."""
     from bundler.build import BuildOptions
     from bundler.build import build as run_build
@@ -144,9 +174,13 @@ def build(manifest: Path, output: Path, keys: tuple[Path, ...], split_size: str 
     m = load_manifest(manifest)
     pw = _passphrase(passphrase_file)
     signing = tuple(load_signing_key(k, pw) for k in keys)
-    opts = BuildOptions(output=output, keys=signing,
-                        split_size=parse_size(split_size) if split_size else None,
-                        expires_days=expires_days, chunk_size=parse_size(chunk_size))
+    opts = BuildOptions(
+        output=output,
+        keys=signing,
+        split_size=parse_size(split_size) if split_size else None,
+        expires_days=expires_days,
+        chunk_size=parse_size(chunk_size),
+    )
     with _reporter(as_json) as reporter:
         result = run_build(m, opts, reporter)
     out = {
@@ -162,18 +196,26 @@ def build(manifest: Path, output: Path, keys: tuple[Path, ...], split_size: str 
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
-    click.echo(f"built {out['name']} v{out['version']}: {len(result.index.files)} files, "
-               f"{human(result.size)}, expires {out['expires']}")
+    click.echo(
+        f"built {out['name']} v{out['version']}: {len(result.index.files)} files, "
+        f"{human(result.size)}, expires {out['expires']}"
+    )
     for p in result.outputs:
         click.echo(f"  {p}")
-    click.echo(f"index sha256 {result.index_sha256}; signed by "
-               + ", ".join(k[:16] for k in result.signers))
+    click.echo(
+        f"index sha256 {result.index_sha256}; signed by "
+        + ", ".join(k[:16] for k in result.signers)
+    )
 
 
 @cli.command()
 @click.argument("bundle", type=str)
-@click.option("--key", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Co-signer's private key.")
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Co-signer's private key.",
+)
 @passphrase_option
 def sign(bundle: str, key: Path, passphrase_file: Path | None) -> None:
     """Add a detached co-signature BUNDLE.<keyid>.sig (the bundle is not rewritten)."""
@@ -186,32 +228,54 @@ def sign(bundle: str, key: Path, passphrase_file: Path | None) -> None:
 
 
 def trust_options(f: F) -> F:
-    f = click.option("--require-signatures", type=click.IntRange(1, 64), default=1,
-                     show_default=True, help="Distinct trusted signers required.")(f)
-    f = click.option("--trust-dir", type=click.Path(path_type=Path, file_okay=False),
-                     help="Directory of trusted *.pub keys.")(f)
-    f = click.option("--trusted-key", "trusted_keys", multiple=True,
-                     type=click.Path(path_type=Path, dir_okay=False),
-                     help="A trusted public key (repeatable).")(f)
-    return click.option("--signature", "signatures", multiple=True,
-                        type=click.Path(path_type=Path, dir_okay=False),
-                        help="Extra detached signature <name>.<keyid>.sig (for stdin input).")(f)
+    f = click.option(
+        "--require-signatures",
+        type=click.IntRange(1, 64),
+        default=1,
+        show_default=True,
+        help="Distinct trusted signers required.",
+    )(f)
+    f = click.option(
+        "--trust-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Directory of trusted *.pub keys.",
+    )(f)
+    f = click.option(
+        "--trusted-key",
+        "trusted_keys",
+        multiple=True,
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="A trusted public key (repeatable).",
+    )(f)
+    return click.option(
+        "--signature",
+        "signatures",
+        multiple=True,
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Extra detached signature <name>.<keyid>.sig (for stdin input).",
+    )(f)
 
 
 @cli.command()
 @click.argument("bundle", type=str)
 @trust_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify(bundle: str, trusted_keys: tuple[Path, ...], trust_dir: Path | None,
-           require_signatures: int, signatures: tuple[Path, ...], as_json: bool) -> None:
+def verify(
+    bundle: str,
+    trusted_keys: tuple[Path, ...],
+    trust_dir: Path | None,
+    require_signatures: int,
+    signatures: tuple[Path, ...],
+    as_json: bool,
+) -> None:
     """Verify BUNDLE (a file, its first .part-000, or - for stdin): signatures, every byte."""
+    from bundler.bundle.parts import locate_bundle
     from bundler.bundle.reader import (
         TrustPolicy,
         find_detached_signatures,
         read_bundle,
         read_detached,
     )
-    from bundler.bundle.parts import locate_bundle
     from bundler.bundle.signing import load_trust
 
     trusted = load_trust(trusted_keys, trust_dir)
@@ -219,8 +283,13 @@ def verify(bundle: str, trusted_keys: tuple[Path, ...], trust_dir: Path | None,
     detached = read_detached(find_detached_signatures(loc) + list(signatures))
     with _reporter(as_json) as reporter:
         reporter.stage("verifying", sum(p.size for p in loc.parts) or None)
-        result = read_bundle(loc, TrustPolicy(trusted, require_signatures), None,
-                             detached=detached, progress=reporter.advance)
+        result = read_bundle(
+            loc,
+            TrustPolicy(trusted, require_signatures),
+            None,
+            detached=detached,
+            progress=reporter.advance,
+        )
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     rate = result.bytes_read / result.seconds / 1e6 if result.seconds else 0.0
@@ -259,8 +328,9 @@ def inspect(bundle: str, as_json: bool) -> None:
 
     loc = locate_bundle(bundle)
     head = read_head(loc)
-    signers = sorted({k for k, _ in head.embedded}
-                     | {k for k, _ in read_detached(find_detached_signatures(loc))})
+    signers = sorted(
+        {k for k, _ in head.embedded} | {k for k, _ in read_detached(find_detached_signatures(loc))}
+    )
     info = describe(head.index, head.index_sha256, signers)
     if as_json:
         click.echo(json.dumps(info, indent=2))

@@ -66,21 +66,33 @@ def make_reporter(quiet: bool) -> Iterator[Reporter]:
 
 def render_inspect(info: dict[str, Any]) -> None:
     console = Console()
-    console.print(f"[bold]{info['name']}[/bold] v{info['version']}  ({info['format']}, "
-                  f"{info['tool']})")
+    console.print(
+        f"[bold]{info['name']}[/bold] v{info['version']}  ({info['format']}, {info['tool']})"
+    )
     console.print(f"created {info['created']}  expires {info['expires']}")
     console.print(f"index sha256 {info['index_sha256']}")
-    console.print("signers (not verified here; use `airgap verify`): "
-                  + (", ".join(info["signers"]) or "none"))
+    console.print(
+        "signers (not verified here; use `airgap verify`): "
+        + (", ".join(info["signers"]) or "none")
+    )
     m = info["model"]
-    src = f"{m.get('repo')}@{m.get('commit', m.get('revision'))}" if m.get("repo") else m.get("path")
-    console.print(f"model {m.get('served_name')} from {src}: {m['files']} files, "
-                  f"{human(m['bytes'])}")
+    src = (
+        f"{m.get('repo')}@{m.get('commit', m.get('revision'))}" if m.get("repo") else m.get("path")
+    )
+    console.print(
+        f"model {m.get('served_name')} from {src}: {m['files']} files, {human(m['bytes'])}"
+    )
     if info["images"]:
         t = Table("role", "ref", "digest", "platform", "layers", "size")
         for img in info["images"]:
-            t.add_row(img["role"], img["ref"], img["digest"][:19], img["platform"],
-                      str(img["layers"]), human(img["bytes"]))
+            t.add_row(
+                img["role"],
+                img["ref"],
+                img["digest"][:19],
+                img["platform"],
+                str(img["layers"]),
+                human(img["bytes"]),
+            )
         console.print(t)
     for e in info["elastic"]:
         console.print(f"elastic {e['path']} {human(e['bytes'])}")

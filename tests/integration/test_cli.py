@@ -38,18 +38,35 @@ def test_passphrase_from_file_or_env_never_argv(tmp_path: Path, demo_manifest: P
     r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(tmp_path / "k"))
     assert r.returncode == 2 and b"hint: Give its passphrase" in r.stderr
     assert not out.exists()
-    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(tmp_path / "k"),
-               env={"AIRGAP_KEY_PASSPHRASE": "s3cret"})
+    r = airgap(
+        "build",
+        str(demo_manifest),
+        "-o",
+        str(out),
+        "--key",
+        str(tmp_path / "k"),
+        env={"AIRGAP_KEY_PASSPHRASE": "s3cret"},
+    )
     assert r.returncode == 0, r.stderr
     r = airgap("--help")
     assert b"--passphrase " not in r.stdout
 
 
-def test_build_verify_inspect_sign_round_trip(tmp_path: Path, demo_manifest: Path,
-                                              keys: Path) -> None:
+def test_build_verify_inspect_sign_round_trip(
+    tmp_path: Path, demo_manifest: Path, keys: Path
+) -> None:
     out = tmp_path / "b.tar"
-    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys), "--json",
-               "--chunk-size", "64K")
+    r = airgap(
+        "build",
+        str(demo_manifest),
+        "-o",
+        str(out),
+        "--key",
+        str(keys),
+        "--json",
+        "--chunk-size",
+        "64K",
+    )
     assert r.returncode == 0, r.stderr
     built = json.loads(r.stdout)
     assert built["outputs"] == [str(out)] and built["files"] == 16
@@ -75,25 +92,51 @@ def test_build_verify_inspect_sign_round_trip(tmp_path: Path, demo_manifest: Pat
 
     # a co-signer adds a detached signature; verify then meets a threshold of 2
     assert airgap("keygen", str(tmp_path / "k2")).returncode == 0
-    r = airgap("verify", str(out), "--trusted-key", f"{keys}.pub", "--trusted-key",
-               f"{tmp_path / 'k2'}.pub", "--require-signatures", "2")
+    r = airgap(
+        "verify",
+        str(out),
+        "--trusted-key",
+        f"{keys}.pub",
+        "--trusted-key",
+        f"{tmp_path / 'k2'}.pub",
+        "--require-signatures",
+        "2",
+    )
     assert r.returncode == 3 and b"1 valid signature(s) from trusted keys, 2 required" in r.stderr
     r = airgap("sign", str(out), "--key", str(tmp_path / "k2"))
     assert r.returncode == 0, r.stderr
-    r = airgap("verify", str(out), "--trusted-key", f"{keys}.pub", "--trusted-key",
-               f"{tmp_path / 'k2'}.pub", "--require-signatures", "2")
+    r = airgap(
+        "verify",
+        str(out),
+        "--trusted-key",
+        f"{keys}.pub",
+        "--trusted-key",
+        f"{tmp_path / 'k2'}.pub",
+        "--require-signatures",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     # over stdin, the detached signature is passed explicitly
     sig = next(tmp_path.glob("b.tar.*.sig"))
-    r = airgap("verify", "-", "--trust-dir", str(tmp_path), "--require-signatures", "2",
-               "--signature", str(sig), input=out.read_bytes())
+    r = airgap(
+        "verify",
+        "-",
+        "--trust-dir",
+        str(tmp_path),
+        "--require-signatures",
+        "2",
+        "--signature",
+        str(sig),
+        input=out.read_bytes(),
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_split_parts_through_stdin(tmp_path: Path, demo_manifest: Path, keys: Path) -> None:
     out = tmp_path / "s.tar"
-    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys),
-               "--split-size", "100K")
+    r = airgap(
+        "build", str(demo_manifest), "-o", str(out), "--key", str(keys), "--split-size", "100K"
+    )
     assert r.returncode == 0, r.stderr
     parts = sorted(tmp_path.glob("s.tar.part-*"))
     assert len(parts) == 4
@@ -107,7 +150,8 @@ def test_split_parts_through_stdin(tmp_path: Path, demo_manifest: Path, keys: Pa
 
 
 def test_errors_are_one_line_plus_hint_with_the_documented_exit_codes(
-        tmp_path: Path, demo_manifest: Path, keys: Path) -> None:
+    tmp_path: Path, demo_manifest: Path, keys: Path
+) -> None:
     out = tmp_path / "b.tar"
     assert airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys)).returncode == 0
     data = bytearray(out.read_bytes())
@@ -126,8 +170,9 @@ def test_errors_are_one_line_plus_hint_with_the_documented_exit_codes(
     assert r.returncode == 2 and b"no such bundle" in r.stderr
     r = airgap("verify", str(demo_manifest), "--trusted-key", f"{keys}.pub")
     assert r.returncode == 3 and b"not an airgap bundle" in r.stderr
-    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys),
-               "--split-size", "lots")
+    r = airgap(
+        "build", str(demo_manifest), "-o", str(out), "--key", str(keys), "--split-size", "lots"
+    )
     assert r.returncode == 2
     r = airgap("frobnicate")
     assert r.returncode == 2
@@ -141,13 +186,16 @@ def test_errors_are_one_line_plus_hint_with_the_documented_exit_codes(
     assert b"serve.max_model_length: unknown key" in r.stderr
 
 
-def test_interrupted_or_failed_build_leaves_no_bundle(tmp_path: Path, demo_manifest: Path,
-                                                      keys: Path) -> None:
+def test_interrupted_or_failed_build_leaves_no_bundle(
+    tmp_path: Path, demo_manifest: Path, keys: Path
+) -> None:
     (demo_manifest.parent / "vllm.tar").write_bytes(b"garbage")
     out = tmp_path / "b.tar"
     r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys))
     assert r.returncode == 1 and b"vllm.tar" in r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("b.tar", ".b.tar"))) == []
+    assert (
+        sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("b.tar", ".b.tar"))) == []
+    )
 
 
 def test_schema_is_json(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from bundler.bundle.extract import StagingExtractor
 from bundler.bundle.reader import TrustPolicy, read_bundle
+
 from conftest import Keys, build_bundle
 
 pytestmark = pytest.mark.integration
@@ -40,8 +41,19 @@ def test_signature_verifies_with_openssl(tmp_path: Path, bundle: Path, key: Keys
     out.mkdir()
     assert run("tar", "-xf", str(bundle), "-C", str(out)).returncode == 0
     sig = out / f"airgap/signatures/{key.keyid}.sig"
-    cmd = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(key.public), "-rawin",
-           "-in", str(out / "airgap/index.json"), "-sigfile", str(sig)]
+    cmd = [
+        "openssl",
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        str(key.public),
+        "-rawin",
+        "-in",
+        str(out / "airgap/index.json"),
+        "-sigfile",
+        str(sig),
+    ]
     r = run(*cmd)
     assert r.returncode == 0 and "Signature Verified Successfully" in r.stdout, r.stdout + r.stderr
     index = out / "airgap/index.json"
@@ -51,13 +63,17 @@ def test_signature_verifies_with_openssl(tmp_path: Path, bundle: Path, key: Keys
 
 
 def test_keyid_is_sha256_of_raw_public_key_per_openssl(key: Keys) -> None:
-    raw = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(key.public), "-outform", "DER"],
-                         capture_output=True, check=True).stdout[-32:]
+    raw = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-in", str(key.public), "-outform", "DER"],
+        capture_output=True,
+        check=True,
+    ).stdout[-32:]
     assert hashlib.sha256(raw).hexdigest() == key.keyid
 
 
-def test_images_reassembled_from_the_bundle_are_valid_for_skopeo(tmp_path: Path, bundle: Path,
-                                                                  key: Keys) -> None:
+def test_images_reassembled_from_the_bundle_are_valid_for_skopeo(
+    tmp_path: Path, bundle: Path, key: Keys
+) -> None:
     staging = tmp_path / "stage"
     result = read_bundle(str(bundle), TrustPolicy(key.trust()), StagingExtractor(staging))
     layout = staging / "images"
@@ -76,12 +92,17 @@ def test_images_reassembled_from_the_bundle_are_valid_for_skopeo(tmp_path: Path,
         assert r.returncode == 0, r.stderr
 
 
-def test_skopeo_made_archives_are_accepted_as_sources(tmp_path: Path, demo_manifest: Path,
-                                                      key: Keys) -> None:
+def test_skopeo_made_archives_are_accepted_as_sources(
+    tmp_path: Path, demo_manifest: Path, key: Keys
+) -> None:
     """An OCI archive written by skopeo (not by our helper) builds and verifies."""
     src = demo_manifest.parent
-    r = run("skopeo", "copy", f"docker-archive:{src / 'nginx.tar'}",
-            f"oci-archive:{src / 'nginx-oci.tar'}:example.org/nginx:test")
+    r = run(
+        "skopeo",
+        "copy",
+        f"docker-archive:{src / 'nginx.tar'}",
+        f"oci-archive:{src / 'nginx-oci.tar'}:example.org/nginx:test",
+    )
     assert r.returncode == 0, r.stderr
     text = demo_manifest.read_text().replace("./nginx.tar", "./nginx-oci.tar")
     demo_manifest.write_text(text)

@@ -11,6 +11,7 @@ import pytest
 
 from bundler.errors import SourceError
 from bundler.images import load_image_archive
+
 from helpers import Image, sha, tar_bytes
 
 CHUNK = 64 * 1024
@@ -18,8 +19,9 @@ LAYERS = [{"bin/sh": b"#!shell" * 50}, {"etc/conf": b"x=1\n"}]
 
 
 def load(path: Path, platform: str = "linux/amd64"):  # type: ignore[no-untyped-def]
-    return load_image_archive(path, role="vllm", platform=platform, default_ref="airgap/x:1",
-                              chunk_size=CHUNK)
+    return load_image_archive(
+        path, role="vllm", platform=platform, default_ref="airgap/x:1", chunk_size=CHUNK
+    )
 
 
 def blobs_of(img) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
@@ -38,8 +40,9 @@ def blobs_of(img) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("kind", ["docker-archive", "oci-archive", "oci-dir"])
 @pytest.mark.parametrize("compress", [False, True])
-def test_every_form_yields_content_addressed_blobs(tmp_path: Path, kind: str,
-                                                   compress: bool) -> None:
+def test_every_form_yields_content_addressed_blobs(
+    tmp_path: Path, kind: str, compress: bool
+) -> None:
     image = Image(LAYERS, compress=compress)
     if kind == "docker-archive":
         path = image.docker_archive(tmp_path / "i.tar", "example.org/x:1")
@@ -92,11 +95,14 @@ def test_uncompressed_docker_layer_must_match_its_diff_id(tmp_path: Path) -> Non
         load(path)
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"hello.txt": b"hi"}, "neither a docker-archive"),
-    ({"manifest.json": b"[]"}, "exactly one image"),
-    ({"manifest.json": b"not json"}, "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"hello.txt": b"hi"}, "neither a docker-archive"),
+        ({"manifest.json": b"[]"}, "exactly one image"),
+        ({"manifest.json": b"not json"}, "not valid JSON"),
+    ],
+)
 def test_not_an_image(tmp_path: Path, content: dict[str, bytes], message: str) -> None:
     path = tmp_path / "x.tar"
     path.write_bytes(tar_bytes(content))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.bundle.signing import generate_keypair, load_signing_key, load_trust, keyid_of
+from bundler.bundle.signing import generate_keypair, keyid_of, load_signing_key, load_trust
 from bundler.errors import KeyFileError, RollbackError, UsageError
 from bundler.install.state import VersionRegistry
 

@@ -19,6 +19,7 @@ from bundler.bundle.extract import StagingExtractor
 from bundler.bundle.reader import TrustPolicy, read_bundle
 from bundler.bundle.signing import load_signing_key
 from bundler.errors import BundleError
+
 from conftest import Keys
 
 CREATED = "2026-11-01T00:00:00Z"
@@ -31,15 +32,30 @@ def entry(path: str, data: bytes) -> dict[str, object]:
 
 
 def index_bytes(files: list[dict[str, object]]) -> bytes:
-    return canonical.dumps({
-        "format": "airgap-bundle/1", "tool": "evil", "name": "demo", "version": 1,
-        "created": CREATED, "expires": "2099-01-01T00:00:00Z", "chunk_size": 65536,
-        "manifest": {}, "lock": {}, "files": files, "images": [],
-    })
+    return canonical.dumps(
+        {
+            "format": "airgap-bundle/1",
+            "tool": "evil",
+            "name": "demo",
+            "version": 1,
+            "created": CREATED,
+            "expires": "2099-01-01T00:00:00Z",
+            "chunk_size": 65536,
+            "manifest": {},
+            "lock": {},
+            "files": files,
+            "images": [],
+        }
+    )
 
 
-def member(name: str, data: bytes = b"", type: bytes = tarfile.REGTYPE,
-           linkname: str = "", size: int | None = None) -> bytes:
+def member(
+    name: str,
+    data: bytes = b"",
+    type: bytes = tarfile.REGTYPE,
+    linkname: str = "",
+    size: int | None = None,
+) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = len(data) if size is None else size
     info.type = type
@@ -52,7 +68,11 @@ def member(name: str, data: bytes = b"", type: bytes = tarfile.REGTYPE,
     if type not in (tarfile.REGTYPE,):
         info.size = 0 if size is None else size
         data = b""
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + data + b"\0" * tarfmt.padding(len(data))
+    return (
+        info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        + data
+        + b"\0" * tarfmt.padding(len(data))
+    )
 
 
 def craft(path: Path, key: Keys, files: list[dict[str, object]], payload: bytes) -> Path:
@@ -60,57 +80,106 @@ def craft(path: Path, key: Keys, files: list[dict[str, object]], payload: bytes)
     idx = index_bytes(files)
     signer = load_signing_key(key.private)
     sums = "".join(f"{f['sha256']}  {f['path']}\n" for f in files).encode()
-    body = (member("airgap/index.json", idx)
-            + member(f"airgap/signatures/{signer.keyid}.sig", signer.sign(idx))
-            + member("airgap/SHA256SUMS", sums) + payload + tarfmt.END_OF_ARCHIVE)
+    body = (
+        member("airgap/index.json", idx)
+        + member(f"airgap/signatures/{signer.keyid}.sig", signer.sign(idx))
+        + member("airgap/SHA256SUMS", sums)
+        + payload
+        + tarfmt.END_OF_ARCHIVE
+    )
     path.write_bytes(body)
     return path
 
 
 A, B = b"alpha", b"bravo"
 CASES = {
-    "symlink": ([entry("models/m/a", A)], member("models/m/a", type=tarfile.SYMTYPE,
-                                                   linkname="/etc/passwd"), "symbolic link"),
-    "hardlink": ([entry("models/m/a", A)], member("models/m/a", type=tarfile.LNKTYPE,
-                                                    linkname="/etc/shadow"), "hard link"),
-    "char device": ([entry("models/m/a", A)], member("models/m/a", type=tarfile.CHRTYPE),
-                    "character device"),
-    "block device": ([entry("models/m/a", A)], member("models/m/a", type=tarfile.BLKTYPE),
-                     "block device"),
+    "symlink": (
+        [entry("models/m/a", A)],
+        member("models/m/a", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
+        "symbolic link",
+    ),
+    "hardlink": (
+        [entry("models/m/a", A)],
+        member("models/m/a", type=tarfile.LNKTYPE, linkname="/etc/shadow"),
+        "hard link",
+    ),
+    "char device": (
+        [entry("models/m/a", A)],
+        member("models/m/a", type=tarfile.CHRTYPE),
+        "character device",
+    ),
+    "block device": (
+        [entry("models/m/a", A)],
+        member("models/m/a", type=tarfile.BLKTYPE),
+        "block device",
+    ),
     "fifo": ([entry("models/m/a", A)], member("models/m/a", type=tarfile.FIFOTYPE), "FIFO"),
-    "directory": ([entry("models/m/a", A)], member("models/m/a", type=tarfile.DIRTYPE),
-                  "directory"),
+    "directory": (
+        [entry("models/m/a", A)],
+        member("models/m/a", type=tarfile.DIRTYPE),
+        "directory",
+    ),
     "traversal member": ([entry("models/m/a", A)], member("../../evil", A), "unsafe member path"),
-    "absolute member": ([entry("models/m/a", A)], member("/tmp/evil-airgap", A),
-                        "unsafe member path"),
-    "duplicate": ([entry("models/m/a", A), entry("models/m/b", B)],
-                  member("models/m/a", A) + member("models/m/a", A), "duplicate member"),
-    "unlisted": ([entry("models/m/a", A), entry("models/m/b", B)],
-                 member("models/m/a", A) + member("models/m/evil", A), "not listed"),
-    "reordered": ([entry("models/m/a", A), entry("models/m/b", B)],
-                  member("models/m/b", B) + member("models/m/a", A), "out of order"),
+    "absolute member": (
+        [entry("models/m/a", A)],
+        member("/tmp/evil-airgap", A),
+        "unsafe member path",
+    ),
+    "duplicate": (
+        [entry("models/m/a", A), entry("models/m/b", B)],
+        member("models/m/a", A) + member("models/m/a", A),
+        "duplicate member",
+    ),
+    "unlisted": (
+        [entry("models/m/a", A), entry("models/m/b", B)],
+        member("models/m/a", A) + member("models/m/evil", A),
+        "not listed",
+    ),
+    "reordered": (
+        [entry("models/m/a", A), entry("models/m/b", B)],
+        member("models/m/b", B) + member("models/m/a", A),
+        "out of order",
+    ),
     "size mismatch": ([entry("models/m/a", A)], member("models/m/a", A + b"!"), "bytes but"),
-    "extra after last": ([entry("models/m/a", A)], member("models/m/a", A) + member("evil", A),
-                         "after the last listed member"),
-    "missing member": ([entry("models/m/a", A), entry("models/m/b", B)],
-                       member("models/m/a", A), "missing member"),
-    "gnu long name": ([entry("models/m/a", A)],
-                      member("././@LongLink", b"../../evil\0", type=tarfile.GNUTYPE_LONGNAME,
-                             size=11) + b"../../evil\0".ljust(512, b"\0"), "GNU long-name"),
-    "global pax header": ([entry("models/m/a", A)],
-                          member("pax_global_header", type=tarfile.XGLTYPE, size=0),
-                          "global pax header"),
-    "traversal in signed index": ([entry("models/../../evil", A)], member("models/../../evil", A),
-                                  "invalid index"),
-    "absolute in signed index": ([entry("/tmp/evil-airgap", A)], member("/tmp/evil-airgap", A),
-                                 "invalid index"),
+    "extra after last": (
+        [entry("models/m/a", A)],
+        member("models/m/a", A) + member("evil", A),
+        "after the last listed member",
+    ),
+    "missing member": (
+        [entry("models/m/a", A), entry("models/m/b", B)],
+        member("models/m/a", A),
+        "missing member",
+    ),
+    "gnu long name": (
+        [entry("models/m/a", A)],
+        member("././@LongLink", b"../../evil\0", type=tarfile.GNUTYPE_LONGNAME, size=11)
+        + b"../../evil\0".ljust(512, b"\0"),
+        "GNU long-name",
+    ),
+    "global pax header": (
+        [entry("models/m/a", A)],
+        member("pax_global_header", type=tarfile.XGLTYPE, size=0),
+        "global pax header",
+    ),
+    "traversal in signed index": (
+        [entry("models/../../evil", A)],
+        member("models/../../evil", A),
+        "invalid index",
+    ),
+    "absolute in signed index": (
+        [entry("/tmp/evil-airgap", A)],
+        member("/tmp/evil-airgap", A),
+        "invalid index",
+    ),
     "content differs": ([entry("models/m/a", A)], member("models/m/a", B), "differs from the"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_crafted_bundle_is_refused_and_nothing_escapes(tmp_path: Path, key: Keys,
-                                                        case: str) -> None:
+def test_crafted_bundle_is_refused_and_nothing_escapes(
+    tmp_path: Path, key: Keys, case: str
+) -> None:
     files, payload, reason = CASES[case]
     work = tmp_path / "work"
     work.mkdir()
@@ -129,8 +198,12 @@ def test_crafted_bundle_is_refused_and_nothing_escapes(tmp_path: Path, key: Keys
 
 def test_the_crafting_helper_makes_bundles_the_reader_accepts(tmp_path: Path, key: Keys) -> None:
     """Guard against a test suite that passes because the helper is broken."""
-    good = craft(tmp_path / "good.tar", key, [entry("models/m/a", A), entry("models/m/b", B)],
-                 member("models/m/a", A) + member("models/m/b", B))
+    good = craft(
+        tmp_path / "good.tar",
+        key,
+        [entry("models/m/a", A), entry("models/m/b", B)],
+        member("models/m/a", A) + member("models/m/b", B),
+    )
     staging = tmp_path / "stage"
     read_bundle(str(good), TrustPolicy(key.trust()), StagingExtractor(staging))
     assert (staging / "models/m/b").read_bytes() == B

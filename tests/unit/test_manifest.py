@@ -10,7 +10,10 @@ from bundler.manifest import Manifest, json_schema, load_manifest, parse_manifes
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {
-    "apiVersion": "airgap/v1", "kind": "Bundle", "name": "demo", "version": 1,
+    "apiVersion": "airgap/v1",
+    "kind": "Bundle",
+    "name": "demo",
+    "version": 1,
     "model": {"path": "./weights", "served_name": "tiny"},
     "images": {"vllm": {"archive": "./vllm.tar"}, "nginx": "docker.io/library/nginx:1.27"},
 }
@@ -34,7 +37,11 @@ def test_shipped_manifests_follow_elastics_guidance() -> None:
     mistral = load_manifest(REPO / "manifests/mistral-small-3.2-24b-instruct.yaml")
     s = mistral.serve
     assert (s.tokenizer_mode, s.config_format, s.load_format, s.tool_call_parser) == (
-        "mistral", "mistral", "mistral", "mistral")
+        "mistral",
+        "mistral",
+        "mistral",
+        "mistral",
+    )
     assert s.tensor_parallel_size == 2 and s.enable_auto_tool_choice
 
 
@@ -46,29 +53,38 @@ def test_unknown_key_is_named_by_its_path() -> None:
     assert "airgap schema" in e.value.hint
 
 
-@pytest.mark.parametrize("doc, fragment", [
-    (with_(version=0), "version:"),
-    (with_(name="Bad Name"), "name:"),
-    (with_(apiVersion="airgap/v2"), "apiVersion:"),
-    (with_(model={"served_name": "x"}), "exactly one of `repo`"),
-    (with_(model={"repo": "a/b", "path": "./w", "served_name": "x"}), "exactly one of `repo`"),
-    (with_(model={"path": "./w", "served_name": "x", "include": ["*"]}), "apply only to `repo`"),
-    (with_(images={"vllm": "not a ref!!", "nginx": "nginx"}), "is not an image reference"),
-    (with_(images={"vllm": {"archive": "x", "extra": 1}, "nginx": "nginx"}),
-     "images.vllm.extra: unknown key"),
-    (with_(serve={"enable_auto_tool_choice": True}), "needs tool_call_parser"),
-    (with_(serve={"gpu_memory_utilization": 1.5}), "serve.gpu_memory_utilization"),
-    (with_(elastic={"elser": ["elser_model_9"]}), "elastic.elser[0]"),
-    (with_(platform="amd64"), "platform:"),
-])
+@pytest.mark.parametrize(
+    "doc, fragment",
+    [
+        (with_(version=0), "version:"),
+        (with_(name="Bad Name"), "name:"),
+        (with_(apiVersion="airgap/v2"), "apiVersion:"),
+        (with_(model={"served_name": "x"}), "exactly one of `repo`"),
+        (with_(model={"repo": "a/b", "path": "./w", "served_name": "x"}), "exactly one of `repo`"),
+        (
+            with_(model={"path": "./w", "served_name": "x", "include": ["*"]}),
+            "apply only to `repo`",
+        ),
+        (with_(images={"vllm": "not a ref!!", "nginx": "nginx"}), "is not an image reference"),
+        (
+            with_(images={"vllm": {"archive": "x", "extra": 1}, "nginx": "nginx"}),
+            "images.vllm.extra: unknown key",
+        ),
+        (with_(serve={"enable_auto_tool_choice": True}), "needs tool_call_parser"),
+        (with_(serve={"gpu_memory_utilization": 1.5}), "serve.gpu_memory_utilization"),
+        (with_(elastic={"elser": ["elser_model_9"]}), "elastic.elser[0]"),
+        (with_(platform="amd64"), "platform:"),
+    ],
+)
 def test_invalid_values_are_refused_with_their_path(doc: dict[str, object], fragment: str) -> None:
     with pytest.raises(ManifestError) as e:
         parse_manifest(doc)
     assert fragment in str(e.value)
 
 
-def test_relative_paths_resolve_against_the_manifest_directory(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_the_manifest_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sub = tmp_path / "conf"
     sub.mkdir()
     (sub / "m.yaml").write_text(yaml.safe_dump(BASE))

@@ -22,6 +22,7 @@ from bundler.bundle.reader import (
 )
 from bundler.bundle.signing import load_signing_key, load_trust
 from bundler.errors import BundleError, ExpiredError, TrustError, UsageError
+
 from conftest import Keys, build_bundle, make_key
 
 
@@ -40,8 +41,13 @@ def test_extract_puts_every_file_in_place(tmp_path: Path, bundle: Path, key: Key
     # every file the index lists exists with its sha256; nothing else under the payload roots
     listed = {f.path: f.sha256 for f in result.index.files}
     on_disk = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
-    extra = {"airgap/index.json", "airgap/SHA256SUMS", f"airgap/signatures/{key.keyid}.sig",
-             "images/index.json", "images/oci-layout"}
+    extra = {
+        "airgap/index.json",
+        "airgap/SHA256SUMS",
+        f"airgap/signatures/{key.keyid}.sig",
+        "images/index.json",
+        "images/oci-layout",
+    }
     assert on_disk == set(listed) | extra
     for path, sha in listed.items():
         assert file_sha(staging / path) == sha
@@ -61,8 +67,9 @@ def test_shared_layer_is_stored_once(bundle: Path) -> None:
     assert len(blob_paths) == len({*nginx.blob_digests, *vllm.blob_digests})
 
 
-def test_same_inputs_give_identical_bytes(tmp_path: Path, demo_manifest: Path, key: Keys,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_same_inputs_give_identical_bytes(
+    tmp_path: Path, demo_manifest: Path, key: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000000")
     a, b = tmp_path / "a.tar", tmp_path / "b.tar"
     build_bundle(demo_manifest, a, key)
@@ -75,8 +82,9 @@ def test_same_inputs_give_identical_bytes(tmp_path: Path, demo_manifest: Path, k
     assert file_sha(a) != file_sha(c)
 
 
-def test_split_parts_round_trip_and_name_a_missing_part(tmp_path: Path, demo_manifest: Path,
-                                                         key: Keys) -> None:
+def test_split_parts_round_trip_and_name_a_missing_part(
+    tmp_path: Path, demo_manifest: Path, key: Keys
+) -> None:
     out = tmp_path / "s.tar"
     single = tmp_path / "single.tar"
     build_bundle(demo_manifest, single, key)
@@ -113,8 +121,9 @@ def test_damage_in_a_part_names_that_part(tmp_path: Path, demo_manifest: Path, k
     assert e.value.member is not None
 
 
-def test_rebuilt_part_can_replace_a_damaged_one(tmp_path: Path, demo_manifest: Path,
-                                                key: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rebuilt_part_can_replace_a_damaged_one(
+    tmp_path: Path, demo_manifest: Path, key: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000000")
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -165,8 +174,9 @@ def test_rollback_hook_runs_before_payload(tmp_path: Path, bundle: Path, key: Ke
         reg.check(index.name, index.version)
 
     with pytest.raises(RollbackError):
-        read_bundle(str(bundle), TrustPolicy(key.trust(), before_payload=check),
-                    StagingExtractor(staging))
+        read_bundle(
+            str(bundle), TrustPolicy(key.trust(), before_payload=check), StagingExtractor(staging)
+        )
     assert not staging.exists()
 
 

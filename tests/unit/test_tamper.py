@@ -10,6 +10,7 @@ import pytest
 from bundler.bundle.extract import StagingExtractor
 from bundler.bundle.reader import TrustPolicy, read_bundle
 from bundler.errors import BundleError, VerificationError
+
 from conftest import Keys
 
 
@@ -78,8 +79,18 @@ def test_payload_damage_is_named_precisely(tmp_path: Path, bundle: Path, key: Ke
     assert e.value.offset == m.offset_data + 3 * 65536
 
 
-@pytest.mark.parametrize("where", ["start", "in header", "in index", "after signatures",
-                                   "mid payload", "before end marker", "last byte"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "start",
+        "in header",
+        "in index",
+        "after signatures",
+        "mid payload",
+        "before end marker",
+        "last byte",
+    ],
+)
 def test_truncation_is_refused(tmp_path: Path, bundle: Path, key: Keys, where: str) -> None:
     original = bundle.read_bytes()
     with tarfile.open(bundle) as tf:
@@ -110,7 +121,11 @@ def test_appended_data_is_refused(tmp_path: Path, bundle: Path, key: Keys) -> No
         read_bundle(str(bad), TrustPolicy(key.trust()))
     extra = tarfile.TarInfo("models/tiny/extra")
     extra.size = 3
-    bad.write_bytes(bundle.read_bytes()[:-1024] + extra.tobuf(tarfile.PAX_FORMAT)
-                    + b"abc".ljust(512, b"\0") + b"\0" * 1024)
+    bad.write_bytes(
+        bundle.read_bytes()[:-1024]
+        + extra.tobuf(tarfile.PAX_FORMAT)
+        + b"abc".ljust(512, b"\0")
+        + b"\0" * 1024
+    )
     with pytest.raises(BundleError, match="after the last listed member"):
         read_bundle(str(bad), TrustPolicy(key.trust()))

@@ -1,0 +1,175 @@
+"""The built-in demo's data, made offline: a tiny model, images, Elastic artifacts.
+
+Used by ``scripts/demo`` and the tests. Images are assembled with the standard
+library (docker-archive and OCI layouts) so nothing is pulled from a registry.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import yaml
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    """A deterministic tar of ``files`` (an image layer)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1700000000
+            info.mode = 0o755
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class Image:
+    """An image made of layers (uncompressed tars), optionally gzip-compressed blobs."""
+
+    def __init__(
+        self,
+        layers: list[dict[str, bytes]],
+        *,
+        arch: str = "amd64",
+        compress: bool = False,
+        cmd: list[str] | None = None,
+    ) -> None:
+        self.diff_tars = [tar_bytes(files) for files in layers]
+        self.blobs = [gzip.compress(t, mtime=0) if compress else t for t in self.diff_tars]
+        self.media_types = [
+            "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else "")
+            for _ in self.blobs
+        ]
+        self.config = json.dumps(
+            {
+                "architecture": arch,
+                "os": "linux",
+                "config": {"Cmd": cmd or ["/bin/sh"]},
+                "rootfs": {
+                    "type": "layers",
+                    "diff_ids": ["sha256:" + sha(t) for t in self.diff_tars],
+                },
+            },
+            sort_keys=True,
+        ).encode()
+        self.manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": "sha256:" + sha(self.config),
+                    "size": len(self.config),
+                },
+                "layers": [
+                    {"mediaType": mt, "digest": "sha256:" + sha(b), "size": len(b)}
+                    for mt, b in zip(self.media_types, self.blobs, strict=True)
+                ],
+            },
+            sort_keys=True,
+        ).encode()
+
+    @property
+    def config_digest(self) -> str:
+        return "sha256:" + sha(self.config)
+
+    def docker_archive(self, path: Path, tag: str) -> Path:
+        """``docker save`` layout (pre-25): <id>/layer.tar, <config>.json, manifest.json."""
+        files: dict[str, bytes] = {}
+        names = []
+        for blob in self.blobs:
+            name = f"{sha(blob)}/layer.tar"
+            files[name] = blob
+            names.append(name)
+        cfg = f"{sha(self.config)}.json"
+        files[cfg] = self.config
+        files["manifest.json"] = json.dumps(
+            [{"Config": cfg, "RepoTags": [tag], "Layers": names}]
+        ).encode()
+        path.write_bytes(tar_bytes(files))
+        return path
+
+    def oci_files(self, ref: str | None = None) -> dict[str, bytes]:
+        files = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}'}
+        for blob in [*self.blobs, self.config, self.manifest]:
+            files[f"blobs/sha256/{sha(blob)}"] = blob
+        desc = {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": "sha256:" + sha(self.manifest),
+            "size": len(self.manifest),
+        }
+        if ref:
+            desc["annotations"] = {"org.opencontainers.image.ref.name": ref}
+        files["index.json"] = json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode()
+        return files
+
+    def oci_archive(self, path: Path, ref: str | None = None) -> Path:
+        path.write_bytes(tar_bytes(self.oci_files(ref)))
+        return path
+
+    def oci_dir(self, path: Path, ref: str | None = None) -> Path:
+        for name, data in self.oci_files(ref).items():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_bytes(data)
+        return path
+
+
+def make_demo_sources(root: Path, *, model_bytes: int = 300_000, big: int = 0) -> Path:
+    """A complete local-source manifest under ``root``; returns the manifest path."""
+    weights = root / "weights"
+    (weights / "tokenizer").mkdir(parents=True)
+    (weights / "config.json").write_text('{"model_type": "llama", "hidden_size": 128}\n')
+    (weights / "tokenizer" / "tokenizer.json").write_text('{"version": "1.0"}\n')
+    (weights / "model.safetensors").write_bytes(bytes(range(256)) * (model_bytes // 256))
+    (weights / "empty.txt").write_bytes(b"")
+    if big:
+        with open(weights / "model-big.safetensors", "wb") as f:
+            block = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB
+            for _ in range(big // len(block)):
+                f.write(block)
+    shared = {"bin/busybox": b"\x7fELF-not-really" * 100}
+    Image([shared, {"etc/nginx/nginx.conf": b"events {}\n"}]).docker_archive(
+        root / "nginx.tar", "example.org/nginx:test"
+    )
+    Image([shared, {"app/server.py": b"print('hi')\n"}], compress=True).oci_archive(
+        root / "vllm.tar", "example.org/vllm:test"
+    )
+    elastic = root / "elastic"
+    elastic.mkdir()
+    (elastic / "elser_model_2_linux-x86_64.pt").write_bytes(b"pt" * 5000)
+    (elastic / "elser_model_2_linux-x86_64.vocab.json").write_text('{"vocabulary": ["a"]}')
+    (elastic / "elser_model_2_linux-x86_64.metadata.json").write_text(
+        json.dumps(
+            {
+                "packaged_model_id": "elser_model_2_linux-x86_64",
+                "sha256": sha(b"pt" * 5000),
+                "size": 10000,
+                "vocabulary_file": "elser_model_2_linux-x86_64.vocab.json",
+            }
+        )
+    )
+    (elastic / "kb-product-doc-kibana-9.2.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    manifest = {
+        "apiVersion": "airgap/v1",
+        "kind": "Bundle",
+        "name": "demo",
+        "version": 1,
+        "model": {"path": "./weights", "served_name": "tiny"},
+        "images": {"vllm": {"archive": "./vllm.tar"}, "nginx": {"archive": "./nginx.tar"}},
+        "elastic": {"source_dir": "./elastic"},
+        "serve": {"max_model_len": 256, "gpu_memory_utilization": 0.9},
+        "connector": {"name": "Tiny (air-gapped)"},
+    }
+    path = root / "manifest.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
