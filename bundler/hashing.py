@@ -157,8 +157,8 @@ class ChunkMismatch:
 @dataclass(frozen=True)
 class _Update:
     hasher: hashlib._Hash
-    buf: bytearray
-    n: int
+    data: memoryview
+    release: bytearray | None  # pool buffer to return once hashed
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,9 @@ class _Finish:
 class StreamHasher:
     """Verify chunk hashes of a single sequential stream on every core.
 
-    Usage: ``buf = h.get_buffer()``, fill it, ``h.update(chunk_id, buf, n)``; at a
-    chunk's end ``h.finish_chunk(...)``. ``h.close()`` waits for all lanes and
+    Usage: ``h.update(chunk_id, view)`` for zero-copy views, or ``buf =
+    h.get_buffer()``, fill it, ``h.update(chunk_id, view_of_buf, release=buf)``;
+    at a chunk's end ``h.finish_chunk(...)``. ``h.close()`` waits for all lanes and
     returns the first mismatch (lowest offset), or None.
     """
 
@@ -206,8 +207,9 @@ class StreamHasher:
                 return
             try:
                 if isinstance(item, _Update):
-                    item.hasher.update(memoryview(item.buf)[: item.n])
-                    self._pool.put(item.buf)
+                    item.hasher.update(item.data)
+                    if item.release is not None:
+                        self._pool.put(item.release)
                 else:
                     actual = item.hasher.hexdigest()
                     if actual != item.expected:
@@ -227,11 +229,12 @@ class StreamHasher:
     def release(self, buf: bytearray) -> None:
         self._pool.put(buf)
 
-    def update(self, chunk_id: int, buf: bytearray, n: int) -> None:
+    def update(self, chunk_id: int, data: memoryview, release: bytearray | None = None) -> None:
+        """Queue ``data`` for chunk ``chunk_id``; ``release`` goes back to the pool after."""
         hasher = self._hashers.get(chunk_id)
         if hasher is None:
             hasher = self._hashers[chunk_id] = hashlib.sha256()
-        self._queues[chunk_id % self.lanes].put(_Update(hasher, buf, n))
+        self._queues[chunk_id % self.lanes].put(_Update(hasher, data, release))
 
     def finish_chunk(
         self, chunk_id: int, expected: str, *, member: str, chunk: int, offset: int

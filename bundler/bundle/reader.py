@@ -418,21 +418,25 @@ def _stream_payload(
                 chunk_start = r.stream.pos
                 left = min(chunk_size, entry.size - k * chunk_size)
                 while left > 0:
-                    buf = hasher.get_buffer()
                     n = min(block, left)
-                    view = memoryview(buf)[:n]
-                    got = r.stream.readinto(view)
-                    if got != n:
-                        hasher.release(buf)
-                        missing = entry.size - (r.stream.pos - data_start)
-                        raise r.error(
-                            f"bundle ends early inside this member ({missing} bytes missing)",
-                            member=entry.path,
-                            hint="Copy the bundle (or its last part) again; it is incomplete.",
-                        )
+                    buf = None
+                    view = r.stream.map(n)
+                    if view is None:  # stdin, or a block that crosses into the next part
+                        buf = hasher.get_buffer()
+                        view = memoryview(buf)[:n]
+                        got = r.stream.readinto(view)
+                        if got != n:
+                            hasher.release(buf)
+                            missing = entry.size - (r.stream.pos - data_start)
+                            raise r.error(
+                                f"bundle ends early inside this member ({missing} bytes missing)",
+                                member=entry.path,
+                                hint="Copy the bundle (or its last part) again; it is incomplete.",
+                            )
                     if sink is not None:
                         sink.write(view)
-                    hasher.update(chunk_id, buf, n)
+                    hasher.update(chunk_id, view, release=buf)
+                    del view
                     left -= n
                     if progress:
                         progress(n)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -18,8 +19,9 @@ from typing import Any, TypeVar
 import click
 
 from bundler import __version__
-from bundler.cli.render import human
+from bundler.cli.fmt import human
 from bundler.errors import EXIT_INTERRUPTED, EXIT_USAGE, AirgapError
+from bundler.progress import NullReporter
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("bundler")
@@ -71,9 +73,13 @@ def _state() -> _State:
 
 @contextmanager
 def _reporter(quiet: bool = False) -> Iterator[Any]:
+    """Progress bars on an interactive stderr only; rich is not even imported otherwise."""
+    if quiet or _state().quiet or not sys.stderr.isatty() or os.environ.get("NO_COLOR"):
+        yield NullReporter()
+        return
     from bundler.cli.render import make_reporter
 
-    with make_reporter(quiet or _state().quiet) as r:
+    with make_reporter(False) as r:
         yield r
 
 

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from bundler.cli.fmt import human
 from bundler.progress import NullReporter, Reporter
 
 
@@ -97,11 +98,3 @@ def render_inspect(info: dict[str, Any]) -> None:
     for e in info["elastic"]:
         console.print(f"elastic {e['path']} {human(e['bytes'])}")
     console.print(f"total: {info['files']} files, {human(info['total_bytes'])}")
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
