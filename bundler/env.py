@@ -27,3 +27,8 @@ def source_date_epoch() -> datetime | None:
             hint="Set it to seconds since 1970-01-01 UTC, e.g. $(git log -1 --format=%ct).",
         ) from e
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def no_color() -> bool:
+    """``NO_COLOR`` (no-color.org): plain output, no progress bars."""
+    return bool(os.environ.get("NO_COLOR"))

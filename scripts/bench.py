@@ -74,19 +74,20 @@ def make_dataset(root: Path, size: int) -> Path:
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Run ``cmd``; return (seconds, peak RSS in bytes) of that child alone."""
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    took = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{err}")
-    if proc.stderr:
-        proc.stderr.close()
-    return took, usage.ru_maxrss * 1024
+    """Run ``cmd`` under GNU time; return (seconds, peak RSS in bytes) of that command alone."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        started = time.monotonic()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-q", "-f", "%M", "-o", report.name, *cmd],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
+        took = time.monotonic() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{proc.stderr.decode()}")
+        return took, int(report.read().split()[-1]) * 1024
 
 
 def measure(name: str, cmd: list[str], runs: int, before: list[Path] | None = None) -> dict:
@@ -124,28 +125,64 @@ def main() -> None:
         manifest = make_dataset(src, int(args.size_gib * GiB))
         files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != "manifest.yaml")
         total = sum(p.stat().st_size for p in files)
-        subprocess.run([py, "-m", "bundler", "keygen", str(work / "k")], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [py, "-m", "bundler", "keygen", str(work / "k")], check=True, capture_output=True
+        )
         bundle = work / "bundle.tar"
         tarball = work / "plain.tar"
         rel = [str(p.relative_to(src)) for p in files]
         rows = [
-            measure("tar cf (same files)", ["tar", "cf", str(tarball), "-C", str(src), *rel],
-                    args.runs, [tarball]),
-            measure("airgap build", [py, "-m", "bundler", "-q", "build", str(manifest), "-o",
-                                     str(bundle), "--key", str(work / "k")],
-                    args.runs, [bundle]),
-            measure("openssl dgst -sha256 (same files)",
-                    ["openssl", "dgst", "-sha256", *map(str, files)], args.runs),
-            measure("airgap verify", [py, "-m", "bundler", "-q", "verify", str(bundle),
-                                      "--trusted-key", str(work / "k.pub")], args.runs),
+            measure(
+                "tar cf (same files)",
+                ["tar", "cf", str(tarball), "-C", str(src), *rel],
+                args.runs,
+                [tarball],
+            ),
+            measure(
+                "airgap build",
+                [
+                    py,
+                    "-m",
+                    "bundler",
+                    "-q",
+                    "build",
+                    str(manifest),
+                    "-o",
+                    str(bundle),
+                    "--key",
+                    str(work / "k"),
+                ],
+                args.runs,
+                [bundle],
+            ),
+            measure(
+                "openssl dgst -sha256 (same files)",
+                ["openssl", "dgst", "-sha256", *map(str, files)],
+                args.runs,
+            ),
+            measure(
+                "airgap verify",
+                [
+                    py,
+                    "-m",
+                    "bundler",
+                    "-q",
+                    "verify",
+                    str(bundle),
+                    "--trusted-key",
+                    str(work / "k.pub"),
+                ],
+                args.runs,
+            ),
         ]
         by = {r["name"]: r for r in rows}
         build_ratio = by["airgap build"]["seconds"] / by["tar cf (same files)"]["seconds"]
-        verify_speedup = (by["openssl dgst -sha256 (same files)"]["seconds"]
-                          / by["airgap verify"]["seconds"])
-        report = render(rows, total, bundle.stat().st_size, len(files), build_ratio,
-                        verify_speedup, args)
+        verify_speedup = (
+            by["openssl dgst -sha256 (same files)"]["seconds"] / by["airgap verify"]["seconds"]
+        )
+        report = render(
+            rows, total, bundle.stat().st_size, len(files), build_ratio, verify_speedup, args
+        )
         print(report)
         if args.out:
             args.out.write_text(report)
@@ -153,8 +190,15 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def render(rows: list[dict], total: int, bundle_size: int, nfiles: int, build_ratio: float,
-           verify_speedup: float, args: argparse.Namespace) -> str:
+def render(
+    rows: list[dict],
+    total: int,
+    bundle_size: int,
+    nfiles: int,
+    build_ratio: float,
+    verify_speedup: float,
+    args: argparse.Namespace,
+) -> str:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -177,8 +221,10 @@ def render(rows: list[dict], total: int, bundle_size: int, nfiles: int, build_ra
         "|---|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['seconds']:.2f} | {total / r['seconds'] / 1e9:.2f} | "
-                     f"{r['rss'] / MiB:.0f} MiB |")
+        lines.append(
+            f"| {r['name']} | {r['seconds']:.2f} | {total / r['seconds'] / 1e9:.2f} | "
+            f"{r['rss'] / MiB:.0f} MiB |"
+        )
     lines += [
         "",
         f"- build / tar cf: **{build_ratio:.2f}x** the time (target <= 1.3x)",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from bundler import __version__
+from bundler import __version__, env
 from bundler.cli.fmt import human
 from bundler.errors import EXIT_INTERRUPTED, EXIT_USAGE, AirgapError
 from bundler.progress import NullReporter
@@ -74,7 +73,7 @@ def _state() -> _State:
 @contextmanager
 def _reporter(quiet: bool = False) -> Iterator[Any]:
     """Progress bars on an interactive stderr only; rich is not even imported otherwise."""
-    if quiet or _state().quiet or not sys.stderr.isatty() or os.environ.get("NO_COLOR"):
+    if quiet or _state().quiet or not sys.stderr.isatty() or env.no_color():
         yield NullReporter()
         return
     from bundler.cli.render import make_reporter
