@@ -19,6 +19,7 @@ from bundler.bundle.index import DEFAULT_CHUNK_SIZE
 from bundler.bundle.signing import SigningKey
 from bundler.bundle.writer import BuildPlan, BuildResult, Payload, write_bundle
 from bundler.errors import FetchError, SourceError
+from bundler.hashcache import HashCache
 from bundler.hashing import FileRange
 from bundler.images import load_image_archive
 from bundler.manifest import ELSER_IDS, ImageArchive, Manifest
@@ -37,6 +38,7 @@ class BuildOptions:
     split_size: int | None = None
     expires_days: int | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    cache_dir: Path | None = None  # remembers digests of local files (None: always hash)
 
 
 def walk_files(root: Path) -> list[tuple[str, Path]]:
@@ -141,7 +143,12 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
     }
 
 
-def plan_build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> BuildPlan:
+def plan_build(
+    m: Manifest,
+    opts: BuildOptions,
+    reporter: Reporter | None = None,
+    cache: HashCache | None = None,
+) -> BuildPlan:
     """Collect every payload and image of a manifest whose sources are local.
 
     Raises:
@@ -169,6 +176,7 @@ def plan_build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None
             platform=m.platform,
             default_ref=f"airgap/{m.name}-{role}:{m.version}",
             chunk_size=opts.chunk_size,
+            cache=cache,
         )
         images.append(img.entry)
         payloads.extend(img.payloads)
@@ -205,26 +213,20 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             :func:`bundler.bundle.writer.write_bundle`.
     """
     reporter = reporter or NullReporter()
-    plan = plan_build(m, opts, reporter)
-    total = sum(p.size for p in plan.payloads)
-    reporter.stage("hashing", total)
-    hashed = False
-
-    def hash_progress(n: int) -> None:
-        reporter.advance(n)
-
-    def copy_progress(n: int) -> None:
-        nonlocal hashed
-        if not hashed:
-            hashed = True
-            reporter.stage("writing", total)
-        reporter.advance(n)
-
-    return write_bundle(
-        plan,
-        opts.output,
-        opts.keys,
-        split_size=opts.split_size,
-        progress=copy_progress,
-        hash_progress=hash_progress,
-    )
+    cache = HashCache(opts.cache_dir) if opts.cache_dir is not None else None
+    try:
+        plan = plan_build(m, opts, reporter, cache)
+        total = sum(p.size for p in plan.payloads)
+        reporter.stage("hashing and writing", 2 * total)
+        return write_bundle(
+            plan,
+            opts.output,
+            opts.keys,
+            split_size=opts.split_size,
+            progress=reporter.advance,
+            hash_progress=reporter.advance,
+            hash_cache=cache,
+        )
+    finally:
+        if cache is not None:
+            cache.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bundler.errors import UsageError
 
@@ -32,3 +33,12 @@ def source_date_epoch() -> datetime | None:
 def no_color() -> bool:
     """``NO_COLOR`` (no-color.org): plain output, no progress bars."""
     return bool(os.environ.get("NO_COLOR"))
+
+
+def cache_dir() -> Path:
+    """``AIRGAP_CACHE_DIR``, else ``$XDG_CACHE_HOME/airgap``, else ``~/.cache/airgap``."""
+    explicit = os.environ.get("AIRGAP_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "airgap"

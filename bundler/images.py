@@ -22,7 +22,8 @@ from bundler import canonical
 from bundler.bundle.index import BLOB_PREFIX, ImageEntry, Layer
 from bundler.bundle.writer import Payload
 from bundler.errors import SourceError
-from bundler.hashing import Digests, FileRange, hash_sources
+from bundler.hashcache import HashCache, hash_with_cache
+from bundler.hashing import Digests, FileRange
 
 MAX_JSON = 16 * 1024 * 1024
 
@@ -139,7 +140,13 @@ def _blob_name(digest: str) -> str:
 
 
 def load_image_archive(
-    path: Path, *, role: str, platform: str, default_ref: str, chunk_size: int
+    path: Path,
+    *,
+    role: str,
+    platform: str,
+    default_ref: str,
+    chunk_size: int,
+    cache: HashCache | None = None,
 ) -> LocalImage:
     """Read a saved image and describe it as verified OCI blobs.
 
@@ -157,9 +164,9 @@ def load_image_archive(
     if store.has("manifest.json") and not (
         store.has("index.json") and store.has("oci-layout") and not store.has("repositories")
     ):
-        return _from_docker_archive(store, role, platform, default_ref, chunk_size)
+        return _from_docker_archive(store, role, platform, default_ref, chunk_size, cache)
     if store.has("index.json") and store.has("oci-layout"):
-        return _from_oci_layout(store, role, platform, default_ref, chunk_size)
+        return _from_oci_layout(store, role, platform, default_ref, chunk_size, cache)
     raise SourceError(
         "neither a docker-archive (manifest.json) nor an OCI layout (oci-layout, index.json)",
         path=str(path),
@@ -180,7 +187,12 @@ def _check_platform(store: _Store, config: dict[str, Any], want: str) -> str:
 
 
 def _from_docker_archive(
-    store: _Store, role: str, platform: str, default_ref: str, chunk_size: int
+    store: _Store,
+    role: str,
+    platform: str,
+    default_ref: str,
+    chunk_size: int,
+    cache: HashCache | None,
 ) -> LocalImage:
     doc = store.json("manifest.json")
     if not isinstance(doc, list) or len(doc) != 1 or not isinstance(doc[0], dict):
@@ -217,13 +229,13 @@ def _from_docker_archive(
             expected = str(diff_id)  # uncompressed: the blob digest is the diff_id
         layers.append((r, media_type, expected))
     # Hash once here to know the digests the generated manifest needs.
-    layer_digests = hash_sources([r for r, _, _ in layers], chunk_size)
+    layer_digests = hash_with_cache([r for r, _, _ in layers], chunk_size, cache)
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {
             "mediaType": OCI_CONFIG,
-            "digest": "sha256:" + hash_sources([config_bytes], chunk_size)[0].sha256,
+            "digest": "sha256:" + hashlib.sha256(config_bytes).hexdigest(),
             "size": len(config_bytes),
         },
         "layers": [
@@ -289,7 +301,12 @@ def _finish_known(
 
 
 def _from_oci_layout(
-    store: _Store, role: str, platform: str, default_ref: str, chunk_size: int
+    store: _Store,
+    role: str,
+    platform: str,
+    default_ref: str,
+    chunk_size: int,
+    cache: HashCache | None,
 ) -> LocalImage:
     index = store.json("index.json")
     candidates: list[tuple[dict[str, Any], str | None]] = []  # descriptor, ref name
@@ -339,7 +356,7 @@ def _from_oci_layout(
                 path=str(store.path),
             )
         layers.append((r, str(la["mediaType"]), str(la["digest"])))
-    layer_digests = hash_sources([r for r, _, _ in layers], chunk_size)
+    layer_digests = hash_with_cache([r for r, _, _ in layers], chunk_size, cache)
     ref = name if name and ("/" in name or ":" in name) else default_ref
     return _finish_known(
         store,

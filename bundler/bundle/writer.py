@@ -29,6 +29,7 @@ from bundler.bundle.index import (
     FileEntry,
     ImageEntry,
     Index,
+    chunk_count,
     format_time,
     render_sha256sums,
 )
@@ -36,7 +37,8 @@ from bundler.bundle.parts import PARTS_FORMAT, part_name, parts_list_path, parts
 from bundler.bundle.signing import SigningKey
 from bundler.errors import SourceError, UsageError
 from bundler.fsutil import atomic_write_bytes, fsync_dir
-from bundler.hashing import Digests, FileRange, hash_sources
+from bundler.hashcache import HashCache, hash_with_cache
+from bundler.hashing import Digests, FileRange
 
 COPY_BLOCK = 8 * 1024 * 1024
 
@@ -106,21 +108,24 @@ def _dedupe(payloads: Sequence[Payload]) -> list[Payload]:
 
 
 def compute_entries(
-    payloads: Sequence[Payload], chunk_size: int, progress: ProgressFn | None = None
+    payloads: Sequence[Payload],
+    chunk_size: int,
+    progress: ProgressFn | None = None,
+    cache: HashCache | None = None,
 ) -> list[FileEntry]:
     """Hash what is not hashed yet (all cores) and check each against its expected digest.
 
     Raises:
         SourceError: a source cannot be read or does not match its expected sha256.
     """
-    todo = [i for i, p in enumerate(payloads) if p.digests is None]
+    digests: list[Digests | None] = [p.digests for p in payloads]
+    todo = [i for i, d in enumerate(digests) if d is None]
     try:
-        computed = hash_sources([payloads[i].source for i in todo], chunk_size, progress=progress)
+        computed = hash_with_cache([payloads[i].source for i in todo], chunk_size, cache, progress)
     except (OSError, EOFError) as e:
         raise SourceError(
             f"cannot read source: {e}", hint="Check the file exists and is readable."
         ) from e
-    digests: list[Digests | None] = [p.digests for p in payloads]
     for i, computed_digests in zip(todo, computed, strict=True):
         digests[i] = computed_digests
     entries = []
@@ -162,25 +167,36 @@ def _copy_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
 
 
 class _Output:
-    """The tar byte stream, written to one file or cut into parts of ``split_size``."""
+    """The tar byte stream, written to one file or cut into parts of ``split_size``.
 
-    def __init__(self, target: Path, split_size: int | None) -> None:
+    The first ``head_size`` bytes (index, signatures, SHA256SUMS) are reserved and
+    filled in by :meth:`patch_head` once every hash is known, so the payload can be
+    copied while it is still being hashed. Dirty pages are flushed in the background
+    as the file grows, so the final fsync does not stall on gigabytes at once.
+    """
+
+    FLUSH_EVERY = 256 * 1024 * 1024
+
+    def __init__(self, target: Path, split_size: int | None, head_size: int) -> None:
         self.target = target
         self.split_size = split_size
+        self.head_size = head_size
         self.tmp_paths: list[Path] = []
         self.sizes: list[int] = []
         self._fd = -1
         self._left = 0
         self.total = 0
-        self._hasher_pool = ThreadPoolExecutor(max_workers=1) if split_size else None
-        self._part_hashes: list[Future[str]] = []
+        self._unflushed = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flush")
+        self._pending: list[Future[None]] = []
+        self._part_hashes: dict[int, Future[str]] = {}
 
     def _next_file(self) -> None:
         self._close_current()
         name = (
             part_name(self.target.name, len(self.tmp_paths))
             if self.split_size
-            else (self.target.name)
+            else self.target.name
         )
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=self.target.parent)
         os.fchmod(fd, 0o644)
@@ -190,13 +206,15 @@ class _Output:
         self._left = self.split_size or (1 << 62)
 
     def _close_current(self) -> None:
-        if self._fd >= 0:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            if self._hasher_pool is not None:
-                path = self.tmp_paths[-1]
-                self._part_hashes.append(self._hasher_pool.submit(_sha256_file, path))
+        if self._fd < 0:
+            return
+        fd, number = self._fd, len(self.tmp_paths) - 1
+        self._fd = -1
+        self._pending.append(self._pool.submit(_fsync_close, fd))
+        start = self.total - self.sizes[number]
+        if self.split_size and start >= self.head_size:
+            # This part is final already: hash it now, in the background.
+            self._part_hashes[number] = self._pool.submit(_sha256_file, self.tmp_paths[number])
 
     def _room(self) -> int:
         if self._fd < 0 or self._left == 0:
@@ -207,6 +225,10 @@ class _Output:
         self._left -= n
         self.sizes[-1] += n
         self.total += n
+        self._unflushed += n
+        if self._unflushed >= self.FLUSH_EVERY:
+            self._unflushed = 0
+            self._pending.append(self._pool.submit(os.fdatasync, self._fd))
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -226,24 +248,55 @@ class _Output:
             offset += n
             count -= n
 
-    def finish(self) -> list[str]:
-        """Close the last file; return each part's sha256 (split mode only)."""
+    def finish(self) -> None:
+        """Close the last file and wait until everything written is on disk."""
         self._close_current()
-        if self._hasher_pool is None:
+        for f in self._pending:
+            f.result()
+        self._pending.clear()
+
+    def patch_head(self, head: bytes) -> list[str]:
+        """Write the real head over the reserved bytes; return each part's sha256 (split)."""
+        if len(head) != self.head_size:
+            raise AssertionError(f"head is {len(head)} bytes, {self.head_size} were reserved")
+        offset = 0
+        for number, path in enumerate(self.tmp_paths):
+            if offset >= len(head):
+                break
+            n = min(self.sizes[number], len(head) - offset)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.pwrite(fd, head[offset : offset + n], 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            offset += n
+        if not self.split_size:
             return []
-        hashes = [f.result() for f in self._part_hashes]
-        self._hasher_pool.shutdown()
-        return hashes
+        for number, path in enumerate(self.tmp_paths):
+            if number not in self._part_hashes:
+                self._part_hashes[number] = self._pool.submit(_sha256_file, path)
+        return [self._part_hashes[i].result() for i in range(len(self.tmp_paths))]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def discard(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = -1
-        if self._hasher_pool is not None:
-            self._hasher_pool.shutdown(cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         for p in self.tmp_paths:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
@@ -256,8 +309,9 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_index(plan: BuildPlan, entries: list[FileEntry]) -> Index:
-    return Index(
+def build_index(plan: BuildPlan, entries: list[FileEntry], *, validate: bool = True) -> Index:
+    """The index for ``entries``; ``validate=False`` only to size a placeholder."""
+    fields = dict(
         format="airgap-bundle/1",
         tool=f"airgap {__version__}",
         name=plan.name,
@@ -270,6 +324,30 @@ def build_index(plan: BuildPlan, entries: list[FileEntry]) -> Index:
         files=entries,
         images=plan.images,
     )
+    return Index(**fields) if validate else Index.model_construct(**fields)  # type: ignore[arg-type]
+
+
+def _head(
+    index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes, mtime: int
+) -> bytes:
+    """index.json, the signature members and SHA256SUMS, as tar bytes."""
+    out = [
+        tarfmt.member_header(INDEX_MEMBER, len(index_bytes), mtime),
+        index_bytes,
+        b"\0" * tarfmt.padding(len(index_bytes)),
+    ]
+    for keyid, sig in signatures:
+        out += [
+            tarfmt.member_header(f"{SIGNATURE_DIR}{keyid}.sig", len(sig), mtime),
+            sig,
+            b"\0" * tarfmt.padding(len(sig)),
+        ]
+    out += [
+        tarfmt.member_header(SUMS_MEMBER, len(sums), mtime),
+        sums,
+        b"\0" * tarfmt.padding(len(sums)),
+    ]
+    return b"".join(out)
 
 
 def write_bundle(
@@ -280,8 +358,14 @@ def write_bundle(
     split_size: int | None = None,
     progress: ProgressFn | None = None,
     hash_progress: ProgressFn | None = None,
+    hash_cache: HashCache | None = None,
 ) -> BuildResult:
-    """Hash, sign and write a bundle (one pass of copying after one pass of hashing).
+    """Hash, sign and write a bundle, copying the payload while it is being hashed.
+
+    Hex digests have a fixed length, so the size of the index, the signatures and
+    SHA256SUMS is known before any file is hashed: that much space is reserved at
+    the start, the payload is copied behind it while every core hashes, and the
+    signed head is written into the reserved space last.
 
     Raises:
         UsageError: no signing key, or a bad split size.
@@ -296,26 +380,39 @@ def write_bundle(
         raise UsageError(f"{output.parent}: output directory does not exist")
 
     payloads = _dedupe(plan.payloads)
+    keys = list({k.keyid: k for k in keys}.values())
+    mtime = int(plan.created.timestamp())
     before = {
         p.source.path: _stamp(p.source.path) for p in payloads if isinstance(p.source, FileRange)
     }
-    entries = compute_entries(payloads, plan.chunk_size, progress=hash_progress)
-    index = build_index(plan, entries)
-    index_bytes = index.to_bytes()
-    signatures = sorted((k.keyid, k.sign(index_bytes)) for k in {k.keyid: k for k in keys}.values())
-    mtime = int(plan.created.timestamp())
+    # The head's exact size, from placeholder digests of the same length.
+    zero = "0" * 64
+    placeholder = [
+        FileEntry(
+            path=p.path,
+            size=p.size,
+            sha256=zero,
+            chunks=[zero] * chunk_count(p.size, plan.chunk_size),
+        )
+        for p in payloads
+    ]
+    head_size = len(
+        _head(
+            build_index(plan, placeholder, validate=False).to_bytes(),
+            [(k.keyid, bytes(64)) for k in keys],
+            render_sha256sums(placeholder),
+            mtime,
+        )
+    )
 
-    out = _Output(output, split_size)
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-all")
+    entries_future = hashing.submit(
+        compute_entries, payloads, plan.chunk_size, hash_progress, hash_cache
+    )
+    out = _Output(output, split_size, head_size)
     fds: dict[Path, int] = {}
     try:
-        out.write(tarfmt.member_header(INDEX_MEMBER, len(index_bytes), mtime))
-        out.write(index_bytes + b"\0" * tarfmt.padding(len(index_bytes)))
-        for keyid, sig in signatures:
-            out.write(tarfmt.member_header(f"{SIGNATURE_DIR}{keyid}.sig", len(sig), mtime))
-            out.write(sig + b"\0" * tarfmt.padding(len(sig)))
-        sums = render_sha256sums(entries)
-        out.write(tarfmt.member_header(SUMS_MEMBER, len(sums), mtime))
-        out.write(sums + b"\0" * tarfmt.padding(len(sums)))
+        out.write(bytes(head_size))
         for p in payloads:
             out.write(tarfmt.member_header(p.path, p.size, mtime))
             if isinstance(p.source, bytes):
@@ -334,7 +431,8 @@ def write_bundle(
             if progress:
                 progress(p.size)
         out.write(tarfmt.END_OF_ARCHIVE)
-        part_hashes = out.finish()
+        out.finish()
+        entries = entries_future.result()
         for path, stamp in before.items():
             if _stamp(path) != stamp:
                 raise SourceError(
@@ -342,13 +440,23 @@ def write_bundle(
                     path=str(path),
                     hint="Do not modify sources during `airgap build`; run it again.",
                 )
-        outputs = _commit(out, output, index, index_bytes, signatures, part_hashes, keys)
+        index = build_index(plan, entries)
+        index_bytes = index.to_bytes()
+        signatures = sorted((k.keyid, k.sign(index_bytes)) for k in keys)
+        part_hashes = out.patch_head(
+            _head(index_bytes, signatures, render_sha256sums(entries), mtime)
+        )
+        outputs = _commit(out, output, index, index_bytes, part_hashes, keys)
     except BaseException:
+        entries_future.cancel()
+        hashing.shutdown(wait=True, cancel_futures=True)
         out.discard()
         raise
     finally:
         for fd in fds.values():
             os.close(fd)
+    hashing.shutdown()
+    out.close()
     return BuildResult(
         index=index,
         index_sha256=hashlib.sha256(index_bytes).hexdigest(),
@@ -368,7 +476,6 @@ def _commit(
     output: Path,
     index: Index,
     index_bytes: bytes,
-    signatures: list[tuple[str, bytes]],
     part_hashes: list[str],
     keys: Sequence[SigningKey],
 ) -> tuple[Path, ...]:

@@ -158,6 +158,17 @@ def schema() -> None:
     show_default=True,
     help="Verification chunk (power of two, 64K..1G).",
 )
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Cache directory (default: AIRGAP_CACHE_DIR or ~/.cache/airgap).",
+)
+@click.option(
+    "--no-hash-cache",
+    is_flag=True,
+    help="Hash every source again instead of reusing remembered digests.",
+)
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(
@@ -167,6 +178,8 @@ def build(
     split_size: str | None,
     expires_days: int | None,
     chunk_size: str,
+    cache_dir: Path | None,
+    no_hash_cache: bool,
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -185,6 +198,7 @@ def build(
         split_size=parse_size(split_size) if split_size else None,
         expires_days=expires_days,
         chunk_size=parse_size(chunk_size),
+        cache_dir=None if no_hash_cache else (cache_dir or env.cache_dir()),
     )
     with _reporter(as_json) as reporter:
         result = run_build(m, opts, reporter)

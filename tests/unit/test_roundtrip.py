@@ -203,3 +203,49 @@ def test_big_multichunk_file_round_trips(tmp_path: Path, key: Keys) -> None:
     staging = tmp_path / "stage"
     read_bundle(str(out), TrustPolicy(key.trust()), StagingExtractor(staging), workers=3)
     assert file_sha(staging / entry.path) == entry.sha256
+
+
+def test_hash_cache_reuses_digests_but_never_hides_a_change(
+    tmp_path: Path, demo_manifest: Path, key: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+    import stat
+
+    from bundler.build import BuildOptions, build
+    from bundler.manifest import load_manifest
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000000")
+    cache = tmp_path / "cache"
+    m = load_manifest(demo_manifest)
+    signer = (load_signing_key(key.private),)
+
+    def run(name: str) -> Path:
+        out = tmp_path / name
+        build(m, BuildOptions(output=out, keys=signer, chunk_size=65536, cache_dir=cache))
+        return out
+
+    first, second = run("a.tar"), run("b.tar")
+    assert file_sha(first) == file_sha(second)
+    db = cache / "hashes.sqlite3"
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    rows = sqlite3.connect(db).execute("SELECT count(*) FROM digests").fetchone()[0]
+    assert rows >= 5  # model files and elastic files are remembered
+
+    # same size, new content: the cache must not be trusted
+    weights = tmp_path / "src" / "weights" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[0] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    third = run("c.tar")
+    r = read_bundle(str(third), TrustPolicy(key.trust(), now=datetime(2026, 9, 1, tzinfo=UTC)))
+    entry = next(f for f in r.index.files if f.path == "models/tiny/model.safetensors")
+    assert entry.sha256 == hashlib.sha256(bytes(data)).hexdigest()
+
+    # a poisoned cache cannot make a wrong bundle verify: it can only make one that fails
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE digests SET sha256=?, chunks=? WHERE path LIKE '%config.json'",
+                    ("0" * 64, "0" * 64))
+    fourth = run("d.tar")
+    with pytest.raises(BundleError, match="models/tiny/config.json"):
+        read_bundle(str(fourth), TrustPolicy(key.trust(), now=datetime(2026, 9, 1, tzinfo=UTC)))
