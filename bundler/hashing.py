@@ -179,15 +179,26 @@ class StreamHasher:
     returns the first mismatch (lowest offset), or None.
     """
 
-    def __init__(self, block_size: int, workers: int | None = None, depth: int = 3) -> None:
+    def __init__(
+        self,
+        block_size: int,
+        chunk_size: int,
+        workers: int | None = None,
+        buffer_budget: int = 96 * 1024 * 1024,
+    ) -> None:
         self.block_size = block_size
         self.lanes = workers or default_workers()
-        self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(self.lanes * depth + 2):
-            self._pool.put(bytearray(block_size))
+        # Lane k+1 can only start on chunk k+1 once the reader is a whole chunk ahead
+        # of lane k, so a lane's queue holds a chunk's worth of blocks. Mapped views
+        # cost nothing until hashed; copied blocks come from a pool capped by
+        # ``buffer_budget`` (allocated on demand), which bounds memory on stdin.
+        blocks_per_chunk = max(1, chunk_size // block_size)
         self._queues: list[queue.Queue[_Update | _Finish | None]] = [
-            queue.Queue(maxsize=depth) for _ in range(self.lanes)
+            queue.Queue(maxsize=blocks_per_chunk + 2) for _ in range(self.lanes)
         ]
+        self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._pool_cap = max(self.lanes + 2, buffer_budget // block_size)
+        self._allocated = 0
         self._hashers: dict[int, hashlib._Hash] = {}
         self._mismatches: list[ChunkMismatch] = []
         self._errors: list[BaseException] = []
@@ -224,7 +235,13 @@ class StreamHasher:
                     self._errors.append(e)
 
     def get_buffer(self) -> bytearray:
-        return self._pool.get()
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            if self._allocated < self._pool_cap:
+                self._allocated += 1
+                return bytearray(self.block_size)
+            return self._pool.get()
 
     def release(self, buf: bytearray) -> None:
         self._pool.put(buf)

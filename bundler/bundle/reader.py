@@ -402,7 +402,7 @@ def _stream_payload(
     block = min(BLOCK_SIZE, chunk_size)
     listed = {f.path for f in index.files}
     seen: set[str] = set()
-    hasher = StreamHasher(block, workers)
+    hasher = StreamHasher(block, chunk_size, workers)
     chunk_id = 0
     try:
         for entry in index.files:
