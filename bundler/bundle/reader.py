@@ -248,6 +248,57 @@ def _first_header(r: _Reader) -> tarfmt.RawHeader | None:
         ) from e
 
 
+def _read_head_members(
+    r: _Reader,
+) -> tuple[bytes, list[tuple[str, bytes]], list[tuple[tarfmt.RawHeader, int]]]:
+    """Read index.json, the signature members and SHA256SUMS's header (bounded sizes).
+
+    Returns the index bytes, the embedded (keyid, signature) pairs, and every
+    header read with its offset (the last one is SHA256SUMS's).
+    """
+    at = r.stream.pos
+    h = _first_header(r)
+    if h is not None and h.kind is None and h.name != INDEX_MEMBER:
+        raise r.error(
+            f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
+            member=h.name,
+            at=at,
+            hint="Pass the .tar written by `airgap build` (or its .part-000).",
+        )
+    index_h = r.check_member(h, INDEX_MEMBER, None, set(), set(), at)
+    if index_h.size > MAX_INDEX_SIZE:
+        raise r.error("index is implausibly large", member=INDEX_MEMBER, at=at)
+    index_bytes = r.read_exact(index_h.size, INDEX_MEMBER)
+    r.expect_zeros(tarfmt.padding(index_h.size), INDEX_MEMBER)
+
+    embedded: list[tuple[str, bytes]] = []
+    headers: list[tuple[tarfmt.RawHeader, int]] = [(index_h, at)]
+    while True:
+        at = r.stream.pos
+        h = r.read_header(SUMS_MEMBER)
+        if h is None or not h.name.startswith(SIGNATURE_DIR):
+            break
+        keyid = h.name[len(SIGNATURE_DIR) :].removesuffix(".sig")
+        if (
+            h.kind is not None
+            or not h.name.endswith(".sig")
+            or not KEYID_RE.match(keyid)
+            or h.size != SIGNATURE_SIZE
+            or len(embedded) >= MAX_SIGNATURES
+        ):
+            raise r.error("malformed signature member", member=repr(h.name), at=at)
+        if any(k == keyid for k, _ in embedded):
+            raise r.error("duplicate member", member=h.name, at=at)
+        if embedded and keyid < embedded[-1][0]:
+            raise r.error("signature members out of order", member=h.name, at=at)
+        sig = r.read_exact(SIGNATURE_SIZE, h.name)
+        r.expect_zeros(tarfmt.padding(SIGNATURE_SIZE), h.name)
+        embedded.append((keyid, sig))
+        headers.append((h, at))
+    headers.append((r.check_member(h, SUMS_MEMBER, None, set(), set(), at), at))
+    return index_bytes, embedded, headers
+
+
 def read_bundle(
     spec: str | BundleLocation,
     policy: TrustPolicy,
@@ -277,48 +328,9 @@ def read_bundle(
     sink_started = False
     try:
         # 1. index + signatures + SHA256SUMS header: bounded reads, nothing parsed yet.
-        at = stream.pos
-        h = _first_header(r)
-        if h is not None and h.kind is None and h.name != INDEX_MEMBER:
-            raise r.error(
-                f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
-                member=h.name,
-                at=at,
-                hint="Pass the .tar written by `airgap build` (or its .part-000).",
-            )
-        index_h = r.check_member(h, INDEX_MEMBER, None, set(), set(), at)
-        if index_h.size > MAX_INDEX_SIZE:
-            raise r.error("index is implausibly large", member=INDEX_MEMBER, at=at)
-        index_bytes = r.read_exact(index_h.size, INDEX_MEMBER)
-        r.expect_zeros(tarfmt.padding(index_h.size), INDEX_MEMBER)
+        index_bytes, embedded, headers = _read_head_members(r)
+        sums_h = headers[-1][0]
         index_sha256 = hashlib.sha256(index_bytes).hexdigest()
-
-        embedded: list[tuple[str, bytes]] = []
-        headers: list[tuple[tarfmt.RawHeader, int]] = [(index_h, at)]
-        while True:
-            at = stream.pos
-            h = r.read_header(SUMS_MEMBER)
-            if h is None or not h.name.startswith(SIGNATURE_DIR):
-                break
-            keyid = h.name[len(SIGNATURE_DIR) :].removesuffix(".sig")
-            if (
-                h.kind is not None
-                or not h.name.endswith(".sig")
-                or not KEYID_RE.match(keyid)
-                or h.size != SIGNATURE_SIZE
-                or len(embedded) >= MAX_SIGNATURES
-            ):
-                raise r.error("malformed signature member", member=repr(h.name), at=at)
-            if any(k == keyid for k, _ in embedded):
-                raise r.error("duplicate member", member=h.name, at=at)
-            if embedded and keyid < embedded[-1][0]:
-                raise r.error("signature members out of order", member=h.name, at=at)
-            sig = r.read_exact(SIGNATURE_SIZE, h.name)
-            r.expect_zeros(tarfmt.padding(SIGNATURE_SIZE), h.name)
-            embedded.append((keyid, sig))
-            headers.append((h, at))
-        sums_h = r.check_member(h, SUMS_MEMBER, None, set(), set(), at)
-        headers.append((sums_h, at))
 
         # 2. trust: signatures over the exact index bytes, before parsing them.
         check = verify_threshold(
@@ -518,29 +530,8 @@ def read_head(spec: str | BundleLocation, *, stdin: Readable | None = None) -> B
     if loc.base is None and stdin is None:
         stdin = cast(Readable, sys.stdin.buffer)
     stream = ChainedReader(loc, stdin)
-    r = _Reader(loc, stream)
     try:
-        h = _first_header(r)
-        if h is None or h.name != INDEX_MEMBER or h.kind is not None:
-            raise r.error(
-                f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
-                at=0,
-                hint="Pass the .tar written by `airgap build` (or its .part-000).",
-            )
-        if h.size > MAX_INDEX_SIZE:
-            raise r.error("index is implausibly large", member=INDEX_MEMBER, at=0)
-        index_bytes = r.read_exact(h.size, INDEX_MEMBER)
-        r.expect_zeros(tarfmt.padding(h.size), INDEX_MEMBER)
-        embedded: list[tuple[str, bytes]] = []
-        while True:
-            h = r.read_header(SUMS_MEMBER)
-            if h is None or not h.name.startswith(SIGNATURE_DIR) or h.size != SIGNATURE_SIZE:
-                break
-            keyid = h.name[len(SIGNATURE_DIR) :].removesuffix(".sig")
-            sig = r.read_exact(SIGNATURE_SIZE, h.name)
-            r.expect_zeros(tarfmt.padding(SIGNATURE_SIZE), h.name)
-            if KEYID_RE.match(keyid) and len(embedded) < MAX_SIGNATURES:
-                embedded.append((keyid, sig))
+        index_bytes, embedded, _ = _read_head_members(_Reader(loc, stream))
     finally:
         stream.close()
     return BundleHead(loc, index_bytes, parse_index(index_bytes, bundle=loc.label), tuple(embedded))
