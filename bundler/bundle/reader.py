@@ -13,6 +13,7 @@ the split part and the byte offset, and the sink is told to throw its work away.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 import tarfile
 import time
@@ -44,6 +45,7 @@ from bundler.bundle.signing import KEYID_RE, SIGNATURE_SIZE, TrustedKey, verify_
 from bundler.errors import BundleError, ExpiredError, UsageError
 from bundler.hashing import BLOCK_SIZE, StreamHasher
 
+logger = logging.getLogger(__name__)
 MAX_INDEX_SIZE = 64 * 1024 * 1024
 MAX_SIGNATURES = 64
 
@@ -339,6 +341,9 @@ def read_bundle(
             policy.trusted,
             policy.threshold,
             f"{loc.label}: {INDEX_MEMBER}",
+        )
+        logger.info(
+            "%s: index %s signed by trusted %s", loc.label, index_sha256, ", ".join(check.valid)
         )
         check_parts_list(loc, policy.trusted, index_sha256)
         index = parse_index(index_bytes, bundle=loc.label)

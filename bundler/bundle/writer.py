@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ from bundler.fsutil import atomic_write_bytes, fsync_dir
 from bundler.hashcache import HashCache, hash_with_cache
 from bundler.hashing import Digests, FileRange
 
+logger = logging.getLogger(__name__)
 COPY_BLOCK = 8 * 1024 * 1024
 
 
@@ -405,6 +407,13 @@ def write_bundle(
         )
     )
 
+    logger.info(
+        "writing %s: %d files, %d bytes, head %d bytes",
+        output,
+        len(payloads),
+        sum(p.size for p in payloads),
+        head_size,
+    )
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-all")
     entries_future = hashing.submit(
         compute_entries, payloads, plan.chunk_size, hash_progress, hash_cache

@@ -207,3 +207,23 @@ def test_the_crafting_helper_makes_bundles_the_reader_accepts(tmp_path: Path, ke
     staging = tmp_path / "stage"
     read_bundle(str(good), TrustPolicy(key.trust()), StagingExtractor(staging))
     assert (staging / "models/m/b").read_bytes() == B
+
+
+def test_unsigned_bundle_is_refused(tmp_path: Path, key: Keys) -> None:
+    from bundler.errors import TrustError
+
+    idx = index_bytes([entry("models/m/a", A)])
+    sums = f"{entry('models/m/a', A)['sha256']}  models/m/a\n".encode()
+    body = (
+        member("airgap/index.json", idx)
+        + member("airgap/SHA256SUMS", sums)
+        + member("models/m/a", A)
+        + tarfmt.END_OF_ARCHIVE
+    )
+    (tmp_path / "unsigned.tar").write_bytes(body)
+    staging = tmp_path / "stage"
+    with pytest.raises(TrustError, match="it is not signed"):
+        read_bundle(
+            str(tmp_path / "unsigned.tar"), TrustPolicy(key.trust()), StagingExtractor(staging)
+        )
+    assert not staging.exists()

@@ -244,8 +244,10 @@ def test_hash_cache_reuses_digests_but_never_hides_a_change(
     # a poisoned cache cannot make a wrong bundle verify: it can only make one that fails
     con = sqlite3.connect(db)
     with con:
-        con.execute("UPDATE digests SET sha256=?, chunks=? WHERE path LIKE '%config.json'",
-                    ("0" * 64, "0" * 64))
+        con.execute(
+            "UPDATE digests SET sha256=?, chunks=? WHERE path LIKE '%config.json'",
+            ("0" * 64, "0" * 64),
+        )
     fourth = run("d.tar")
     with pytest.raises(BundleError, match="models/tiny/config.json"):
         read_bundle(str(fourth), TrustPolicy(key.trust(), now=datetime(2026, 9, 1, tzinfo=UTC)))
