@@ -42,3 +42,10 @@ def cache_dir() -> Path:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "airgap"
+
+
+def container_host(kind: str) -> str | None:
+    """The engine socket: ``DOCKER_HOST``; for Podman also ``CONTAINER_HOST``."""
+    if kind == "podman" and os.environ.get("CONTAINER_HOST"):
+        return os.environ["CONTAINER_HOST"]
+    return os.environ.get("DOCKER_HOST") or None

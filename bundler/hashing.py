@@ -161,6 +161,22 @@ class _Update:
     release: bytearray | None  # pool buffer to return once hashed
 
 
+class ChunkResult:
+    """Set by a lane when a chunk's hash is known: ``wait()`` returns True if it matched."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._ok = False
+
+    def set(self, ok: bool) -> None:
+        self._ok = ok
+        self._event.set()
+
+    def wait(self) -> bool:
+        self._event.wait()
+        return self._ok
+
+
 @dataclass(frozen=True)
 class _Finish:
     hasher: hashlib._Hash
@@ -168,6 +184,7 @@ class _Finish:
     member: str
     chunk: int
     offset: int
+    result: ChunkResult
 
 
 class StreamHasher:
@@ -197,7 +214,9 @@ class StreamHasher:
             queue.Queue(maxsize=blocks_per_chunk + 2) for _ in range(self.lanes)
         ]
         self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._pool_cap = max(self.lanes + 2, buffer_budget // block_size)
+        # Verified delivery holds a whole chunk until its hash is known: the pool must
+        # be able to hold one, or the reader could never finish that chunk.
+        self._pool_cap = max(blocks_per_chunk + self.lanes + 2, buffer_budget // block_size)
         self._allocated = 0
         self._hashers: dict[int, hashlib._Hash] = {}
         self._mismatches: list[ChunkMismatch] = []
@@ -223,6 +242,7 @@ class StreamHasher:
                         self._pool.put(item.release)
                 else:
                     actual = item.hasher.hexdigest()
+                    item.result.set(actual == item.expected)
                     if actual != item.expected:
                         with self._lock:
                             self._mismatches.append(
@@ -231,6 +251,8 @@ class StreamHasher:
                                 )
                             )
             except BaseException as e:  # pragma: no cover - recorded, re-raised by close()
+                if isinstance(item, _Finish):
+                    item.result.set(False)
                 with self._lock:
                     self._errors.append(e)
 
@@ -255,9 +277,14 @@ class StreamHasher:
 
     def finish_chunk(
         self, chunk_id: int, expected: str, *, member: str, chunk: int, offset: int
-    ) -> None:
+    ) -> ChunkResult:
+        """Queue the comparison at a chunk's end; the result says whether it matched."""
         hasher = self._hashers.pop(chunk_id, None) or hashlib.sha256()
-        self._queues[chunk_id % self.lanes].put(_Finish(hasher, expected, member, chunk, offset))
+        result = ChunkResult()
+        self._queues[chunk_id % self.lanes].put(
+            _Finish(hasher, expected, member, chunk, offset, result)
+        )
+        return result
 
     @property
     def failed(self) -> bool:

@@ -24,9 +24,10 @@ OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 class StagingExtractor:
     """Extract into ``staging`` (must not exist yet); remove it on abort."""
 
-    def __init__(self, staging: Path, *, fsync: bool = True) -> None:
+    def __init__(self, staging: Path, *, fsync: bool = True, oci_layout: bool = True) -> None:
         self.staging = Path(staging)
         self.fsync = fsync
+        self.oci_layout = oci_layout
         self._fd = -1
         self._created = False
 
@@ -62,6 +63,9 @@ class StagingExtractor:
         self._write_small(SUMS_MEMBER, sums)
         self._index = index
 
+    def verified_only(self, entry: FileEntry) -> bool:
+        return False  # staging files are provisional until commit
+
     def open_member(self, entry: FileEntry) -> None:
         self._fd = self._safe_open(entry.path)
 
@@ -76,7 +80,7 @@ class StagingExtractor:
         self._fd = -1
 
     def commit(self) -> None:
-        if self._index.images:
+        if self._index.images and self.oci_layout:
             write_oci_layout(self.staging / "images", self._index)
 
     def abort(self) -> None:

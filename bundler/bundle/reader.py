@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from bundler.bundle import tarfmt
 from bundler.bundle.index import (
@@ -51,7 +53,16 @@ MAX_SIGNATURES = 64
 
 
 class Sink(Protocol):
-    """Receives verified-in-flight payload; keeps it provisional until ``commit``."""
+    """Receives payload as it streams; keeps it provisional until ``commit``.
+
+    For members where ``verified_only(entry)`` is true, ``open_member``, ``write``
+    and ``close_member`` are called from a delivery thread, and each chunk's bytes
+    arrive only after that chunk matched its signed hash (for data handed straight
+    to another program, such as an image load). Other members are written as they
+    stream, from the reading thread, and are checked before ``commit``.
+    """
+
+    def verified_only(self, entry: FileEntry) -> bool: ...
 
     def begin(
         self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes
@@ -70,7 +81,7 @@ class TrustPolicy:
     now: datetime | None = None
     # Called after the signature and expiry checks, before any payload byte is
     # used (install passes its rollback check here).
-    before_payload: Callable[[Index], None] | None = None
+    before_payload: Callable[[VerifyResult], None] | None = None
 
 
 @dataclass
@@ -310,7 +321,6 @@ def read_bundle(
     stdin: Readable | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
-    on_index: Callable[[Index], None] | None = None,
 ) -> VerifyResult:
     """Verify a bundle in one pass, feeding its payload to ``sink`` as it streams.
 
@@ -357,10 +367,8 @@ def read_bundle(
             result.warnings.append(
                 f"bundle was created at {index.created}, later than this host's clock"
             )
-        if on_index:
-            on_index(index)
         if policy.before_payload:
-            policy.before_payload(index)
+            policy.before_payload(result)
 
         # 3. every header so far must be the exact bytes the writer makes.
         mtime = int(index.created_at.timestamp())
@@ -407,6 +415,64 @@ def read_bundle(
     return result
 
 
+class _Delivery:
+    """Hands verified chunks of ``verified_only`` members to the sink, in order."""
+
+    def __init__(self, sink: Sink, hasher: StreamHasher) -> None:
+        self.sink = sink
+        self.hasher = hasher
+        self.error: BaseException | None = None
+        self._q: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=4)
+        self._thread = threading.Thread(target=self._run, name="deliver", daemon=True)
+        self._thread.start()
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        self._q.put(item)
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            kind = item[0]
+            if kind == "chunk":
+                _, result, held = item
+                ok = self.error is None and result.wait()
+                for view, buf in held:
+                    if ok:
+                        try:
+                            self.sink.write(view)
+                        except BaseException as e:
+                            self.error, ok = e, False
+                    del view
+                    if buf is not None:
+                        self.hasher.release(buf)
+                held.clear()
+                if not ok and self.error is None:
+                    self.error = _Undelivered()
+            elif self.error is None:
+                try:
+                    if kind == "open":
+                        self.sink.open_member(item[1])
+                    else:
+                        self.sink.close_member(item[1])
+                except BaseException as e:
+                    self.error = e
+
+    def finish(self) -> None:
+        """Wait until everything queued is delivered; raise the sink's error, if any."""
+        self._q.put(None)
+        self._thread.join()
+        if self.error is not None and not isinstance(self.error, _Undelivered):
+            raise self.error
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+
+
+class _Undelivered(Exception):
+    """A chunk failed verification; the reader reports the mismatch itself."""
+
+
 def _stream_payload(
     r: _Reader,
     index: Index,
@@ -420,6 +486,7 @@ def _stream_payload(
     listed = {f.path for f in index.files}
     seen: set[str] = set()
     hasher = StreamHasher(block, chunk_size, workers)
+    delivery = _Delivery(sink, hasher) if sink is not None else None
     chunk_id = 0
     try:
         for entry in index.files:
@@ -428,12 +495,17 @@ def _stream_payload(
             if h.raw != tarfmt.member_header(entry.path, entry.size, mtime):
                 raise r.error("tar header differs from the canonical one", member=entry.path, at=at)
             seen.add(entry.path)
-            if sink is not None:
+            deferred = sink is not None and sink.verified_only(entry)
+            if deferred:
+                assert delivery is not None
+                delivery.put(("open", entry))
+            elif sink is not None:
                 sink.open_member(entry)
             data_start = r.stream.pos
             for k, expected in enumerate(entry.chunks):
                 chunk_start = r.stream.pos
                 left = min(chunk_size, entry.size - k * chunk_size)
+                held: list[tuple[memoryview, bytearray | None]] = []
                 while left > 0:
                     n = min(block, left)
                     buf = None
@@ -450,25 +522,40 @@ def _stream_payload(
                                 member=entry.path,
                                 hint="Copy the bundle (or its last part) again; it is incomplete.",
                             )
-                    if sink is not None:
-                        sink.write(view)
-                    hasher.update(chunk_id, view, release=buf)
+                    if deferred:
+                        held.append((view, buf))
+                        hasher.update(chunk_id, view)
+                    else:
+                        if sink is not None:
+                            sink.write(view)
+                        hasher.update(chunk_id, view, release=buf)
                     del view
                     left -= n
                     if progress:
                         progress(n)
-                hasher.finish_chunk(
+                result = hasher.finish_chunk(
                     chunk_id, expected, member=entry.path, chunk=k, offset=chunk_start
                 )
+                if deferred:
+                    assert delivery is not None
+                    delivery.put(("chunk", result, held))
+                held = []
                 chunk_id += 1
-                if hasher.failed:
+                if hasher.failed or (delivery is not None and delivery.error is not None):
                     break
-            if hasher.failed:
+            if hasher.failed or (delivery is not None and delivery.error is not None):
                 break
-            if sink is not None:
+            if deferred:
+                assert delivery is not None
+                delivery.put(("close", entry))
+            elif sink is not None:
                 sink.close_member(entry)
             r.expect_zeros(tarfmt.padding(entry.size), entry.path)
+        if delivery is not None:
+            delivery.finish()
     finally:
+        if delivery is not None:
+            delivery.stop()
         mismatch = hasher.close()
     if mismatch is not None:
         size = min(

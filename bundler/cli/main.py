@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import click
 
 from bundler import __version__, env
-from bundler.cli.fmt import human
-from bundler.errors import EXIT_INTERRUPTED, EXIT_USAGE, AirgapError
+from bundler.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, AirgapError
+from bundler.fmt import human
 from bundler.progress import NullReporter
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -357,6 +357,193 @@ def inspect(bundle: str, as_json: bool) -> None:
     from bundler.cli.render import render_inspect
 
     render_inspect(info)
+
+
+def runtime_options(f: F) -> F:
+    f = click.option(
+        "--runtime-url",
+        default=None,
+        help="Engine API socket (default: DOCKER_HOST, or the engine's usual socket).",
+    )(f)
+    f = click.option(
+        "--runtime",
+        type=click.Choice(["docker", "podman"]),
+        default="docker",
+        show_default=True,
+        help="Container engine that receives the images.",
+    )(f)
+    return click.option(
+        "--prefix",
+        type=click.Path(path_type=Path, file_okay=False),
+        default="/opt/airgap",
+        show_default=True,
+        help="Where releases, state and the receipt live.",
+    )(f)
+
+
+@cli.command()
+@click.argument("bundle", type=str)
+@trust_options
+@runtime_options
+@click.option("--dry-run", is_flag=True, help="Verify trust and run the preflight; change nothing.")
+@click.option("--allow-downgrade", is_flag=True, help="Install a lower version on purpose.")
+@click.option("--no-gpu", is_flag=True, help="Do not expect a GPU (CPU images, tests).")
+@click.option(
+    "--port",
+    "ports",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    help="A port the service will need; preflight checks it is free.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def install(
+    bundle: str,
+    trusted_keys: tuple[Path, ...],
+    trust_dir: Path | None,
+    require_signatures: int,
+    signatures: tuple[Path, ...],
+    prefix: Path,
+    runtime: str,
+    runtime_url: str | None,
+    dry_run: bool,
+    allow_downgrade: bool,
+    no_gpu: bool,
+    ports: tuple[int, ...],
+    as_json: bool,
+) -> None:
+    """Verify BUNDLE and install it: files into a release, images into the engine."""
+    from bundler.bundle.parts import locate_bundle
+    from bundler.bundle.reader import find_detached_signatures, read_detached
+    from bundler.bundle.signing import load_trust
+    from bundler.install.installer import InstallOptions
+    from bundler.install.installer import install as run_install
+
+    trusted = load_trust(trusted_keys, trust_dir)
+    loc = locate_bundle(bundle)
+    detached = read_detached(find_detached_signatures(loc) + list(signatures))
+    opts = InstallOptions(
+        bundle=bundle,
+        trusted=trusted,
+        threshold=require_signatures,
+        detached=tuple(detached),
+        prefix=prefix,
+        runtime=runtime,
+        runtime_url=runtime_url,
+        dry_run=dry_run,
+        allow_downgrade=allow_downgrade,
+        no_gpu=no_gpu,
+        ports=ports,
+    )
+    with _reporter(as_json) as reporter:
+
+        def show(checks: list[Any]) -> None:
+            if not as_json and not _state().quiet:
+                from bundler.cli.render import render_checks
+
+                render_checks(checks)
+            reporter.stage("installing", sum(p.size for p in loc.parts) or None)
+
+        result = run_install(
+            opts,
+            on_preflight=show,
+            progress=reporter.advance,
+            notes=lambda m: click.echo(f"note: {m}", err=True),
+        )
+    out = {
+        "status": result.status,
+        "name": result.name,
+        "version": result.version,
+        "release": str(result.release),
+        "index_sha256": result.index_sha256,
+        "images": result.images,
+        "bytes": result.bytes_read,
+        "seconds": round(result.seconds, 3),
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    if result.status == "dry-run":
+        click.echo(
+            f"dry run: {result.name} v{result.version} would install into "
+            f"{result.release}; nothing was changed"
+        )
+    elif result.status == "unchanged":
+        click.echo(
+            f"{result.name} v{result.version} is already installed and current; nothing changed"
+        )
+    elif result.status == "reactivated":
+        click.echo(f"{result.name} v{result.version} was installed already; it is current again")
+    else:
+        click.echo(
+            f"installed {result.name} v{result.version} into {result.release} "
+            f"({human(result.bytes_read)} in {result.seconds:.1f}s)"
+        )
+        for img in result.images:
+            click.echo(f"  image {img['role']}: {img['ref']} = {img['id']}")
+
+
+@cli.command()
+@runtime_options
+@click.option("--deep", is_flag=True, help="Also re-hash every installed file.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(prefix: Path, runtime: str, runtime_url: str | None, deep: bool, as_json: bool) -> None:
+    """What is installed under --prefix, checked against what is really there."""
+    from bundler.install.installer import status as run_status
+
+    report = run_status(prefix, runtime, runtime_url, deep=deep)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "prefix": str(report.prefix),
+                    "current": report.current,
+                    "ok": report.ok,
+                    "releases": report.releases,
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(
+            f"{report.prefix}: current {report.current or '(none)'} - "
+            + ("healthy" if report.ok else "NOT healthy")
+        )
+        for rel in report.releases:
+            mark = "*" if rel["active"] else " "
+            state = "ok" if rel["healthy"] else "damaged"
+            click.echo(f" {mark} {rel['release']}  {state}  installed {rel['installed_at']}")
+            for img in rel["images"]:
+                click.echo(
+                    f"      {img['role']}: {img['ref']} "
+                    f"{'present' if img['present'] else 'MISSING'}"
+                )
+    if not report.ok:
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.command()
+@runtime_options
+def uninstall(prefix: Path, runtime: str, runtime_url: str | None) -> None:
+    """Remove what airgap installed under --prefix (and only that)."""
+    from bundler.install.installer import uninstall as run_uninstall
+
+    for line in run_uninstall(prefix, runtime, runtime_url):
+        click.echo(f"removed {line}")
+
+
+@cli.command()
+@click.option(
+    "--prefix",
+    type=click.Path(path_type=Path, file_okay=False),
+    default="/opt/airgap",
+    show_default=True,
+)
+def rollback(prefix: Path) -> None:
+    """Make the previously active release current again."""
+    from bundler.install.installer import rollback as run_rollback
+
+    click.echo(f"current is now {run_rollback(prefix)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bundler.cli.fmt import human
+from bundler.fmt import human
 from bundler.progress import NullReporter, Reporter
 
 
@@ -98,3 +98,12 @@ def render_inspect(info: dict[str, Any]) -> None:
     for e in info["elastic"]:
         console.print(f"elastic {e['path']} {human(e['bytes'])}")
     console.print(f"total: {info['files']} files, {human(info['total_bytes'])}")
+
+
+def render_checks(checks: list[Any]) -> None:
+    """The preflight table, on stderr."""
+    table = Table("check", "result", "detail", title="preflight")
+    for c in checks:
+        mark = {True: "[green]ok[/green]", False: "[red]FAIL[/red]", None: "[yellow]warn[/yellow]"}
+        table.add_row(c.name, mark[c.ok], c.detail)
+    Console(stderr=True).print(table)

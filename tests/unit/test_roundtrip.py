@@ -170,8 +170,8 @@ def test_rollback_hook_runs_before_payload(tmp_path: Path, bundle: Path, key: Ke
     reg.record("demo", 5)
     staging = tmp_path / "stage"
 
-    def check(index):  # type: ignore[no-untyped-def]
-        reg.check(index.name, index.version)
+    def check(result):  # type: ignore[no-untyped-def]
+        reg.check(result.index.name, result.index.version)
 
     with pytest.raises(RollbackError):
         read_bundle(

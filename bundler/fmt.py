@@ -1,4 +1,4 @@
-"""Small formatting helpers (no heavy imports: used on every command's path)."""
+"""Small formatting helpers shared by core messages and the CLI (no heavy imports)."""
 
 from __future__ import annotations
 
