@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import services
 
+import services
 from conftest import Keys, airgap, build_bundle
 
 pytestmark = pytest.mark.integration

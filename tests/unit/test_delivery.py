@@ -10,6 +10,7 @@ import pytest
 from bundler.bundle.index import FileEntry, Index
 from bundler.bundle.reader import TrustPolicy, read_bundle
 from bundler.errors import BundleError
+
 from conftest import Keys
 
 TARGET = "models/tiny/model.safetensors"
