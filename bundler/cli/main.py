@@ -395,6 +395,23 @@ def runtime_options(f: F) -> F:
     multiple=True,
     help="A port the service will need; preflight checks it is free.",
 )
+@click.option(
+    "--registry",
+    default=None,
+    metavar="HOST[:PORT][/PREFIX]",
+    help="Push the images to this OCI registry instead of loading them.",
+)
+@click.option(
+    "--registry-insecure",
+    is_flag=True,
+    help="Plain HTTP to --registry (always so for loopback registries).",
+)
+@click.option(
+    "--registry-ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="CA bundle that signs --registry's TLS certificate.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def install(
     bundle: str,
@@ -409,6 +426,9 @@ def install(
     allow_downgrade: bool,
     no_gpu: bool,
     ports: tuple[int, ...],
+    registry: str | None,
+    registry_insecure: bool,
+    registry_ca: Path | None,
     as_json: bool,
 ) -> None:
     """Verify BUNDLE and install it: files into a release, images into the engine."""
@@ -431,6 +451,9 @@ def install(
         runtime_url=runtime_url,
         dry_run=dry_run,
         allow_downgrade=allow_downgrade,
+        registry=registry,
+        registry_insecure=registry_insecure,
+        registry_ca=registry_ca,
         no_gpu=no_gpu,
         ports=ports,
     )

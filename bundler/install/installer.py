@@ -38,6 +38,7 @@ from bundler.bundle.signing import TrustedKey
 from bundler.errors import AirgapError, InstallError, RollbackError
 from bundler.fmt import human
 from bundler.hashing import FileRange, hash_sources
+from bundler.install.registry import Registry, RegistryFeed
 from bundler.install.runtime import ArchiveFeed, Runtime
 from bundler.install.state import InstallLock, Receipt, VersionRegistry
 
@@ -67,6 +68,9 @@ class InstallOptions:
     allow_downgrade: bool = False
     no_gpu: bool = False
     ports: tuple[int, ...] = ()
+    registry: str | None = None  # HOST[:PORT][/PREFIX]: push images there instead
+    registry_insecure: bool = False
+    registry_ca: Path | None = None
 
 
 @dataclass
@@ -118,16 +122,152 @@ class _Stop(Exception):
         self.key = key
 
 
+class EngineTarget:
+    """Images go into a local Docker engine or Podman."""
+
+    kind = "engine"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "engine", "runtime": self.runtime.kind, "url": self.runtime.url}
+
+    def present(self, img: ImageEntry) -> bool:
+        return self.runtime.image_id(img.config_digest) == img.config_digest
+
+    def feed(self, images: list[ImageEntry]) -> ArchiveFeed:
+        feed = ArchiveFeed(self.runtime, images)
+        feed.start()
+        return feed
+
+    def finish(self, feed: Any, images: list[ImageEntry], manifests: dict[str, bytes]) -> None:
+        if feed is not None:
+            logger.info("image load: %s", "; ".join(feed.finish()))
+        for img in images:
+            loaded = self.runtime.image_id(img.config_digest)
+            if loaded != img.config_digest:
+                raise InstallError(
+                    f"image {img.role} ({img.ref}): the engine has {loaded or 'nothing'} where "
+                    f"the signed config digest is {img.config_digest}",
+                    hint="The engine did not load what the bundle carries; see its log.",
+                )
+            if img.ref not in self.runtime.image_tags(img.config_digest):
+                self.runtime.tag(img.config_digest, img.ref)
+
+    def record(self, img: ImageEntry, created: bool) -> dict[str, Any]:
+        return {
+            "role": img.role,
+            "ref": img.ref,
+            "id": img.config_digest,
+            "platform": img.platform,
+            "created_by_us": created,
+        }
+
+    def pending_id(self, img: ImageEntry) -> str:
+        return img.config_digest
+
+    def exists(self, record: dict[str, Any]) -> bool:
+        return self.runtime.image_id(str(record["id"])) == str(record["id"])
+
+    def remove(self, record: dict[str, Any]) -> bool:
+        return self.runtime.remove_image(record["id"])
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+class RegistryTarget:
+    """Images are pushed to an internal OCI registry (``--registry``)."""
+
+    kind = "registry"
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "registry",
+            "registry": self.registry.spec,
+            "insecure": self.registry.scheme == "http",
+        }
+
+    def present(self, img: ImageEntry) -> bool:
+        name, tag = self.registry.name_for(img)
+        got = self.registry.manifest_digest(name, tag, img.manifest_media_type)
+        return got == img.manifest_digest
+
+    def feed(self, images: list[ImageEntry]) -> RegistryFeed:
+        feed = RegistryFeed(self.registry, images)
+        feed.start()
+        return feed
+
+    def finish(self, feed: Any, images: list[ImageEntry], manifests: dict[str, bytes]) -> None:
+        if feed is not None:
+            feed.finish_with(manifests)
+        for img in images:
+            if not self.present(img):
+                raise InstallError(
+                    f"{self.registry.target_ref(img)} does not resolve to the "
+                    f"signed manifest {img.manifest_digest} after the push"
+                )
+
+    def record(self, img: ImageEntry, created: bool) -> dict[str, Any]:
+        return {
+            "role": img.role,
+            "ref": self.registry.target_ref(img),
+            "source_ref": img.ref,
+            "id": img.manifest_digest,
+            "media_type": img.manifest_media_type,
+            "platform": img.platform,
+            "created_by_us": created,
+        }
+
+    def pending_id(self, img: ImageEntry) -> str:
+        return img.manifest_digest
+
+    def _name(self, record: dict[str, Any]) -> tuple[str, str]:
+        ref = str(record["ref"]).removeprefix(self.registry.host + "/")
+        name, _, tag = ref.rpartition(":")
+        return name, tag
+
+    def exists(self, record: dict[str, Any]) -> bool:
+        name, tag = self._name(record)
+        media = record.get("media_type", "application/vnd.oci.image.manifest.v1+json")
+        return self.registry.manifest_digest(name, tag, str(media)) == str(record["id"])
+
+    def remove(self, record: dict[str, Any]) -> bool:
+        name, _ = self._name(record)
+        return self.registry.delete_manifest(name, record["id"])
+
+    def close(self) -> None:
+        self.registry.session.close()
+
+
+ImageTarget = EngineTarget | RegistryTarget
+
+
+def target_from_spec(
+    spec: dict[str, Any], runtime: str | None = None, runtime_url: str | None = None
+) -> ImageTarget:
+    """Rebuild the image target a release was installed into (from its receipt)."""
+    if spec.get("kind") == "registry":
+        return RegistryTarget(Registry(spec["registry"], insecure=bool(spec.get("insecure"))))
+    return EngineTarget(
+        Runtime(runtime or spec.get("runtime", "docker"), runtime_url or spec.get("url"))
+    )
+
+
 class InstallSink:
     """Routes verified payload: files into a staging release, layers into the engine."""
 
-    def __init__(self, layout: Layout, receipt: Receipt, runtime: Runtime) -> None:
+    def __init__(self, layout: Layout, receipt: Receipt, target: ImageTarget) -> None:
         self.layout = layout
         self.receipt = receipt
-        self.runtime = runtime
+        self.target = target
         self.staging: Path | None = None
         self.extractor: StagingExtractor | None = None
-        self.feed: ArchiveFeed | None = None
+        self.feed: ArchiveFeed | RegistryFeed | None = None
         self.to_load: list[ImageEntry] = []
         self.images: list[ImageEntry] = []
         # open/write/close come from two threads (files from the reader, layers from
@@ -140,26 +280,21 @@ class InstallSink:
     ) -> None:
         key = release_key(index)
         self.images = list(index.images)
-        present = {
-            img.config_digest
-            for img in index.images
-            if self.runtime.image_id(img.config_digest) == img.config_digest
-        }
-        self.to_load = [img for img in index.images if img.config_digest not in present]
+        self.to_load = [img for img in index.images if not self.target.present(img)]
         self._manifests = {img.manifest_digest for img in index.images}
         self.staging = self.layout.releases / f".staging-{key}-{secrets.token_hex(6)}"
         self.layout.releases.mkdir(parents=True, exist_ok=True)
         # Written before anything is created, so a killed run is cleaned up by the next.
         self.receipt.data["pending"] = {
             "staging": str(self.staging),
-            "images": sorted({img.config_digest for img in self.to_load}),
+            "target": self.target.spec(),
+            "images": [self.target.record(img, True) for img in self.to_load],
         }
         self.receipt.save()
         self.extractor = StagingExtractor(self.staging, oci_layout=False)
         self.extractor.begin(index, index_bytes, signatures, sums)
         if self.to_load:
-            self.feed = ArchiveFeed(self.runtime, self.to_load)
-            self.feed.start()
+            self.feed = self.target.feed(self.to_load)
 
     def _digest(self, entry: FileEntry) -> str | None:
         if entry.path.startswith(BLOB_PREFIX):
@@ -201,20 +336,14 @@ class InstallSink:
             self.feed.close_blob(entry.size)
 
     def commit(self) -> None:
-        assert self.extractor is not None
-        if self.feed is not None:
-            messages = self.feed.finish()
-            logger.info("image load: %s", "; ".join(messages))
-        for img in self.images:
-            loaded = self.runtime.image_id(img.config_digest)
-            if loaded != img.config_digest:
-                raise InstallError(
-                    f"image {img.role} ({img.ref}): the engine has {loaded or 'nothing'} where "
-                    f"the signed config digest is {img.config_digest}",
-                    hint="The engine did not load what the bundle carries; see its log.",
-                )
-            if img.ref not in self.runtime.image_tags(img.config_digest):
-                self.runtime.tag(img.config_digest, img.ref)
+        assert self.extractor is not None and self.staging is not None
+        manifests = {
+            img.manifest_digest: (
+                self.staging / BLOB_PREFIX / img.manifest_digest.removeprefix("sha256:")
+            ).read_bytes()
+            for img in self.images
+        }
+        self.target.finish(self.feed, self.images, manifests)
         self.extractor.commit()
 
     def abort(self) -> None:
@@ -227,21 +356,23 @@ class InstallSink:
     def remove_loaded(self) -> None:
         in_use = self.receipt.images_in_use()
         for img in self.to_load:
-            if img.config_digest not in in_use:
+            record = self.target.record(img, True)
+            if record["id"] not in in_use:
                 with contextlib.suppress(AirgapError):
-                    self.runtime.remove_image(img.config_digest)
+                    self.target.remove(record)
 
 
-def recover(layout: Layout, receipt: Receipt, runtime: Runtime | None) -> list[str]:
+def recover(layout: Layout, receipt: Receipt, target: ImageTarget | None) -> list[str]:
     """Undo what a killed run left: its staging dir and the images it may have loaded."""
     done = []
     pending = receipt.data.get("pending")
     if pending:
-        if runtime is not None:
-            in_use = receipt.images_in_use()
-            for image_id in pending.get("images", []):
-                if image_id not in in_use and runtime.remove_image(image_id):
-                    done.append(f"removed image {image_id} of an interrupted run")
+        in_use = receipt.images_in_use()
+        records = [r for r in pending.get("images", []) if isinstance(r, dict)]
+        if records and target is not None and target.spec() == pending.get("target"):
+            for record in records:
+                if record["id"] not in in_use and target.remove(record):
+                    done.append(f"removed image {record['id']} of an interrupted run")
         receipt.data["pending"] = None
         receipt.save()
     if layout.releases.is_dir():
@@ -286,13 +417,23 @@ def install(
     with InstallLock(layout.prefix):
         receipt = Receipt.load(layout.state)
         versions = VersionRegistry(layout.state)
-        runtime = Runtime(opts.runtime, opts.runtime_url)
+        target: ImageTarget
+        if opts.registry:
+            target = RegistryTarget(
+                Registry(opts.registry, insecure=opts.registry_insecure, ca=opts.registry_ca)
+            )
+        else:
+            target = EngineTarget(Runtime(opts.runtime, opts.runtime_url))
         try:
-            info = runtime.info()
-            for line in recover(layout, receipt, runtime):
+            if isinstance(target, EngineTarget):
+                info = target.runtime.info()
+                where = f"{info.kind} {info.version} at {info.url}"
+            else:
+                where = f"registry {target.registry.host} ({target.registry.ping()})"
+            for line in recover(layout, receipt, target):
                 if notes:
                     notes(line)
-            sink = InstallSink(layout, receipt, runtime)
+            sink = InstallSink(layout, receipt, target)
             checks: list[Check] = []
 
             def preflight(vr: VerifyResult) -> None:
@@ -329,7 +470,7 @@ def install(
                 else:
                     was = f"installed: v{installed}" if installed is not None else "first install"
                     checks.append(Check("version", True, f"v{index.version} ({was})"))
-                checks.append(Check("runtime", True, f"{info.kind} {info.version} at {info.url}"))
+                checks.append(Check("images to", True, where))
                 files = sum(f.size for f in index.files if not f.path.startswith(BLOB_PREFIX))
                 image_bytes = index.payload_bytes - files
                 free = _free_space(layout.prefix)
@@ -340,7 +481,9 @@ def install(
                         f"{human(files)} needed under {layout.prefix}, {human(free)} free",
                     )
                 )
-                engine_free = runtime.free_bytes(info.root_dir)
+                engine_free = None
+                if isinstance(target, EngineTarget):
+                    engine_free = target.runtime.free_bytes(info.root_dir)
                 if engine_free is not None:
                     checks.append(
                         Check(
@@ -352,6 +495,8 @@ def install(
                     )
                 if opts.no_gpu:
                     checks.append(Check("gpu", None, "skipped (--no-gpu)"))
+                elif isinstance(target, RegistryTarget):
+                    checks.append(Check("gpu", None, "not checked: images go to a registry"))
                 else:
                     checks.append(
                         Check(
@@ -380,7 +525,8 @@ def install(
                 if (
                     known
                     and layout.release(key).is_dir()
-                    and all(runtime.image_id(i["id"]) == i["id"] for i in known.get("images", []))
+                    and known.get("target") == target.spec()
+                    and all(target.exists(i) for i in known.get("images", []))
                 ):
                     raise _Stop("unchanged" if receipt.current == key else "reactivated", key)
 
@@ -398,7 +544,7 @@ def install(
                 raise
             return _activate(vr, sink, layout, receipt, versions, checks, started)
         finally:
-            runtime.close()
+            target.close()
 
 
 def _stopped(
@@ -438,16 +584,7 @@ def _activate(
     assert sink.staging is not None
     target = layout.release(key)
     loaded = {img.config_digest for img in sink.to_load}
-    images = [
-        {
-            "role": img.role,
-            "ref": img.ref,
-            "id": img.config_digest,
-            "platform": img.platform,
-            "created_by_us": img.config_digest in loaded,
-        }
-        for img in index.images
-    ]
+    images = [sink.target.record(img, img.config_digest in loaded) for img in index.images]
     try:
         if target.exists():  # same name and version, left without a receipt entry
             shutil.rmtree(target)
@@ -460,6 +597,7 @@ def _activate(
             "signers": list(vr.signers),
             "installed_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "path": str(target),
+            "target": sink.target.spec(),
             "images": images,
         }
         receipt.data["current"] = key
@@ -511,7 +649,7 @@ def status(
             f"{prefix}: nothing installed here (no receipt)",
             hint="Check --prefix, or run `airgap install` first.",
         )
-    runtime = Runtime(runtime_kind, runtime_url)
+    targets = _Targets(runtime_kind, runtime_url)
     ok = True
     rows = []
     try:
@@ -525,10 +663,8 @@ def status(
             files_ok = None
             if deep and index_ok:
                 files_ok = _deep_check(path, index_file)
-            images = []
-            for img in rel.get("images", []):
-                present = runtime.image_id(img["id"]) == img["id"]
-                images.append({**img, "present": present})
+            target = targets.get(rel.get("target", {}))
+            images = [{**img, "present": target.exists(img)} for img in rel.get("images", [])]
             healthy = index_ok and files_ok is not False and all(i["present"] for i in images)
             if key == receipt.current:
                 ok = ok and healthy
@@ -546,11 +682,30 @@ def status(
                 }
             )
     finally:
-        runtime.close()
+        targets.close()
     current_link = layout.current.resolve() if layout.current.is_symlink() else None
     if receipt.current and current_link != layout.release(receipt.current).resolve():
         ok = False
     return StatusReport(layout.prefix, receipt.current, ok and receipt.current is not None, rows)
+
+
+class _Targets:
+    """Image targets named in a receipt, opened once each."""
+
+    def __init__(self, runtime: str | None, runtime_url: str | None) -> None:
+        self.runtime = runtime
+        self.runtime_url = runtime_url
+        self._open: dict[str, ImageTarget] = {}
+
+    def get(self, spec: dict[str, Any]) -> ImageTarget:
+        key = repr(sorted(spec.items()))
+        if key not in self._open:
+            self._open[key] = target_from_spec(spec, self.runtime, self.runtime_url)
+        return self._open[key]
+
+    def close(self) -> None:
+        for t in self._open.values():
+            t.close()
 
 
 def _deep_check(path: Path, index_file: Path) -> bool:
@@ -584,14 +739,22 @@ def uninstall(
             raise InstallError(
                 f"{prefix}: nothing installed here (no receipt)", hint="Check --prefix."
             )
-        runtime = Runtime(runtime_kind, runtime_url)
+        targets = _Targets(runtime_kind, runtime_url)
         try:
-            recover(layout, receipt, runtime)
-            for image_id in sorted(receipt.our_images()):
-                if runtime.remove_image(image_id):
-                    removed.append(f"image {image_id}")
+            pending = receipt.data.get("pending") or {}
+            recover(
+                layout, receipt, targets.get(pending["target"]) if pending.get("target") else None
+            )
+            done: set[str] = set()
+            for rel in receipt.releases.values():
+                target = targets.get(rel.get("target", {}))
+                for img in rel.get("images", []):
+                    if img.get("created_by_us") and img["id"] not in done:
+                        done.add(img["id"])
+                        if target.remove(img):
+                            removed.append(f"image {img['ref']} ({img['id']})")
         finally:
-            runtime.close()
+            targets.close()
         layout.switch_current(None)
         for key in list(receipt.releases):
             shutil.rmtree(layout.release(key), ignore_errors=True)

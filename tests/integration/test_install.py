@@ -379,3 +379,79 @@ def test_podman_gets_the_same_images(
         podman_engine.url,
     )
     assert r.returncode == 0, r.stderr.decode()
+
+
+@pytest.fixture(scope="session")
+def oci_registry() -> Iterator[services.Service]:
+    with services.registry() as svc:
+        yield svc
+
+
+def test_registry_mode_pushes_the_signed_images(
+    tmp_path: Path, bundle: Path, key: Keys, oci_registry: services.Service
+) -> None:
+    prefix = tmp_path / "opt"
+    target = f"{oci_registry.url}/airgap"
+    r = airgap(
+        "install",
+        str(bundle),
+        "--trusted-key",
+        str(key.public),
+        "--prefix",
+        str(prefix),
+        "--registry",
+        target,
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    result = json.loads(r.stdout)
+    from bundler.bundle.reader import read_head
+
+    index = read_head(str(bundle)).index
+    pushed = {i["role"]: i["ref"] for i in result["images"]}
+    assert pushed == {"nginx": f"{target}/nginx:test", "vllm": f"{target}/vllm:test"}
+    for img in index.images:
+        ref = f"docker://{pushed[img.role]}"
+        out = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", ref],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["Digest"] == img.manifest_digest
+        # pull it back whole: skopeo checks every blob against its digest
+        dest = tmp_path / f"pulled-{img.role}"
+        out = subprocess.run(
+            ["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", ref, f"oci:{dest}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        layout = json.loads((dest / "index.json").read_text())
+        assert layout["manifests"][0]["digest"] == img.manifest_digest
+    r = airgap(
+        "install",
+        str(bundle),
+        "--trusted-key",
+        str(key.public),
+        "--prefix",
+        str(prefix),
+        "--registry",
+        target,
+        "--json",
+    )
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "unchanged"
+    r = airgap("status", "--prefix", str(prefix))
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    r = airgap("uninstall", "--prefix", str(prefix))
+    assert r.returncode == 0, r.stderr.decode()
+    for img in index.images:
+        out = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", f"docker://{pushed[img.role]}"],
+            capture_output=True,
+            check=False,
+        )
+        assert out.returncode != 0
+    assert not prefix.exists()
