@@ -44,3 +44,11 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_close(fd: int) -> None:
+    """fsync then close ``fd`` (run in a background thread by writers)."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -13,10 +13,12 @@ import contextlib
 import json
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from bundler.bundle.index import INDEX_MEMBER, SIGNATURE_DIR, SUMS_MEMBER, FileEntry, Index
 from bundler.errors import UsageError
+from bundler.fsutil import fsync_close
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -30,6 +32,8 @@ class StagingExtractor:
         self.oci_layout = oci_layout
         self._fd = -1
         self._created = False
+        self._flusher: ThreadPoolExecutor | None = None
+        self._flushes: list[Future[None]] = []
 
     def _safe_open(self, rel: str) -> int:
         target = self.staging / rel
@@ -74,20 +78,42 @@ class StagingExtractor:
             data = data[os.write(self._fd, data) :]
 
     def close_member(self, entry: FileEntry) -> None:
-        if self.fsync:
-            os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
+        fd, self._fd = self._fd, -1
+        if not self.fsync:
+            os.close(fd)
+            return
+        # Flush in the background: the stream goes on while the disk catches up.
+        if self._flusher is None:
+            self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
+        self._flushes.append(self._flusher.submit(fsync_close, fd))
 
     def commit(self) -> None:
+        """Wait until every file is on disk; then finish the layout."""
+        self._drain()
         if self._index.images and self.oci_layout:
             write_oci_layout(self.staging / "images", self._index)
+        if self.fsync:
+            fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _drain(self) -> None:
+        if self._flusher is not None:
+            for f in self._flushes:
+                f.result()
+            self._flushes.clear()
+            self._flusher.shutdown()
+            self._flusher = None
 
     def abort(self) -> None:
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+        with contextlib.suppress(OSError):
+            self._drain()
         if self._created:
             shutil.rmtree(self.staging, ignore_errors=True)
 

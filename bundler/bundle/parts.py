@@ -196,6 +196,7 @@ class ChainedReader:
         self._i = 0
         self._cur: Readable | None = stdin
         self._fio: io.FileIO | None = None  # the current part, when reading files
+        self.last_origin: tuple[int, int, int] | None = None  # (fd, offset, size) of map()
         if stdin is None and not loc.parts:
             raise UsageError("no input")
 
@@ -237,6 +238,7 @@ class ChainedReader:
             return None
         f.seek(local + n)
         self.pos += n
+        self.last_origin = (f.fileno(), local, n)
         return memoryview(mm)[local - start :]
 
     def readinto(self, view: memoryview) -> int:
@@ -260,3 +262,11 @@ class ChainedReader:
         for f in self._files:
             with contextlib.suppress(OSError):
                 f.close()
+
+
+def remap(origin: tuple[int, int, int]) -> memoryview:
+    """Map again bytes that :meth:`ChainedReader.map` handed out earlier (page cache hit)."""
+    fd, offset, n = origin
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(fd, offset + n - start, access=mmap.ACCESS_READ, offset=start)
+    return memoryview(mm)[offset - start :]

@@ -42,6 +42,7 @@ from bundler.bundle.parts import (
     Readable,
     check_parts_list,
     locate_bundle,
+    remap,
 )
 from bundler.bundle.signing import KEYID_RE, SIGNATURE_SIZE, TrustedKey, verify_threshold
 from bundler.errors import BundleError, ExpiredError, UsageError
@@ -422,7 +423,7 @@ class _Delivery:
         self.sink = sink
         self.hasher = hasher
         self.error: BaseException | None = None
-        self._q: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=4)
+        self._q: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=3)
         self._thread = threading.Thread(target=self._run, name="deliver", daemon=True)
         self._thread.start()
 
@@ -435,10 +436,10 @@ class _Delivery:
             if kind == "chunk":
                 _, result, held = item
                 ok = self.error is None and result.wait()
-                for view, buf in held:
+                for view, buf, origin in held:
                     if ok:
                         try:
-                            self.sink.write(view)
+                            self.sink.write(view if origin is None else remap(origin))
                         except BaseException as e:
                             self.error, ok = e, False
                     del view
@@ -505,7 +506,7 @@ def _stream_payload(
             for k, expected in enumerate(entry.chunks):
                 chunk_start = r.stream.pos
                 left = min(chunk_size, entry.size - k * chunk_size)
-                held: list[tuple[memoryview, bytearray | None]] = []
+                held: list[tuple[memoryview | None, bytearray | None, Any]] = []
                 while left > 0:
                     n = min(block, left)
                     buf = None
@@ -523,7 +524,12 @@ def _stream_payload(
                                 hint="Copy the bundle (or its last part) again; it is incomplete.",
                             )
                     if deferred:
-                        held.append((view, buf))
+                        # Mapped bytes are mapped again for delivery rather than held,
+                        # so RSS stays at a few blocks; copied blocks must be held.
+                        if buf is None and r.stream.last_origin is not None:
+                            held.append((None, None, r.stream.last_origin))
+                        else:
+                            held.append((view, buf, None))
                         hasher.update(chunk_id, view)
                     else:
                         if sink is not None:

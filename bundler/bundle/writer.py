@@ -37,7 +37,7 @@ from bundler.bundle.index import (
 from bundler.bundle.parts import PARTS_FORMAT, part_name, parts_list_path, parts_sums_path
 from bundler.bundle.signing import SigningKey
 from bundler.errors import SourceError, UsageError
-from bundler.fsutil import atomic_write_bytes, fsync_dir
+from bundler.fsutil import atomic_write_bytes, fsync_close, fsync_dir
 from bundler.hashcache import HashCache, hash_with_cache
 from bundler.hashing import Digests, FileRange
 
@@ -212,7 +212,7 @@ class _Output:
             return
         fd, number = self._fd, len(self.tmp_paths) - 1
         self._fd = -1
-        self._pending.append(self._pool.submit(_fsync_close, fd))
+        self._pending.append(self._pool.submit(fsync_close, fd))
         start = self.total - self.sizes[number]
         if self.split_size and start >= self.head_size:
             # This part is final already: hash it now, in the background.
@@ -292,13 +292,6 @@ class _Output:
         for p in self.tmp_paths:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-
-
-def _fsync_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
