@@ -61,3 +61,46 @@ def test_rollback_protection(tmp_path: Path) -> None:
     reg.record("demo", 2)
     assert reg.installed("demo") == 3
     reg.check("other", 1)
+
+
+def test_install_lock_admits_one_run_at_a_time(tmp_path: Path) -> None:
+    import os
+
+    from bundler.errors import InstallError
+    from bundler.install.state import InstallLock
+
+    holder = InstallLock(tmp_path / "opt").__enter__()
+    try:
+        with (
+            pytest.raises(InstallError, match=f"holds the lock \\(pid {os.getpid()}\\)"),
+            InstallLock(tmp_path / "opt"),
+        ):
+            pass
+    finally:
+        holder.__exit__(None, None, None)
+    with InstallLock(tmp_path / "opt"):  # released when the holder is done
+        pass
+
+
+def test_receipt_round_trip_is_private(tmp_path: Path) -> None:
+    from bundler.errors import InstallError
+    from bundler.install.state import Receipt
+
+    r = Receipt.load(tmp_path / "state")
+    assert not r.exists and r.current is None
+    r.data["releases"]["demo-1"] = {
+        "images": [
+            {"id": "sha256:a", "created_by_us": True},
+            {"id": "sha256:b", "created_by_us": False},
+        ]
+    }
+    r.data["current"] = "demo-1"
+    r.save()
+    assert stat.S_IMODE(r.path.stat().st_mode) == 0o600
+    again = Receipt.load(tmp_path / "state")
+    assert again.current == "demo-1"
+    assert again.our_images() == {"sha256:a"}
+    assert again.images_in_use() == {"sha256:a", "sha256:b"}
+    r.path.write_text("{not json")
+    with pytest.raises(InstallError, match="unreadable receipt"):
+        Receipt.load(tmp_path / "state")
