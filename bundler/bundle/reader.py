@@ -65,6 +65,9 @@ class Sink(Protocol):
 
     def verified_only(self, entry: FileEntry) -> bool: ...
 
+    # Optional: ``copy_from(fd, offset, n) -> bool`` copies bytes of the bundle file
+    # in the kernel instead of ``write``; False means "use write".
+
     def begin(
         self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes
     ) -> None: ...
@@ -488,6 +491,7 @@ def _stream_payload(
     seen: set[str] = set()
     hasher = StreamHasher(block, chunk_size, workers)
     delivery = _Delivery(sink, hasher) if sink is not None else None
+    copy_from = getattr(sink, "copy_from", None)
     chunk_id = 0
     try:
         for entry in index.files:
@@ -533,7 +537,11 @@ def _stream_payload(
                         hasher.update(chunk_id, view)
                     else:
                         if sink is not None:
-                            sink.write(view)
+                            origin = r.stream.last_origin if buf is None else None
+                            # From a file: let the kernel copy it (no page of it mapped in
+                            # this process before the hash lane reads it).
+                            if origin is None or not copy_from or not copy_from(*origin):
+                                sink.write(view)
                         hasher.update(chunk_id, view, release=buf)
                     del view
                     left -= n

@@ -317,8 +317,15 @@ class InstallSink:
         else:
             self._local.route = "drop"  # a layer the engine has already: verified, not kept
 
+    def copy_from(self, fd: int, offset: int, n: int) -> bool:
+        route: str = self._local.route
+        if route == "file":
+            assert self.extractor is not None
+            return self.extractor.copy_from(fd, offset, n)
+        return route == "drop"
+
     def write(self, data: memoryview) -> None:
-        route = self._local.route
+        route: str = self._local.route
         if route == "file":
             assert self.extractor is not None
             self.extractor.write(data)
@@ -327,7 +334,7 @@ class InstallSink:
             self.feed.write(data)
 
     def close_member(self, entry: FileEntry) -> None:
-        route = self._local.route
+        route: str = self._local.route
         if route == "file":
             assert self.extractor is not None
             self.extractor.close_member(entry)

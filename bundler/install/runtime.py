@@ -188,7 +188,9 @@ class ArchiveFeed:
         self._q: queue.Queue[Any] = queue.Queue(maxsize=4)
         self._messages: list[str] = []
         self._error: BaseException | None = None
-        self._left = 0
+        self._remaining = set(self.needed)
+        self._current = ""
+        self._ended = False
         self._thread = threading.Thread(target=self._run, name="image-load", daemon=True)
         self._started = False
 
@@ -239,7 +241,7 @@ class ArchiveFeed:
 
     def open_blob(self, digest: str, size: int) -> None:
         self._member(_blob(digest), size)
-        self._left = size
+        self._current = digest
 
     def write(self, data: memoryview) -> None:
         self._put(bytes(data))
@@ -248,11 +250,21 @@ class ArchiveFeed:
         pad = -size % 512
         if pad:
             self._put(b"\0" * pad)
+        self._remaining.discard(self._current)
+        if not self._remaining:
+            # Every blob is in: end the archive now, so the engine unpacks the layers
+            # while the rest of the bundle (model files) is still being written.
+            self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._put(b"\0" * 1024)
+            self._put(None)
 
     def finish(self) -> list[str]:
-        """End the archive and wait for the engine to finish loading it."""
-        self._put(b"\0" * 1024)
-        self._put(None)
+        """End the archive (if not yet) and wait for the engine to finish loading it."""
+        self._end()
         self._thread.join()
         if self._error is not None:
             raise self._error
