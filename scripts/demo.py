@@ -1,8 +1,10 @@
-"""The built-in demo: every step of the connected and air-gapped sides' verification.
+"""The built-in demo: the connected side, the transfer, and the air-gapped install.
 
 Runs with no network: makes a tiny model, two images and Elastic artifacts, signs a
-bundle, carries it as split parts and through stdin, co-signs it, and shows a damaged
-copy being refused by name. Everything happens in a temp dir that is removed after.
+bundle into split parts, co-signs it, verifies it from the parts and from stdin,
+installs it into a private Docker engine (started here, stopped after), shows a
+damaged part being refused by name, and uninstalls. Everything happens in a temp
+dir that is removed after.
 """
 
 from __future__ import annotations
@@ -81,16 +83,29 @@ def main() -> None:
         joined = b"".join(p.read_bytes() for p in parts)
         sigs = [a for s in usb.glob("demo.tar.*.sig") for a in ("--signature", str(s))]
         airgap("-q", "verify", "-", *trust, *sigs, stdin=joined)
-        print("\n== a damaged transfer is named precisely ==")
-        victim = parts[1]
-        data = bytearray(victim.read_bytes())
-        data[len(data) // 2] ^= 0x01
-        victim.write_bytes(bytes(data))
-        airgap("-q", "verify", str(bundle), *trust, expect=3)
-        print(
-            f"\nsha256 of the damaged part now: {hashlib.sha256(data).hexdigest()[:16]}…; "
-            f"the parts list says otherwise, so only {victim.name} needs carrying again."
-        )
+        print("\n== install into a private Docker engine (started for the demo) ==")
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from services import dockerd
+
+        prefix = work / "opt"
+        with dockerd() as engine:
+            target = ["--prefix", str(prefix), "--no-gpu", "--runtime-url", engine.url]
+            airgap("install", str(bundle) + ".part-000", *trust, *target)
+            airgap("status", "--prefix", str(prefix), "--runtime-url", engine.url)
+            airgap("-q", "install", str(bundle) + ".part-000", *trust, *target)
+
+            print("\n== a damaged transfer is named precisely, and changes nothing ==")
+            victim = parts[1]
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            victim.write_bytes(bytes(data))
+            airgap("-q", "verify", str(bundle), *trust, expect=3)
+            print(
+                f"  (sha256 of {victim.name} is now {hashlib.sha256(data).hexdigest()[:16]}…; "
+                "the signed parts list says otherwise: only this part needs carrying again)"
+            )
+            airgap("status", "--prefix", str(prefix), "--runtime-url", engine.url)
+            airgap("uninstall", "--prefix", str(prefix), "--runtime-url", engine.url)
         total = sum(t for _, t in STEPS)
         print(
             f"\ndemo finished: {len(STEPS)} commands in {total:.1f}s, "
