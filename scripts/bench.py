@@ -306,14 +306,8 @@ def bench_install(work: Path, args: argparse.Namespace, py: str) -> str:
         "",
         f"## Install ({total / GiB:.2f} GiB bundle: half model file, half image layer)",
         "",
-        "| command | seconds (median) | GB/s | peak RSS |",
-        "|---|---:|---:|---:|",
+        *table(rows, total),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['seconds']:.2f} | {total / r['seconds'] / 1e9:.2f} | "
-            f"{r['rss'] / MiB:.0f} MiB |"
-        )
     lines += [
         "",
         f"- install / (tar xf + docker load): **{ours / base:.2f}x** the time "
@@ -321,6 +315,17 @@ def bench_install(work: Path, args: argparse.Namespace, py: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def table(rows: list[dict], total: int) -> list[str]:
+    """Markdown rows: seconds, throughput over ``total`` bytes, peak RSS."""
+    out = ["| command | seconds (median) | GB/s | peak RSS |", "|---|---:|---:|---:|"]
+    for r in rows:
+        out.append(
+            f"| {r['name']} | {r['seconds']:.2f} | {total / r['seconds'] / 1e9:.2f} | "
+            f"{r['rss'] / MiB:.0f} MiB |"
+        )
+    return out
 
 
 def render(
@@ -346,14 +351,8 @@ def render(
         f"files, two image archives); bundle {bundle_size / GiB:.2f} GiB. Page cache warm for "
         f"every command; median of {args.runs} runs after one warm-up.",
         "",
-        "| command | seconds (median) | GB/s | peak RSS |",
-        "|---|---:|---:|---:|",
+        *table(rows, total),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['seconds']:.2f} | {total / r['seconds'] / 1e9:.2f} | "
-            f"{r['rss'] / MiB:.0f} MiB |"
-        )
     lines += [
         "",
         f"- build / tar cf: cold **{by[COLD] / tar:.2f}x**, warm **{by[WARM] / tar:.2f}x** the "
