@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bundler import env
-from bundler.bundle.index import DEFAULT_CHUNK_SIZE
+from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry
 from bundler.bundle.signing import SigningKey
 from bundler.bundle.writer import BuildPlan, BuildResult, Payload, write_bundle
 from bundler.errors import FetchError, SourceError
+from bundler.fetch.cache import Cache
+from bundler.fetch.remote import Fetcher, FetchOptions, drift
 from bundler.hashcache import HashCache
 from bundler.hashing import FileRange
 from bundler.images import load_image_archive
+from bundler.lock import load_lock, lock_path, pins_of, save_lock
 from bundler.manifest import ELSER_IDS, ImageArchive, Manifest
 from bundler.progress import NullReporter, Reporter
 
@@ -38,7 +41,32 @@ class BuildOptions:
     split_size: int | None = None
     expires_days: int | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    cache_dir: Path | None = None  # remembers digests of local files (None: always hash)
+    # Downloads and remembered digests. None: no cache for local files (remote
+    # sources then use the default cache directory).
+    cache_dir: Path | None = None
+    no_hash_cache: bool = False  # rehash local files even if their digests are remembered
+    update_lock: bool = False
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+
+
+@dataclass
+class RemotePart:
+    """What the remote sources contribute, already fetched and verified."""
+
+    payloads: list[Payload]
+    images: list[ImageEntry]
+    pins: dict[str, Any]
+    lock_file: Path
+    lock_written: bool
+    downloaded: int
+
+
+@dataclass
+class DryRun:
+    lock_file: Path
+    lock_changes: list[str]
+    to_fetch: list[tuple[str, int]]  # what, bytes
+    cached: int  # number of pinned files already in the cache
 
 
 def walk_files(root: Path) -> list[tuple[str, Path]]:
@@ -70,11 +98,7 @@ def _file_payload(bundle_path: str, p: Path) -> Payload:
 
 def _model_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
     if m.model.path is None:
-        raise FetchError(
-            f"model.repo {m.model.repo!r} must be downloaded first",
-            hint="Download the weights (huggingface-cli download REPO --local-dir DIR) and set "
-            "model.path, or use an airgap release with Hugging Face fetching.",
-        )
+        return [], {}
     root = m.resolve(m.model.path)
     files = walk_files(root)
     if not files:
@@ -93,13 +117,7 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
         else set()
     )
     if m.elastic.source_dir is None:
-        if wanted_elser or wanted_docs:
-            raise FetchError(
-                "elastic artifacts must be downloaded first",
-                hint="Put the ELSER and product-doc files in a directory and set "
-                "elastic.source_dir, or use an airgap release with Elastic fetching.",
-            )
-        return [], {}
+        return [], {}  # fetched by bundler.fetch
     root = m.resolve(m.elastic.source_dir)
     payloads: list[Payload] = []
     elser_files: dict[str, set[str]] = {}
@@ -143,32 +161,98 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
     }
 
 
+def has_remote(m: Manifest) -> bool:
+    e = m.elastic
+    return (
+        m.model.repo is not None
+        or any(not isinstance(s, ImageArchive) for _, s in m.images.items())
+        or (e is not None and e.source_dir is None and bool(e.elser or e.product_docs))
+    )
+
+
+def _fetcher(opts: BuildOptions, cache: Cache, reporter: Reporter) -> Fetcher:
+    return Fetcher(cache, opts.chunk_size, opts.fetch, progress=reporter.advance)
+
+
+def resolve_lock(
+    m: Manifest, opts: BuildOptions, cache: Cache, reporter: Reporter | None = None
+) -> tuple[dict[str, Any], Path, list[str]]:
+    """Pins of the remote sources: the lock if upstream still matches it, else fresh.
+
+    Returns the pins, the lock file, and the drift lines (empty when none).
+    """
+    reporter = reporter or NullReporter()
+    path = lock_path(Path(m.source))
+    reporter.stage("resolving sources")
+    fresh = _fetcher(opts, cache, reporter).resolve(m)
+    old = load_lock(path)
+    changes = drift(pins_of(old), fresh) if old is not None else []
+    return (pins_of(old) if old is not None and not changes else fresh), path, changes
+
+
+def fetch_remote(
+    m: Manifest,
+    opts: BuildOptions,
+    cache: Cache,
+    reporter: Reporter | None = None,
+    *,
+    dry_run: bool = False,
+) -> RemotePart | DryRun:
+    """Resolve, check against the lock, fetch. ``dry_run``: report, download nothing big.
+
+    Raises:
+        FetchError: upstream moved since the lock (without ``update_lock``), or a fetch failed.
+    """
+    reporter = reporter or NullReporter()
+    pins, path, changes = resolve_lock(m, opts, cache, reporter)
+    fetcher = _fetcher(opts, cache, reporter)
+    downloads = fetcher.downloads(m, pins)
+    if dry_run:
+        missing = fetcher.missing(downloads)
+        return DryRun(
+            path,
+            changes,
+            [(d.what, d.expect.size or 0) for d in missing],
+            len(downloads) - len(missing),
+        )
+    if changes and not opts.update_lock:
+        raise FetchError(
+            f"{path.name}: upstream changed since the lock was written: " + "; ".join(changes),
+            hint="Review the change, then build with --update-lock (or run `airgap lock`).",
+        )
+    written = False
+    if changes or load_lock(path) is None:
+        save_lock(path, pins, name=m.name, platform=m.platform)
+        written = True
+    missing = fetcher.missing(downloads)
+    reporter.stage("downloading", sum(d.expect.size or 0 for d in missing))
+    downloaded = fetcher.fetch_all(downloads)
+    payloads, images = fetcher.payloads(m, pins)
+    return RemotePart(payloads, images, pins, path, written, downloaded)
+
+
 def plan_build(
     m: Manifest,
     opts: BuildOptions,
     reporter: Reporter | None = None,
     cache: HashCache | None = None,
+    remote: RemotePart | None = None,
 ) -> BuildPlan:
-    """Collect every payload and image of a manifest whose sources are local.
+    """Collect every payload and image: local sources read here, remote ones fetched.
 
     Raises:
-        FetchError: a source must be downloaded first.
         SourceError: a local source is missing, incomplete or damaged.
     """
     reporter = reporter or NullReporter()
     created = env.source_date_epoch() or datetime.now(UTC).replace(microsecond=0)
     days = opts.expires_days if opts.expires_days is not None else m.expires_days
     payloads, model_lock = _model_payloads(m)
-    images = []
-    image_lock: dict[str, Any] = {}
+    images = list(remote.images) if remote else []
+    payloads += remote.payloads if remote else []
+    image_lock: dict[str, Any] = dict((remote.pins.get("images") or {}) if remote else {})
     for role, source in m.images.items():
         if not isinstance(source, ImageArchive):
-            raise FetchError(
-                f"images.{role} {source!r} must be pulled first",
-                hint=f"Save it (`docker save {source} -o {role}.tar`) and set "
-                f"images.{role}: {{archive: {role}.tar}}, or use an airgap release with "
-                "registry fetching.",
-            )
+            continue
         reporter.stage(f"reading image {role}")
         img = load_image_archive(
             m.resolve(source.archive),
@@ -189,9 +273,10 @@ def plan_build(
         }
     elastic_payloads, elastic_lock = _elastic_payloads(m)
     payloads.extend(elastic_payloads)
-    lock: dict[str, Any] = {"model": model_lock, "images": image_lock}
-    if elastic_lock:
-        lock["elastic"] = elastic_lock
+    pins = remote.pins if remote else {}
+    lock: dict[str, Any] = {"model": model_lock or pins.get("model", {}), "images": image_lock}
+    if elastic_lock or pins.get("elastic"):
+        lock["elastic"] = elastic_lock or pins["elastic"]
     return BuildPlan(
         name=m.name,
         version=m.version,
@@ -213,9 +298,18 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             :func:`bundler.bundle.writer.write_bundle`.
     """
     reporter = reporter or NullReporter()
-    cache = HashCache(opts.cache_dir) if opts.cache_dir is not None else None
+    remote_needed = has_remote(m)
+    cache_dir = opts.cache_dir or (env.cache_dir() if remote_needed else None)
+    cache = Cache(cache_dir) if cache_dir is not None else None
     try:
-        plan = plan_build(m, opts, reporter, cache)
+        remote = None
+        if remote_needed:
+            assert cache is not None
+            part = fetch_remote(m, opts, cache, reporter)
+            assert isinstance(part, RemotePart)
+            remote = part
+        hashes = None if (cache is None or opts.no_hash_cache) else cache.hashes
+        plan = plan_build(m, opts, reporter, hashes, remote)
         total = sum(p.size for p in plan.payloads)
         reporter.stage("hashing and writing", 2 * total)
         return write_bundle(
@@ -225,7 +319,7 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             split_size=opts.split_size,
             progress=reporter.advance,
             hash_progress=reporter.advance,
-            hash_cache=cache,
+            hash_cache=hashes,
         )
     finally:
         if cache is not None:

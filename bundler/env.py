@@ -49,3 +49,13 @@ def container_host(kind: str) -> str | None:
     if kind == "podman" and os.environ.get("CONTAINER_HOST"):
         return os.environ["CONTAINER_HOST"]
     return os.environ.get("DOCKER_HOST") or None
+
+
+def hf_endpoint() -> str:
+    """``HF_ENDPOINT`` (a Hub mirror), else the public Hub."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hf_token() -> str | None:
+    """``HF_TOKEN``: sent as a header to the Hub, never stored."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None

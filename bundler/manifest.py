@@ -107,6 +107,9 @@ class Elastic(_Strict):
     elser: list[Literal[ELSER_IDS]] = Field(default_factory=list)  # type: ignore[valid-type]
     product_docs: ProductDocs | None = None
     source_dir: str | None = None
+    # Where to download from (mirrors); defaults are Elastic's public repositories.
+    elser_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    product_docs_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
 
 
 class Serve(_Strict):

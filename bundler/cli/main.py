@@ -6,6 +6,7 @@ line with the fix, and the exit code from :mod:`bundler.errors`' table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -127,6 +128,42 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
 
 
+def fetch_options(f: F) -> F:
+    f = click.option(
+        "--jobs",
+        type=click.IntRange(1, 64),
+        default=4,
+        show_default=True,
+        help="Parallel downloads.",
+    )(f)
+    f = click.option(
+        "--registry-ca",
+        "fetch_registry_ca",
+        default=None,
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="CA bundle for registries with a private CA.",
+    )(f)
+    f = click.option(
+        "--insecure-registry",
+        "insecure_registries",
+        multiple=True,
+        metavar="HOST[:PORT]",
+        help="Registry to reach over plain HTTP (loopback ones always are).",
+    )(f)
+    return click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Cache directory (default: AIRGAP_CACHE_DIR or ~/.cache/airgap).",
+    )(f)
+
+
+def _fetch_opts(jobs: int, insecure: tuple[str, ...], ca: Path | None) -> Any:
+    from bundler.fetch.remote import FetchOptions
+
+    return FetchOptions(jobs=jobs, insecure_registries=frozenset(insecure), registry_ca=ca)
+
+
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -158,16 +195,21 @@ def schema() -> None:
     show_default=True,
     help="Verification chunk (power of two, 64K..1G).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Cache directory (default: AIRGAP_CACHE_DIR or ~/.cache/airgap).",
-)
+@fetch_options
 @click.option(
     "--no-hash-cache",
     is_flag=True,
-    help="Hash every source again instead of reusing remembered digests.",
+    help="Hash every local source again instead of reusing remembered digests.",
+)
+@click.option(
+    "--update-lock",
+    is_flag=True,
+    help="Accept upstream changes since the lock (a moved tag or branch) and rewrite it.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Resolve and list what would be downloaded, with sizes; build nothing.",
 )
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -179,27 +221,42 @@ def build(
     expires_days: int | None,
     chunk_size: str,
     cache_dir: Path | None,
+    insecure_registries: tuple[str, ...],
+    fetch_registry_ca: Path | None,
+    jobs: int,
     no_hash_cache: bool,
+    update_lock: bool,
+    dry_run: bool,
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Build a signed bundle from MANIFEST (SOURCE_DATE_EPOCH sets its creation time)."""
+    """Build a signed bundle from MANIFEST (SOURCE_DATE_EPOCH sets its creation time).
+
+    Remote sources are resolved against MANIFEST's lock (<name>.lock.json, written on
+    first use), fetched into the cache (resumable, verified), then bundled.
+    """
     from bundler.build import BuildOptions
     from bundler.build import build as run_build
     from bundler.bundle.signing import load_signing_key
     from bundler.manifest import load_manifest
 
     m = load_manifest(manifest)
-    pw = _passphrase(passphrase_file)
-    signing = tuple(load_signing_key(k, pw) for k in keys)
     opts = BuildOptions(
         output=output,
-        keys=signing,
+        keys=(),
         split_size=parse_size(split_size) if split_size else None,
         expires_days=expires_days,
         chunk_size=parse_size(chunk_size),
-        cache_dir=None if no_hash_cache else (cache_dir or env.cache_dir()),
+        cache_dir=cache_dir or env.cache_dir(),
+        no_hash_cache=no_hash_cache,
+        update_lock=update_lock,
+        fetch=_fetch_opts(jobs, insecure_registries, fetch_registry_ca),
     )
+    if dry_run:
+        _show_dry_run(m, opts, as_json)
+        return
+    pw = _passphrase(passphrase_file)
+    opts = dataclasses.replace(opts, keys=tuple(load_signing_key(k, pw) for k in keys))
     with _reporter(as_json) as reporter:
         result = run_build(m, opts, reporter)
     out = {
@@ -225,6 +282,83 @@ def build(
         f"index sha256 {result.index_sha256}; signed by "
         + ", ".join(k[:16] for k in result.signers)
     )
+
+
+def _show_dry_run(m: Any, opts: Any, as_json: bool) -> None:
+    from bundler.build import DryRun, fetch_remote, has_remote
+    from bundler.fetch.cache import Cache
+
+    if not has_remote(m):
+        click.echo("all sources are local: nothing to download")
+        return
+    cache = Cache(opts.cache_dir)
+    try:
+        report = fetch_remote(m, opts, cache, dry_run=True)
+    finally:
+        cache.close()
+    assert isinstance(report, DryRun)
+    total = sum(n for _, n in report.to_fetch)
+    if as_json:
+        doc = {
+            "lock": str(report.lock_file),
+            "lock_changes": report.lock_changes,
+            "to_fetch": [{"what": w, "bytes": n} for w, n in report.to_fetch],
+            "bytes": total,
+            "cached": report.cached,
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for line in report.lock_changes:
+        click.echo(f"lock change: {line}")
+    for what, n in report.to_fetch:
+        click.echo(f"  {human(n):>10}  {what}")
+    click.echo(
+        f"would download {len(report.to_fetch)} files, {human(total)}; "
+        f"{report.cached} already cached"
+    )
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@fetch_options
+def lock(
+    manifest: Path,
+    cache_dir: Path | None,
+    insecure_registries: tuple[str, ...],
+    fetch_registry_ca: Path | None,
+    jobs: int,
+) -> None:
+    """Resolve MANIFEST's remote sources and write <manifest>.lock.json (pins only)."""
+    from bundler.build import has_remote
+    from bundler.fetch.cache import Cache
+    from bundler.fetch.remote import Fetcher
+    from bundler.lock import lock_path, save_lock
+    from bundler.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    if not has_remote(m):
+        click.echo("all sources are local: no lock needed")
+        return
+    cache = Cache(cache_dir or env.cache_dir())
+    try:
+        pins = Fetcher(
+            cache, 64 * 1024 * 1024, _fetch_opts(jobs, insecure_registries, fetch_registry_ca)
+        ).resolve(m)
+    finally:
+        cache.close()
+    path = lock_path(manifest)
+    save_lock(path, pins, name=m.name, platform=m.platform)
+    model = pins.get("model", {})
+    if model:
+        click.echo(
+            f"model {model['repo']}@{model['revision']} = {model['commit']} "
+            f"({len(model['files'])} files)"
+        )
+    for role, img in (pins.get("images") or {}).items():
+        click.echo(f"image {role} {img['ref']} = {img['manifest_digest']} ({img['platform']})")
+    for f in (pins.get("elastic") or {}).get("files", []):
+        click.echo(f"elastic {f['name']} sha256 {f['sha256']}")
+    click.echo(f"wrote {path}")
 
 
 @cli.command()

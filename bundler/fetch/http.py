@@ -1,0 +1,243 @@
+"""Resumable, verified downloads into the cache.
+
+A download streams into ``partial/<key>.part``; an interrupted one resumes with an
+HTTP ``Range`` request (a server that ignores Range makes it start over). When the
+bytes are complete they are hashed on every core from the page cache (sha256 and
+the bundle's chunk digests, plus a git blob id where that is the published
+identity), checked, and only then renamed into ``blobs/``. Bytes that do not match
+are deleted, never cached. 5xx answers and dropped connections are retried with
+backoff; 401/403/404 are not (they will not get better).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from bundler.errors import FetchError
+from bundler.fetch.cache import Cache
+from bundler.hashing import FileRange, hash_sources
+
+logger = logging.getLogger(__name__)
+STREAM_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the downloaded bytes must be: any of size, sha256, git blob id."""
+
+    size: int | None = None
+    sha256: str | None = None
+    git_blob: str | None = None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    sha256: str
+    size: int
+    downloaded: int  # bytes that came over the network in this run
+
+
+def git_blob_id(path: Path) -> str:
+    """The git object id of a file (sha1 of ``blob <size>\\0`` + content)."""
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while block := f.read(STREAM_BLOCK * 8):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Downloader:
+    def __init__(
+        self,
+        cache: Cache,
+        chunk_size: int,
+        session: requests.Session | None = None,
+        *,
+        retries: int = 6,
+        backoff: float = 0.5,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.chunk_size = chunk_size
+        self.session = session or requests.Session()
+        self.retries = retries
+        self.backoff = backoff
+        self.progress = progress
+
+    def cached(self, expect: Expect) -> Path | None:
+        if expect.sha256 and self.cache.has(expect.sha256, expect.size):
+            return self.cache.blob(expect.sha256)
+        if expect.git_blob and (sha := self.cache.alias("gitblob", expect.git_blob)):
+            return self.cache.blob(sha)
+        return None
+
+    def fetch(
+        self,
+        url: str,
+        expect: Expect,
+        *,
+        key: str,
+        what: str,
+        headers: dict[str, str] | None = None,
+        session: requests.Session | None = None,
+    ) -> Fetched:
+        """Download ``url`` into the cache (or find it there) and verify it.
+
+        Raises:
+            FetchError: HTTP error, too many retries, or bytes that do not match.
+        """
+        hit = self.cached(expect)
+        if hit is not None:
+            return Fetched(hit, hit.name, hit.stat().st_size, 0)
+        with self.cache.locked(key):
+            hit = self.cached(expect)  # another build may have fetched it meanwhile
+            if hit is not None:
+                return Fetched(hit, hit.name, hit.stat().st_size, 0)
+            partial = self.cache.partial(key)
+            downloaded = self._download(
+                url, partial, expect, what, headers or {}, session or self.session
+            )
+            return self._verify_and_commit(partial, expect, url, what, downloaded)
+
+    def _download(
+        self,
+        url: str,
+        partial: Path,
+        expect: Expect,
+        what: str,
+        headers: dict[str, str],
+        session: requests.Session,
+    ) -> int:
+        downloaded = 0
+        attempt = 0
+        while True:
+            offset = partial.stat().st_size if partial.exists() else 0
+            if expect.size is not None and offset > expect.size:
+                partial.unlink()
+                offset = 0
+            if expect.size is not None and offset == expect.size and offset > 0:
+                return downloaded
+            h = dict(headers)
+            if offset:
+                h["Range"] = f"bytes={offset}-"
+            try:
+                with session.get(url, headers=h, stream=True, timeout=(15, 120)) as r:
+                    if r.status_code == 416 and offset:
+                        partial.unlink()  # our partial is bad: start over
+                        continue
+                    if r.status_code in (401, 403):
+                        raise FetchError(
+                            f"{what}: HTTP {r.status_code} (not authorized)",
+                            url=url,
+                            status=r.status_code,
+                            hint=_auth_hint(url),
+                        )
+                    if r.status_code == 404:
+                        raise FetchError(
+                            f"{what}: HTTP 404 (not found)",
+                            url=url,
+                            status=404,
+                            hint="Check the name, tag or revision in the manifest.",
+                        )
+                    if r.status_code >= 500 or r.status_code == 429:
+                        raise _Retry(f"HTTP {r.status_code}")
+                    if r.status_code not in (200, 206):
+                        raise FetchError(
+                            f"{what}: unexpected HTTP {r.status_code}",
+                            url=url,
+                            status=r.status_code,
+                        )
+                    mode = "ab"
+                    if r.status_code == 200 or not offset:
+                        mode, offset = "wb", 0
+                    elif not r.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                        mode, offset = "wb", 0  # an answer we cannot splice: start over
+                    with open(partial, mode) as f:
+                        for block in r.iter_content(STREAM_BLOCK):
+                            f.write(block)
+                            offset += len(block)
+                            downloaded += len(block)
+                            if self.progress:
+                                self.progress(len(block))
+                            if expect.size is not None and offset > expect.size:
+                                raise FetchError(
+                                    f"{what}: server sent more than the {expect.size} bytes "
+                                    "expected",
+                                    url=url,
+                                    hint="The source does not match its pin; check the lock.",
+                                )
+                    if expect.size is not None and offset < expect.size:
+                        raise _Retry(f"connection closed at {offset} of {expect.size} bytes")
+                    return downloaded
+            except (
+                _Retry,
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as e:
+                attempt += 1
+                if attempt > self.retries:
+                    raise FetchError(
+                        f"{what}: giving up after {self.retries} retries ({e})",
+                        url=url,
+                        hint="The download is kept; run the same command again to resume.",
+                    ) from e
+                delay = self.backoff * 2 ** (attempt - 1)
+                logger.info("%s: %s; retry %d in %.1fs", url, e, attempt, delay)
+                time.sleep(delay)
+
+    def _verify_and_commit(
+        self, partial: Path, expect: Expect, url: str, what: str, downloaded: int
+    ) -> Fetched:
+        size = partial.stat().st_size
+        digests = hash_sources([FileRange(partial, 0, size)], self.chunk_size)[0]
+        problem = None
+        if expect.size is not None and size != expect.size:
+            problem = f"{size} bytes, expected {expect.size}"
+        elif expect.sha256 and digests.sha256 != expect.sha256:
+            problem = f"sha256 {digests.sha256}, expected {expect.sha256}"
+        elif expect.git_blob and git_blob_id(partial) != expect.git_blob:
+            problem = f"git blob id differs from {expect.git_blob}"
+        if problem:
+            partial.unlink()
+            raise FetchError(
+                f"{what}: the served bytes are not the published file ({problem}); "
+                "nothing was cached",
+                url=url,
+                hint="The mirror or proxy serves altered content; fetch from a trusted source.",
+            )
+        path = self.cache.commit(partial, digests.sha256, digests, self.chunk_size)
+        if expect.git_blob:
+            self.cache.set_alias("gitblob", expect.git_blob, digests.sha256)
+        return Fetched(path, digests.sha256, size, downloaded)
+
+
+class _Retry(Exception):
+    pass
+
+
+def _auth_hint(url: str) -> str:
+    if "/v2/" in url:
+        return "Log in to the registry (`docker login`, kept in ~/.docker/config.json)."
+    return (
+        "For a gated or private Hugging Face model, accept its licence on the model page "
+        "and export HF_TOKEN."
+    )
+
+
+def free_space(path: Path) -> int:
+    p = path
+    while not p.exists():
+        p = p.parent
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize
