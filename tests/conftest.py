@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from bundler.build import BuildOptions, build
 from bundler.bundle.signing import TrustedKey, generate_keypair, load_signing_key, load_trust
 from bundler.manifest import load_manifest
 
+import services
 from helpers import make_demo_sources
 
 
@@ -93,3 +95,24 @@ def airgap(
         timeout=300,
         check=False,
     )
+
+
+# Real services for the integration tests, one of each per test session.
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[services.Service]:
+    with services.dockerd() as svc:
+        yield svc
+
+
+@pytest.fixture(scope="session")
+def podman_engine() -> Iterator[services.Service]:
+    with services.podman() as svc:
+        yield svc
+
+
+@pytest.fixture(scope="session")
+def oci_registry() -> Iterator[services.Service]:
+    with services.registry() as svc:
+        yield svc

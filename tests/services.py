@@ -175,3 +175,124 @@ def registry(htpasswd: Path | None = None) -> Iterator[Service]:
     finally:
         _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def olah(mirrors: Path) -> Iterator[Service]:
+    """olah, a self-hosted Hugging Face mirror, serving git repos under ``mirrors``."""
+    root = Path(tempfile.mkdtemp(prefix="ag-hf-", dir="/tmp"))
+    port = free_port()
+    (root / "olah.toml").write_text(
+        '[basic]\nhost = "127.0.0.1"\n'
+        f'port = {port}\nssl-key = ""\nssl-cert = ""\n'
+        f'repos-path = "{root / "repos"}"\ncache-size-limit = ""\n'
+        'cache-clean-strategy = "LRU"\nhf-scheme = "https"\nhf-netloc = "huggingface.co"\n'
+        'hf-lfs-netloc = "cdn-lfs.huggingface.co"\nmirror-scheme = "http"\n'
+        f'mirror-netloc = "127.0.0.1:{port}"\nmirror-lfs-netloc = "127.0.0.1:{port}"\n'
+        f'mirrors-path = ["{mirrors}"]\n\n[accessibility]\noffline = true\n'
+    )
+    log = root / "olah.log"
+    exe = REPO_ROOT / ".venv-olah" / "bin" / "olah-cli"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(exe), "-c", str(root / "olah.toml")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(
+            lambda: (
+                requests.get(f"{url}/api/models/none/none/revision/main", timeout=2).status_code
+                < 500
+            ),
+            "olah",
+            log,
+        )
+        yield Service(url, root, proc, {"HF_ENDPOINT": url})
+    finally:
+        _stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def nginx_static(docroot: Path) -> Iterator[Service]:
+    """Real nginx serving ``docroot`` on loopback (Range requests included)."""
+    root = Path(tempfile.mkdtemp(prefix="ag-ngx-", dir="/tmp"))
+    port = free_port()
+    (root / "nginx.conf").write_text(
+        f"daemon off;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\nworker_processes 1;\n"
+        + ("user root;\n" if os.geteuid() == 0 else "")
+        + "events { worker_connections 64; }\n"
+        "http {\n"
+        f"  access_log {root}/access.log;\n"
+        f"  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;\n"
+        f"  fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi;\n"
+        f"  scgi_temp_path {root}/scgi;\n"
+        f"  server {{ listen 127.0.0.1:{port}; root {docroot}; }}\n"
+        "}\n"
+    )
+    log = root / "stderr.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["nginx", "-c", str(root / "nginx.conf"), "-p", str(root)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: requests.get(url, timeout=2).status_code < 500, "nginx", log)
+        yield Service(url, root, proc, {})
+    finally:
+        _stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def git_commit_repo(
+    repo: Path,
+    files: dict[str, bytes],
+    lfs: set[str],
+    message: str,
+    *,
+    lfs_override: dict[str, bytes] | None = None,
+) -> str:
+    """Write ``files`` into a git repo olah can serve; LFS files become pointer blobs with
+    their content under .git/lfs/objects (what ``git lfs`` would store). Returns the commit."""
+    import hashlib
+
+    if not (repo / ".git").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    for name, data in files.items():
+        path = repo / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name in lfs:
+            oid = hashlib.sha256(data).hexdigest()
+            obj = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            obj.write_bytes((lfs_override or {}).get(name, data))
+            path.write_text(
+                f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(data)}\n"
+            )
+        else:
+            path.write_bytes(data)
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True, env=env)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", message], check=True, env=env)
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout.strip()

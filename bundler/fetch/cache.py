@@ -42,11 +42,11 @@ class Cache:
         return self.root / "blobs" / "sha256" / sha256
 
     def has(self, sha256: str, size: int | None = None) -> bool:
-        p = self.blob(sha256)
         try:
-            return size is None or p.stat().st_size == size
+            actual = self.blob(sha256).stat().st_size
         except FileNotFoundError:
             return False
+        return size is None or actual == size
 
     def partial(self, key: str) -> Path:
         if not _KEY_RE.match(key):

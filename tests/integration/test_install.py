@@ -21,18 +21,6 @@ from conftest import Keys, airgap, build_bundle
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def docker_engine() -> Iterator[services.Service]:
-    with services.dockerd() as svc:
-        yield svc
-
-
-@pytest.fixture(scope="session")
-def podman_engine() -> Iterator[services.Service]:
-    with services.podman() as svc:
-        yield svc
-
-
 def docker_ids(svc: services.Service) -> dict[str, str]:
     """Every image the engine has, by ID -> tags (asked with the docker CLI, not our code)."""
     out = subprocess.run(
@@ -379,12 +367,6 @@ def test_podman_gets_the_same_images(
         podman_engine.url,
     )
     assert r.returncode == 0, r.stderr.decode()
-
-
-@pytest.fixture(scope="session")
-def oci_registry() -> Iterator[services.Service]:
-    with services.registry() as svc:
-        yield svc
 
 
 def test_registry_mode_pushes_the_signed_images(
