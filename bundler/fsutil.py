@@ -52,3 +52,12 @@ def fsync_close(fd: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def free_space(path: Path) -> int:
+    """Bytes free for us on the filesystem that holds ``path`` (or its nearest parent)."""
+    p = Path(path)
+    while not p.exists():
+        p = p.parent
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize

@@ -127,6 +127,13 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     ap.add_argument(
+        "--download-gib",
+        type=float,
+        default=0.0,
+        help="also benchmark downloading an image layer of this size from a local registry: "
+        "`airgap fetch` against `curl` (starts a private registry)",
+    )
+    ap.add_argument(
         "--install-gib",
         type=float,
         default=0.0,
@@ -172,15 +179,146 @@ def main() -> None:
             ),
         ]
         report = render(rows, total, bundle.stat().st_size, len(files), args)
+        for p in (bundle, tarball):
+            p.unlink(missing_ok=True)
+        if args.download_gib:
+            report += bench_download(work, args, py)
         if args.install_gib:
-            for p in (bundle, tarball):
-                p.unlink(missing_ok=True)
             report += bench_install(work, args, py)
         print(report)
         if args.out:
             args.out.write_text(report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_download(work: Path, args: argparse.Namespace, py: str) -> str:
+    """`airgap fetch` of a big layer from a loopback registry vs `curl` of the same blob."""
+    import hashlib
+    import json
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from services import registry
+
+    layout = work / "dl-oci"
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    size = int(args.download_gib * GiB)
+    tmp = work / "layer.bin"
+    write_random(tmp, size)
+    h = hashlib.sha256()
+    with open(tmp, "rb") as f:
+        while block := f.read(16 * MiB):
+            h.update(block)
+    layer = h.hexdigest()
+    tmp.rename(blobs / layer)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer}"]},
+        }
+    ).encode()
+    cfg = hashlib.sha256(config).hexdigest()
+    (blobs / cfg).write_bytes(config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": f"sha256:{cfg}",
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": f"sha256:{layer}",
+                    "size": size,
+                }
+            ],
+        }
+    ).encode()
+    man = hashlib.sha256(manifest).hexdigest()
+    (blobs / man).write_bytes(manifest)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": f"sha256:{man}",
+                        "size": len(manifest),
+                    }
+                ],
+            }
+        )
+    )
+    src = work / "dsrc"
+    src.mkdir()
+    demo = make_demo_sources(src)
+    cache = work / "dl-cache"
+    with registry() as reg:
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--dest-tls-verify=false",
+                "--preserve-digests",
+                f"oci:{layout}",
+                f"docker://{reg.url}/bench/big:1",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        shutil.rmtree(layout)
+        import yaml
+
+        doc = yaml.safe_load(demo.read_text())
+        doc["images"]["vllm"] = f"{reg.url}/bench/big:1"
+        demo.write_text(yaml.safe_dump(doc))
+        out = work / "curl.out"
+
+        def reset() -> None:
+            shutil.rmtree(cache, ignore_errors=True)
+            out.unlink(missing_ok=True)
+
+        rows = [
+            measure(
+                "curl (same blob)",
+                [
+                    "curl",
+                    "-sf",
+                    "-o",
+                    str(out),
+                    f"http://{reg.url}/v2/bench/big/blobs/sha256:{layer}",
+                ],
+                args.runs,
+                reset=reset,
+            ),
+            measure(
+                "airgap fetch (verified, chunk digests)",
+                [py, "-m", "bundler", "-q", "fetch", str(demo), "--cache-dir", str(cache)],
+                args.runs,
+                reset=reset,
+            ),
+        ]
+        reset()
+    ratio = rows[0]["seconds"] / rows[1]["seconds"]
+    return "\n".join(
+        [
+            "",
+            f"## Download ({size / GiB:.2f} GiB image layer from a loopback registry)",
+            "",
+            *table(rows, size),
+            "",
+            f"- airgap fetch throughput / curl: **{ratio:.2f}x** (target >= 0.8x); curl verifies "
+            "nothing, airgap checks the sha256 and computes the bundle's chunk digests.",
+            "",
+        ]
+    )
 
 
 def bench_install(work: Path, args: argparse.Namespace, py: str) -> str:

@@ -362,6 +362,49 @@ def lock(
 
 
 @cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@fetch_options
+@click.option("--update-lock", is_flag=True, help="Accept upstream changes since the lock.")
+def fetch(
+    manifest: Path,
+    cache_dir: Path | None,
+    insecure_registries: tuple[str, ...],
+    fetch_registry_ca: Path | None,
+    jobs: int,
+    update_lock: bool,
+) -> None:
+    """Download MANIFEST's remote sources into the cache (verified), without bundling."""
+    from bundler.build import BuildOptions, RemotePart, fetch_remote, has_remote
+    from bundler.fetch.cache import Cache
+    from bundler.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    if not has_remote(m):
+        click.echo("all sources are local: nothing to fetch")
+        return
+    opts = BuildOptions(
+        output=Path("unused"),
+        keys=(),
+        cache_dir=cache_dir or env.cache_dir(),
+        update_lock=update_lock,
+        fetch=_fetch_opts(jobs, insecure_registries, fetch_registry_ca),
+    )
+    cache = Cache(opts.cache_dir or env.cache_dir())
+    try:
+        with _reporter() as reporter:
+            part = fetch_remote(m, opts, cache, reporter)
+    finally:
+        cache.close()
+    assert isinstance(part, RemotePart)
+    total = sum(p.size for p in part.payloads)
+    click.echo(
+        f"{len(part.payloads)} files ({human(total)}) verified in the cache; "
+        f"{human(part.downloaded)} downloaded now"
+        + (f"; wrote {part.lock_file}" if part.lock_written else "")
+    )
+
+
+@cli.command()
 @click.argument("bundle", type=str)
 @click.option(
     "--key",

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import requests
 
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
-from bundler.hashing import FileRange, hash_sources
+from bundler.hashing import Digests
 
 logger = logging.getLogger(__name__)
 STREAM_BLOCK = 1024 * 1024
@@ -54,6 +55,76 @@ def git_blob_id(path: Path) -> str:
         while block := f.read(STREAM_BLOCK * 8):
             h.update(block)
     return h.hexdigest()
+
+
+class StreamDigests:
+    """sha256, chunk digests (and a git blob id) of bytes as they arrive, on two threads.
+
+    The whole-file hash is inherently sequential; chunk digests run beside it, so
+    verification keeps up with the network instead of following it.
+    """
+
+    def __init__(self, chunk_size: int, git_blob_size: int | None = None) -> None:
+        self.chunk_size = chunk_size
+        self._whole = hashlib.sha256()
+        self._sha1 = None
+        if git_blob_size is not None:
+            self._sha1 = hashlib.sha1(usedforsecurity=False)
+            self._sha1.update(b"blob %d\0" % git_blob_size)
+        self._chunks: list[str] = []
+        self._chunk = hashlib.sha256()
+        self._chunk_fill = 0
+        self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=16) for _ in range(2)]
+        self._threads = [
+            threading.Thread(target=self._run_whole, daemon=True),
+            threading.Thread(target=self._run_chunks, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _run_whole(self) -> None:
+        while (data := self._queues[0].get()) is not None:
+            self._whole.update(data)
+            if self._sha1 is not None:
+                self._sha1.update(data)
+
+    def _run_chunks(self) -> None:
+        while (data := self._queues[1].get()) is not None:
+            view = memoryview(data)
+            while view:
+                n = min(len(view), self.chunk_size - self._chunk_fill)
+                self._chunk.update(view[:n])
+                self._chunk_fill += n
+                view = view[n:]
+                if self._chunk_fill == self.chunk_size:
+                    self._chunks.append(self._chunk.hexdigest())
+                    self._chunk, self._chunk_fill = hashlib.sha256(), 0
+
+    def update(self, data: bytes) -> None:
+        for q in self._queues:
+            q.put(data)
+
+    def seed(self, path: Path) -> None:
+        """Hash what an earlier, interrupted run already downloaded."""
+        with open(path, "rb") as f:
+            while block := f.read(STREAM_BLOCK * 8):
+                self.update(block)
+
+    def finish(self) -> tuple[Digests, str | None]:
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
+        if self._chunk_fill or not self._chunks:
+            self._chunks.append(self._chunk.hexdigest())
+        whole = self._whole.hexdigest()
+        return Digests(whole, tuple(self._chunks)), (
+            self._sha1.hexdigest() if self._sha1 is not None else None
+        )
+
+    def abandon(self) -> None:
+        for q in self._queues:
+            q.put(None)
 
 
 class Downloader:
@@ -104,10 +175,10 @@ class Downloader:
             if hit is not None:
                 return Fetched(hit, hit.name, hit.stat().st_size, 0)
             partial = self.cache.partial(key)
-            downloaded = self._download(
+            downloaded, digests, sha1 = self._download(
                 url, partial, expect, what, headers or {}, session or self.session
             )
-            return self._verify_and_commit(partial, expect, url, what, downloaded)
+            return self._verify_and_commit(partial, expect, url, what, downloaded, digests, sha1)
 
     def _download(
         self,
@@ -117,96 +188,129 @@ class Downloader:
         what: str,
         headers: dict[str, str],
         session: requests.Session,
-    ) -> int:
+    ) -> tuple[int, Digests, str | None]:
+        """Stream into ``partial`` (resuming), hashing as bytes arrive."""
         downloaded = 0
         attempt = 0
-        while True:
-            offset = partial.stat().st_size if partial.exists() else 0
-            if expect.size is not None and offset > expect.size:
-                partial.unlink()
-                offset = 0
-            if expect.size is not None and offset == expect.size and offset > 0:
-                return downloaded
-            h = dict(headers)
-            if offset:
-                h["Range"] = f"bytes={offset}-"
-            try:
-                with session.get(url, headers=h, stream=True, timeout=(15, 120)) as r:
-                    if r.status_code == 416 and offset:
-                        partial.unlink()  # our partial is bad: start over
-                        continue
-                    if r.status_code in (401, 403):
+        digests: StreamDigests | None = None
+        git_size = expect.size if expect.git_blob else None
+
+        def fresh(seed: bool) -> StreamDigests:
+            nonlocal digests
+            if digests is not None:
+                digests.abandon()
+            digests = StreamDigests(self.chunk_size, git_size)
+            if seed and partial.exists():
+                digests.seed(partial)
+            return digests
+
+        try:
+            while True:
+                offset = partial.stat().st_size if partial.exists() else 0
+                if expect.size is not None and offset > expect.size:
+                    partial.unlink()
+                    offset = 0
+                if expect.size is not None and offset == expect.size and offset > 0:
+                    d = digests or fresh(seed=True)
+                    result = d.finish()
+                    digests = None
+                    return downloaded, *result
+                h = dict(headers)
+                if offset:
+                    h["Range"] = f"bytes={offset}-"
+                try:
+                    with session.get(url, headers=h, stream=True, timeout=(15, 120)) as r:
+                        if r.status_code == 416 and offset:
+                            partial.unlink()  # our partial is bad: start over
+                            fresh(seed=False)
+                            continue
+                        self._check_status(r, url, what)
+                        mode = "ab"
+                        if r.status_code == 200 or not offset:
+                            mode, offset = "wb", 0
+                        elif not r.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                            mode, offset = "wb", 0  # an answer we cannot splice: start over
+                        d = fresh(seed=False) if mode == "wb" else (digests or fresh(seed=True))
+                        with open(partial, mode) as f:
+                            for block in r.iter_content(STREAM_BLOCK):
+                                if expect.size is not None and offset + len(block) > expect.size:
+                                    raise FetchError(
+                                        f"{what}: server sent more than the {expect.size} "
+                                        "bytes expected",
+                                        url=url,
+                                        hint="The source does not match its pin; check the lock.",
+                                    )
+                                f.write(block)
+                                d.update(block)
+                                offset += len(block)
+                                downloaded += len(block)
+                                if self.progress:
+                                    self.progress(len(block))
+                        if expect.size is not None and offset < expect.size:
+                            raise _Retry(f"connection closed at {offset} of {expect.size} bytes")
+                        result = d.finish()
+                        digests = None
+                        return downloaded, *result
+                except (
+                    _Retry,
+                    requests.ConnectionError,
+                    requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError,
+                ) as e:
+                    attempt += 1
+                    if attempt > self.retries:
                         raise FetchError(
-                            f"{what}: HTTP {r.status_code} (not authorized)",
+                            f"{what}: giving up after {self.retries} retries ({e})",
                             url=url,
-                            status=r.status_code,
-                            hint=_auth_hint(url),
-                        )
-                    if r.status_code == 404:
-                        raise FetchError(
-                            f"{what}: HTTP 404 (not found)",
-                            url=url,
-                            status=404,
-                            hint="Check the name, tag or revision in the manifest.",
-                        )
-                    if r.status_code >= 500 or r.status_code == 429:
-                        raise _Retry(f"HTTP {r.status_code}")
-                    if r.status_code not in (200, 206):
-                        raise FetchError(
-                            f"{what}: unexpected HTTP {r.status_code}",
-                            url=url,
-                            status=r.status_code,
-                        )
-                    mode = "ab"
-                    if r.status_code == 200 or not offset:
-                        mode, offset = "wb", 0
-                    elif not r.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
-                        mode, offset = "wb", 0  # an answer we cannot splice: start over
-                    with open(partial, mode) as f:
-                        for block in r.iter_content(STREAM_BLOCK):
-                            f.write(block)
-                            offset += len(block)
-                            downloaded += len(block)
-                            if self.progress:
-                                self.progress(len(block))
-                            if expect.size is not None and offset > expect.size:
-                                raise FetchError(
-                                    f"{what}: server sent more than the {expect.size} bytes "
-                                    "expected",
-                                    url=url,
-                                    hint="The source does not match its pin; check the lock.",
-                                )
-                    if expect.size is not None and offset < expect.size:
-                        raise _Retry(f"connection closed at {offset} of {expect.size} bytes")
-                    return downloaded
-            except (
-                _Retry,
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as e:
-                attempt += 1
-                if attempt > self.retries:
-                    raise FetchError(
-                        f"{what}: giving up after {self.retries} retries ({e})",
-                        url=url,
-                        hint="The download is kept; run the same command again to resume.",
-                    ) from e
-                delay = self.backoff * 2 ** (attempt - 1)
-                logger.info("%s: %s; retry %d in %.1fs", url, e, attempt, delay)
-                time.sleep(delay)
+                            hint="The download is kept; run the same command again to resume.",
+                        ) from e
+                    delay = self.backoff * 2 ** (attempt - 1)
+                    logger.info("%s: %s; retry %d in %.1fs", url, e, attempt, delay)
+                    time.sleep(delay)
+        finally:
+            if digests is not None:
+                digests.abandon()
+
+    @staticmethod
+    def _check_status(r: requests.Response, url: str, what: str) -> None:
+        if r.status_code in (401, 403):
+            raise FetchError(
+                f"{what}: HTTP {r.status_code} (not authorized)",
+                url=url,
+                status=r.status_code,
+                hint=_auth_hint(url),
+            )
+        if r.status_code == 404:
+            raise FetchError(
+                f"{what}: HTTP 404 (not found)",
+                url=url,
+                status=404,
+                hint="Check the name, tag or revision in the manifest.",
+            )
+        if r.status_code >= 500 or r.status_code == 429:
+            raise _Retry(f"HTTP {r.status_code}")
+        if r.status_code not in (200, 206):
+            raise FetchError(
+                f"{what}: unexpected HTTP {r.status_code}", url=url, status=r.status_code
+            )
 
     def _verify_and_commit(
-        self, partial: Path, expect: Expect, url: str, what: str, downloaded: int
+        self,
+        partial: Path,
+        expect: Expect,
+        url: str,
+        what: str,
+        downloaded: int,
+        digests: Digests,
+        sha1: str | None,
     ) -> Fetched:
         size = partial.stat().st_size
-        digests = hash_sources([FileRange(partial, 0, size)], self.chunk_size)[0]
         problem = None
         if expect.size is not None and size != expect.size:
             problem = f"{size} bytes, expected {expect.size}"
         elif expect.sha256 and digests.sha256 != expect.sha256:
             problem = f"sha256 {digests.sha256}, expected {expect.sha256}"
-        elif expect.git_blob and git_blob_id(partial) != expect.git_blob:
+        elif expect.git_blob and (sha1 or git_blob_id(partial)) != expect.git_blob:
             problem = f"git blob id differs from {expect.git_blob}"
         if problem:
             partial.unlink()
@@ -229,15 +333,9 @@ class _Retry(Exception):
 def _auth_hint(url: str) -> str:
     if "/v2/" in url:
         return "Log in to the registry (`docker login`, kept in ~/.docker/config.json)."
-    return (
-        "For a gated or private Hugging Face model, accept its licence on the model page "
-        "and export HF_TOKEN."
-    )
-
-
-def free_space(path: Path) -> int:
-    p = path
-    while not p.exists():
-        p = p.parent
-    st = os.statvfs(p)
-    return st.f_bavail * st.f_frsize
+    if "/resolve/" in url:
+        return (
+            "For a gated or private Hugging Face model, accept its licence on the model "
+            "page and export HF_TOKEN."
+        )
+    return "The server refused access; check the URL and any proxy or mirror permissions."

@@ -9,6 +9,7 @@ already known, so writing the bundle is a plain copy).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -24,10 +25,11 @@ from bundler.bundle.index import BLOB_PREFIX, ImageEntry, Layer
 from bundler.bundle.writer import Payload
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
-from bundler.fetch.http import Downloader, Expect, free_space
+from bundler.fetch.http import Downloader, Expect
 from bundler.fetch.huggingface import auth_headers, resolve_repo
 from bundler.fetch.registry import RegistryClient, parse_ref
-from bundler.hashing import FileRange
+from bundler.fsutil import free_space
+from bundler.hashing import FileRange, hash_sources
 from bundler.manifest import ImageArchive, Manifest
 
 logger = logging.getLogger(__name__)
@@ -127,14 +129,11 @@ class Fetcher:
         return lock
 
     def _keep(self, data: bytes) -> None:
-        import hashlib
-
+        """Put small, already verified documents (manifests, configs) into the cache."""
         sha = hashlib.sha256(data).hexdigest()
         if not self.cache.has(sha, len(data)):
             partial = self.cache.partial(sha)
             partial.write_bytes(data)
-            from bundler.hashing import hash_sources
-
             digests = hash_sources([data], self.downloader.chunk_size)[0]
             self.cache.commit(partial, sha, digests, self.downloader.chunk_size)
 

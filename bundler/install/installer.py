@@ -37,6 +37,7 @@ from bundler.bundle.reader import TrustPolicy, VerifyResult, read_bundle
 from bundler.bundle.signing import TrustedKey
 from bundler.errors import AirgapError, InstallError, RollbackError
 from bundler.fmt import human
+from bundler.fsutil import free_space
 from bundler.hashing import FileRange, hash_sources
 from bundler.install.registry import Registry, RegistryFeed
 from bundler.install.runtime import ArchiveFeed, Runtime
@@ -389,13 +390,6 @@ def recover(layout: Layout, receipt: Receipt, target: ImageTarget | None) -> lis
     return done
 
 
-def _free_space(path: Path) -> int:
-    p = path
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -480,7 +474,7 @@ def install(
                 checks.append(Check("images to", True, where))
                 files = sum(f.size for f in index.files if not f.path.startswith(BLOB_PREFIX))
                 image_bytes = index.payload_bytes - files
-                free = _free_space(layout.prefix)
+                free = free_space(layout.prefix)
                 checks.append(
                     Check(
                         "disk",
