@@ -18,9 +18,10 @@ from bundler import env
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry
 from bundler.bundle.signing import SigningKey
 from bundler.bundle.writer import BuildPlan, BuildResult, Payload, write_bundle
-from bundler.errors import FetchError, SourceError
+from bundler.errors import AirgapError, FetchError, SourceError
 from bundler.fetch.cache import Cache
 from bundler.fetch.remote import Fetcher, FetchOptions, drift
+from bundler.fsutil import atomic_output
 from bundler.hashcache import HashCache
 from bundler.hashing import FileRange
 from bundler.images import load_image_archive
@@ -170,6 +171,46 @@ def has_remote(m: Manifest) -> bool:
     )
 
 
+def export_from_docker(m: Manifest, opts: BuildOptions, cache: Cache) -> dict[str, Path]:
+    """``--images-from docker``: ``docker save`` each referenced image into the cache.
+
+    For sites whose registries need a daemon login: the engine pulled the image, we
+    stream its export (never into memory) and then read it like any saved archive.
+
+    Raises:
+        FetchError: the engine is unreachable or does not have the image.
+    """
+    from bundler.install.runtime import Runtime
+
+    out: dict[str, Path] = {}
+    refs = [(role, src) for role, src in m.images.items() if not isinstance(src, ImageArchive)]
+    if not refs:
+        return out
+    try:
+        runtime = Runtime("docker", opts.fetch.docker_url)
+    except AirgapError as e:
+        raise FetchError(str(e), hint="Start Docker, or use --images-from registry.") from e
+    try:
+        exports = cache.root / "exports"
+        exports.mkdir(parents=True, exist_ok=True)
+        for role, ref in refs:
+            image_id = runtime.image_id(ref)
+            if image_id is None:
+                raise FetchError(
+                    f"images.{role}: {ref} is not in the local Docker engine",
+                    hint=f"`docker pull {ref}` first (with your registry login).",
+                )
+            target = exports / f"{image_id.removeprefix('sha256:')}.tar"
+            if not target.exists():
+                with atomic_output(target) as f:
+                    for block in runtime.api.get_image(ref):
+                        f.write(block)
+            out[role] = target
+    finally:
+        runtime.close()
+    return out
+
+
 def _fetcher(opts: BuildOptions, cache: Cache, reporter: Reporter) -> Fetcher:
     return Fetcher(cache, opts.chunk_size, opts.fetch, progress=reporter.advance)
 
@@ -221,7 +262,7 @@ def fetch_remote(
             hint="Review the change, then build with --update-lock (or run `airgap lock`).",
         )
     written = False
-    if changes or load_lock(path) is None:
+    if pins and (changes or load_lock(path) is None):
         save_lock(path, pins, name=m.name, platform=m.platform)
         written = True
     missing = fetcher.missing(downloads)
@@ -237,6 +278,7 @@ def plan_build(
     reporter: Reporter | None = None,
     cache: HashCache | None = None,
     remote: RemotePart | None = None,
+    exported: dict[str, Path] | None = None,
 ) -> BuildPlan:
     """Collect every payload and image: local sources read here, remote ones fetched.
 
@@ -251,11 +293,15 @@ def plan_build(
     payloads += remote.payloads if remote else []
     image_lock: dict[str, Any] = dict((remote.pins.get("images") or {}) if remote else {})
     for role, source in m.images.items():
-        if not isinstance(source, ImageArchive):
+        if isinstance(source, ImageArchive):
+            archive = m.resolve(source.archive)
+        elif exported and role in exported:
+            archive = exported[role]
+        else:
             continue
         reporter.stage(f"reading image {role}")
         img = load_image_archive(
-            m.resolve(source.archive),
+            archive,
             role=role,
             platform=m.platform,
             default_ref=f"airgap/{m.name}-{role}:{m.version}",
@@ -265,8 +311,8 @@ def plan_build(
         images.append(img.entry)
         payloads.extend(img.payloads)
         image_lock[role] = {
-            "source": "archive",
-            "ref": img.entry.ref,
+            "source": "archive" if isinstance(source, ImageArchive) else "docker",
+            "ref": img.entry.ref if isinstance(source, ImageArchive) else source,
             "manifest_digest": img.entry.manifest_digest,
             "config_digest": img.entry.config_digest,
             "platform": img.entry.platform,
@@ -309,7 +355,12 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             assert isinstance(part, RemotePart)
             remote = part
         hashes = None if (cache is None or opts.no_hash_cache) else cache.hashes
-        plan = plan_build(m, opts, reporter, hashes, remote)
+        exported = None
+        if opts.fetch.images_from == "docker":
+            assert cache is not None
+            reporter.stage("exporting images from docker")
+            exported = export_from_docker(m, opts, cache)
+        plan = plan_build(m, opts, reporter, hashes, remote, exported)
         total = sum(p.size for p in plan.payloads)
         reporter.stage("hashing and writing", 2 * total)
         return write_bundle(

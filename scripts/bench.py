@@ -499,7 +499,8 @@ def render(
         "(target >= 1.5x)",
         "",
         f"Reproduce: `.venv/bin/python scripts/bench.py --size-gib {args.size_gib:g} "
-        f"--runs {args.runs}`",
+        f"--runs {args.runs} --download-gib {args.download_gib:g} "
+        f"--install-gib {args.install_gib:g}`",
         "",
     ]
     return "\n".join(lines)

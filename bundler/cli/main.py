@@ -130,6 +130,15 @@ def schema() -> None:
 
 def fetch_options(f: F) -> F:
     f = click.option(
+        "--images-from",
+        type=click.Choice(["registry", "docker"]),
+        default="registry",
+        show_default=True,
+        help="Pull image references from their registries, or export them from "
+        "the local Docker engine (DOCKER_HOST) where a daemon login is "
+        "needed.",
+    )(f)
+    f = click.option(
         "--jobs",
         type=click.IntRange(1, 64),
         default=4,
@@ -158,10 +167,14 @@ def fetch_options(f: F) -> F:
     )(f)
 
 
-def _fetch_opts(jobs: int, insecure: tuple[str, ...], ca: Path | None) -> Any:
+def _fetch_opts(
+    jobs: int, insecure: tuple[str, ...], ca: Path | None, images_from: str = "registry"
+) -> Any:
     from bundler.fetch.remote import FetchOptions
 
-    return FetchOptions(jobs=jobs, insecure_registries=frozenset(insecure), registry_ca=ca)
+    return FetchOptions(
+        jobs=jobs, insecure_registries=frozenset(insecure), registry_ca=ca, images_from=images_from
+    )
 
 
 @cli.command()
@@ -224,6 +237,7 @@ def build(
     insecure_registries: tuple[str, ...],
     fetch_registry_ca: Path | None,
     jobs: int,
+    images_from: str,
     no_hash_cache: bool,
     update_lock: bool,
     dry_run: bool,
@@ -250,7 +264,7 @@ def build(
         cache_dir=cache_dir or env.cache_dir(),
         no_hash_cache=no_hash_cache,
         update_lock=update_lock,
-        fetch=_fetch_opts(jobs, insecure_registries, fetch_registry_ca),
+        fetch=_fetch_opts(jobs, insecure_registries, fetch_registry_ca, images_from),
     )
     if dry_run:
         _show_dry_run(m, opts, as_json)
@@ -327,6 +341,7 @@ def lock(
     insecure_registries: tuple[str, ...],
     fetch_registry_ca: Path | None,
     jobs: int,
+    images_from: str,
 ) -> None:
     """Resolve MANIFEST's remote sources and write <manifest>.lock.json (pins only)."""
     from bundler.build import has_remote
@@ -342,7 +357,9 @@ def lock(
     cache = Cache(cache_dir or env.cache_dir())
     try:
         pins = Fetcher(
-            cache, 64 * 1024 * 1024, _fetch_opts(jobs, insecure_registries, fetch_registry_ca)
+            cache,
+            64 * 1024 * 1024,
+            _fetch_opts(jobs, insecure_registries, fetch_registry_ca, images_from),
         ).resolve(m)
     finally:
         cache.close()
@@ -371,6 +388,7 @@ def fetch(
     insecure_registries: tuple[str, ...],
     fetch_registry_ca: Path | None,
     jobs: int,
+    images_from: str,
     update_lock: bool,
 ) -> None:
     """Download MANIFEST's remote sources into the cache (verified), without bundling."""
@@ -387,7 +405,7 @@ def fetch(
         keys=(),
         cache_dir=cache_dir or env.cache_dir(),
         update_lock=update_lock,
-        fetch=_fetch_opts(jobs, insecure_registries, fetch_registry_ca),
+        fetch=_fetch_opts(jobs, insecure_registries, fetch_registry_ca, images_from),
     )
     cache = Cache(opts.cache_dir or env.cache_dir())
     try:

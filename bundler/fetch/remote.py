@@ -42,6 +42,8 @@ class FetchOptions:
     jobs: int = 4
     insecure_registries: frozenset[str] = frozenset()
     registry_ca: Path | None = None
+    images_from: str = "registry"  # or "docker": export through the local engine
+    docker_url: str | None = None
 
 
 @dataclass
@@ -104,7 +106,7 @@ class Fetcher:
             }
         images = {}
         for role, source in m.images.items():
-            if isinstance(source, ImageArchive):
+            if isinstance(source, ImageArchive) or self.opts.images_from == "docker":
                 continue
             client = self._client(source)
             img = client.resolve(m.platform)

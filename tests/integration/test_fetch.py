@@ -480,3 +480,50 @@ def test_5xx_is_retried(tmp_path: Path, flaky) -> None:  # type: ignore[no-untyp
         url, Expect(size=len(handler.data)), key="k", what="blob"
     )
     assert got.path.read_bytes() == handler.data
+
+
+def test_images_from_a_local_docker_engine(
+    tmp_path: Path, key: Keys, demo_manifest: Path, docker_engine: services.Service
+) -> None:
+    img = Image([{"opt/app": os.urandom(20_000)}], compress=True)
+    archive = img.docker_archive(tmp_path / "app.tar", "example.org/app:7")
+    subprocess.run(
+        ["docker", "-H", docker_engine.url, "load", "-i", str(archive)],
+        check=True,
+        capture_output=True,
+    )
+    doc = yaml.safe_load(demo_manifest.read_text())
+    doc["images"]["vllm"] = "example.org/app:7"
+    demo_manifest.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "b.tar"
+    env = {"DOCKER_HOST": docker_engine.url}
+    r = airgap(
+        "build",
+        str(demo_manifest),
+        "-o",
+        str(out),
+        "--key",
+        str(key.private),
+        "--images-from",
+        "docker",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    result = read_bundle(str(out), TrustPolicy(key.trust()))
+    vllm = next(i for i in result.index.images if i.role == "vllm")
+    assert vllm.config_digest == img.config_digest and vllm.ref == "example.org/app:7"
+    assert result.index.lock["images"]["vllm"]["source"] == "docker"
+    r = airgap(
+        "build",
+        str(demo_manifest),
+        "-o",
+        str(out),
+        "--key",
+        str(key.private),
+        "--images-from",
+        "docker",
+        env={"DOCKER_HOST": "unix:///nonexistent.sock"},
+    )
+    assert r.returncode == 1 and b"nonexistent.sock" in r.stderr
