@@ -216,7 +216,11 @@ def _fetcher(opts: BuildOptions, cache: Cache, reporter: Reporter) -> Fetcher:
 
 
 def resolve_lock(
-    m: Manifest, opts: BuildOptions, cache: Cache, reporter: Reporter | None = None
+    m: Manifest,
+    opts: BuildOptions,
+    cache: Cache,
+    reporter: Reporter | None = None,
+    fetcher: Fetcher | None = None,
 ) -> tuple[dict[str, Any], Path, list[str]]:
     """Pins of the remote sources: the lock if upstream still matches it, else fresh.
 
@@ -225,7 +229,7 @@ def resolve_lock(
     reporter = reporter or NullReporter()
     path = lock_path(Path(m.source))
     reporter.stage("resolving sources")
-    fresh = _fetcher(opts, cache, reporter).resolve(m)
+    fresh = (fetcher or _fetcher(opts, cache, reporter)).resolve(m)
     old = load_lock(path)
     changes = drift(pins_of(old), fresh) if old is not None else []
     return (pins_of(old) if old is not None and not changes else fresh), path, changes
@@ -245,8 +249,9 @@ def fetch_remote(
         FetchError: upstream moved since the lock (without ``update_lock``), or a fetch failed.
     """
     reporter = reporter or NullReporter()
-    pins, path, changes = resolve_lock(m, opts, cache, reporter)
+    # One fetcher for resolving and downloading: its registry clients keep their tokens.
     fetcher = _fetcher(opts, cache, reporter)
+    pins, path, changes = resolve_lock(m, opts, cache, reporter, fetcher)
     downloads = fetcher.downloads(m, pins)
     if dry_run:
         missing = fetcher.missing(downloads)

@@ -124,8 +124,14 @@ class Image:
         return path
 
 
-def make_demo_sources(root: Path, *, model_bytes: int = 300_000, big: int = 0) -> Path:
-    """A complete local-source manifest under ``root``; returns the manifest path."""
+def make_demo_sources(
+    root: Path, *, model_bytes: int = 300_000, big: int = 0, real_images: bool = False
+) -> Path:
+    """A complete local-source manifest under ``root``; returns the manifest path.
+
+    ``real_images``: runnable images (Nginx from this machine's binary, and the
+    OpenAI-compatible stand-in for vLLM) instead of tiny inert ones.
+    """
     weights = root / "weights"
     (weights / "tokenizer").mkdir(parents=True)
     (weights / "config.json").write_text('{"model_type": "llama", "hidden_size": 128}\n')
@@ -137,13 +143,17 @@ def make_demo_sources(root: Path, *, model_bytes: int = 300_000, big: int = 0) -
             block = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB
             for _ in range(big // len(block)):
                 f.write(block)
-    shared = {"bin/busybox": b"\x7fELF-not-really" * 100}
-    Image([shared, {"etc/nginx/nginx.conf": b"events {}\n"}]).docker_archive(
-        root / "nginx.tar", "example.org/nginx:test"
-    )
-    Image([shared, {"app/server.py": b"print('hi')\n"}], compress=True).oci_archive(
-        root / "vllm.tar", "example.org/vllm:test"
-    )
+    if real_images:
+        nginx_image(root / "nginx.tar")
+        openai_stub_image(root / "vllm.tar")
+    else:
+        shared = {"bin/busybox": b"\x7fELF-not-really" * 100}
+        Image([shared, {"etc/nginx/nginx.conf": b"events {}\n"}]).docker_archive(
+            root / "nginx.tar", "example.org/nginx:test"
+        )
+        Image([shared, {"app/server.py": b"print('hi')\n"}], compress=True).oci_archive(
+            root / "vllm.tar", "example.org/vllm:test"
+        )
     elastic = root / "elastic"
     elastic.mkdir()
     (elastic / "elser_model_2_linux-x86_64.pt").write_bytes(b"pt" * 5000)
@@ -173,3 +183,158 @@ def make_demo_sources(root: Path, *, model_bytes: int = 300_000, big: int = 0) -
     path = root / "manifest.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
+
+
+# -- real images assembled offline from this machine's programs --------------------------
+
+
+def _ldd(binary: Path) -> list[Path]:
+    import re as _re
+    import subprocess
+
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False).stdout
+    libs = []
+    for line in out.splitlines():
+        m = _re.search(r"(/\S+)\s+\(0x", line)
+        if m:
+            libs.append(Path(m.group(1)))
+    return libs
+
+
+def assemble_image(
+    out: Path,
+    tag: str,
+    files: dict[str, Path | bytes],
+    config: dict[str, object],
+    dirs: dict[str, int] | None = None,
+) -> Path:
+    """A one-layer docker-archive at ``out`` (streamed to disk, never built in memory)."""
+    layer = out.with_name(out.name + ".layer")
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, mode in sorted((dirs or {}).items()):
+            info = tarfile.TarInfo(name.lstrip("/"))
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, 1700000000
+            tf.addfile(info)
+        for name, src in sorted(files.items()):
+            arc = name.lstrip("/")
+            if isinstance(src, bytes):
+                info = tarfile.TarInfo(arc)
+                info.size, info.mode, info.mtime = len(src), 0o755, 1700000000
+                tf.addfile(info, io.BytesIO(src))
+            else:
+                info = tf.gettarinfo(str(src.resolve()), arcname=arc)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(src.resolve(), "rb") as f:
+                    tf.addfile(info, f)
+    h = hashlib.sha256()
+    with open(layer, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    diff_id = "sha256:" + h.hexdigest()
+    cfg = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        },
+        sort_keys=True,
+    ).encode()
+    cfg_name = f"{sha(cfg)}.json"
+    manifest = json.dumps(
+        [{"Config": cfg_name, "RepoTags": [tag], "Layers": ["layer.tar"]}]
+    ).encode()
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in (("manifest.json", manifest), (cfg_name, cfg)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        tf.add(str(layer), arcname="layer.tar")
+    layer.unlink()
+    return out
+
+
+_BASE_ETC = {
+    "/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nnginx:x:101:101:nginx:/nonexistent:/bin/false\n"
+    b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    "/etc/group": b"root:x:0:\nnginx:x:101:\nnogroup:x:65534:\n",
+    "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files dns\n",
+    "/etc/hosts": b"127.0.0.1 localhost\n",
+}
+
+
+def nginx_image(out: Path, tag: str = "airgap-demo/nginx:1") -> Path:
+    """A real Nginx image from Debian's nginx binary and the libraries it links."""
+    binary = Path("/usr/sbin/nginx")
+    files: dict[str, Path | bytes] = {"/usr/sbin/nginx": binary, **_BASE_ETC}
+    for lib in _ldd(binary):
+        files[str(lib)] = lib
+    files["/etc/nginx/mime.types"] = Path("/etc/nginx/mime.types")
+    dirs = {
+        "/tmp": 0o1777,
+        "/run": 0o755,
+        "/var/log/nginx": 0o755,
+        "/var/lib/nginx": 0o755,
+        "/var/cache/nginx": 0o755,
+        "/etc/nginx/conf.d": 0o755,
+    }
+    return assemble_image(
+        out,
+        tag,
+        files,
+        {
+            "Entrypoint": ["/usr/sbin/nginx"],
+            "Cmd": ["-g", "daemon off;"],
+            "ExposedPorts": {"443/tcp": {}},
+        },
+        dirs,
+    )
+
+
+def openai_stub_image(out: Path, tag: str = "airgap-demo/openai-stub:1") -> Path:
+    """An image whose entrypoint takes vLLM's flags and serves an OpenAI-compatible API.
+
+    Debian's Python interpreter and standard library plus bundler/demo_stub.py: the
+    installer starts it exactly as it starts vllm/vllm-openai.
+    """
+    python = Path("/usr/bin/python3.11")
+    stdlib = Path("/usr/lib/python3.11")
+    skip = {
+        "test",
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "ensurepip",
+        "lib2to3",
+        "pydoc_data",
+        "__pycache__",
+        "site-packages",
+        "dist-packages",
+        "unittest",
+        "distutils",
+    }
+    files: dict[str, Path | bytes] = {"/usr/bin/python3.11": python, **_BASE_ETC}
+    libs = set(_ldd(python))
+    for path in stdlib.rglob("*"):
+        rel = path.relative_to(stdlib)
+        if any(part in skip or part.startswith("config-") for part in rel.parts):
+            continue
+        if path.is_file():
+            files[f"/usr/lib/python3.11/{rel.as_posix()}"] = path
+            if path.suffix == ".so":
+                libs.update(_ldd(path))
+    for lib in libs:
+        files[str(lib)] = lib
+    files["/app/server.py"] = (Path(__file__).parent / "demo_stub.py").read_bytes()
+    return assemble_image(
+        out,
+        tag,
+        files,
+        {
+            "Entrypoint": ["/usr/bin/python3.11", "/app/server.py"],
+            "Env": ["PYTHONDONTWRITEBYTECODE=1", "PATH=/usr/bin"],
+            "ExposedPorts": {"8000/tcp": {}},
+        },
+        {"/tmp": 0o1777},
+    )

@@ -63,9 +63,7 @@ class ModelSource(_Strict):
     def _one_source(self) -> ModelSource:
         if (self.repo is None) == (self.path is None):
             raise ValueError("give exactly one of `repo` (Hugging Face) or `path` (local weights)")
-        if self.path is not None and (
-            self.include or self.exclude or "revision" in self.model_fields_set
-        ):
+        if self.path is not None and (self.include or self.exclude or self.revision != "main"):
             raise ValueError("`revision`, `include` and `exclude` apply only to `repo`")
         return self
 

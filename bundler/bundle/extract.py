@@ -10,7 +10,6 @@ on abort; the caller moves it into place after ``commit``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -73,27 +72,6 @@ class StagingExtractor:
 
     def open_member(self, entry: FileEntry) -> None:
         self._fd = self._safe_open(entry.path)
-
-    def copy_from(self, fd: int, offset: int, n: int) -> bool:
-        """Copy ``n`` bytes at ``offset`` of ``fd`` into the open member, in the kernel.
-
-        Returns False, having copied nothing, where the kernel cannot do it (then the
-        caller writes the bytes itself).
-        """
-        first = True
-        while n:
-            try:
-                done = os.copy_file_range(fd, self._fd, n, offset)
-            except OSError as e:
-                if first and e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    return False
-                raise
-            if done == 0:
-                raise OSError(errno.EIO, "bundle file ended during copy")
-            first = False
-            offset += done
-            n -= done
-        return True
 
     def write(self, data: memoryview) -> None:
         while data:

@@ -117,7 +117,7 @@ class Index(_Strict):
 
     format: Literal["airgap-bundle/1"]
     tool: str
-    name: str
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     version: Annotated[int, Field(ge=1)]
     created: str
     expires: str

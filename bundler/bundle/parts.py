@@ -262,11 +262,3 @@ class ChainedReader:
         for f in self._files:
             with contextlib.suppress(OSError):
                 f.close()
-
-
-def remap(origin: tuple[int, int, int]) -> memoryview:
-    """Map again bytes that :meth:`ChainedReader.map` handed out earlier (page cache hit)."""
-    fd, offset, n = origin
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    mm = mmap.mmap(fd, offset + n - start, access=mmap.ACCESS_READ, offset=start)
-    return memoryview(mm)[offset - start :]

@@ -42,7 +42,6 @@ from bundler.bundle.parts import (
     Readable,
     check_parts_list,
     locate_bundle,
-    remap,
 )
 from bundler.bundle.signing import KEYID_RE, SIGNATURE_SIZE, TrustedKey, verify_threshold
 from bundler.errors import BundleError, ExpiredError, UsageError
@@ -64,9 +63,6 @@ class Sink(Protocol):
     """
 
     def verified_only(self, entry: FileEntry) -> bool: ...
-
-    # Optional: ``copy_from(fd, offset, n) -> bool`` copies bytes of the bundle file
-    # in the kernel instead of ``write``; False means "use write".
 
     def begin(
         self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes
@@ -278,7 +274,7 @@ def _read_head_members(
     if h is not None and h.kind is None and h.name != INDEX_MEMBER:
         raise r.error(
             f"first member must be {INDEX_MEMBER}; this is not an airgap bundle",
-            member=h.name,
+            member=repr(h.name),
             at=at,
             hint="Pass the .tar written by `airgap build` (or its .part-000).",
         )
@@ -426,6 +422,7 @@ class _Delivery:
         self.sink = sink
         self.hasher = hasher
         self.error: BaseException | None = None
+        self.cancelled = False  # after a failure: drain without handing anything on
         self._q: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=3)
         self._thread = threading.Thread(target=self._run, name="deliver", daemon=True)
         self._thread.start()
@@ -439,10 +436,10 @@ class _Delivery:
             if kind == "chunk":
                 _, result, held = item
                 ok = self.error is None and result.wait()
-                for view, buf, origin in held:
-                    if ok:
+                for view, buf in held:
+                    if ok and not self.cancelled:
                         try:
-                            self.sink.write(view if origin is None else remap(origin))
+                            self.sink.write(view)
                         except BaseException as e:
                             self.error, ok = e, False
                     del view
@@ -451,7 +448,7 @@ class _Delivery:
                 held.clear()
                 if not ok and self.error is None:
                     self.error = _Undelivered()
-            elif self.error is None:
+            elif self.error is None and not self.cancelled:
                 try:
                     if kind == "open":
                         self.sink.open_member(item[1])
@@ -468,6 +465,7 @@ class _Delivery:
             raise self.error
 
     def stop(self) -> None:
+        self.cancelled = True
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join()
@@ -491,7 +489,6 @@ def _stream_payload(
     seen: set[str] = set()
     hasher = StreamHasher(block, chunk_size, workers)
     delivery = _Delivery(sink, hasher) if sink is not None else None
-    copy_from = getattr(sink, "copy_from", None)
     chunk_id = 0
     try:
         for entry in index.files:
@@ -510,11 +507,14 @@ def _stream_payload(
             for k, expected in enumerate(entry.chunks):
                 chunk_start = r.stream.pos
                 left = min(chunk_size, entry.size - k * chunk_size)
-                held: list[tuple[memoryview | None, bytearray | None, Any]] = []
+                held: list[tuple[memoryview, bytearray | None]] = []
                 while left > 0:
                     n = min(block, left)
                     buf = None
-                    view = r.stream.map(n)
+                    # Zero-copy from the page cache only when nothing keeps the bytes: a
+                    # sink must get the very bytes that were hashed, and a mapping would
+                    # show later changes to the file (or fault if it shrinks).
+                    view = r.stream.map(n) if sink is None else None
                     if view is None:  # stdin, or a block that crosses into the next part
                         buf = hasher.get_buffer()
                         view = memoryview(buf)[:n]
@@ -528,20 +528,11 @@ def _stream_payload(
                                 hint="Copy the bundle (or its last part) again; it is incomplete.",
                             )
                     if deferred:
-                        # Mapped bytes are mapped again for delivery rather than held,
-                        # so RSS stays at a few blocks; copied blocks must be held.
-                        if buf is None and r.stream.last_origin is not None:
-                            held.append((None, None, r.stream.last_origin))
-                        else:
-                            held.append((view, buf, None))
+                        held.append((view, buf))  # delivered once the chunk verified
                         hasher.update(chunk_id, view)
                     else:
                         if sink is not None:
-                            origin = r.stream.last_origin if buf is None else None
-                            # From a file: let the kernel copy it (no page of it mapped in
-                            # this process before the hash lane reads it).
-                            if origin is None or not copy_from or not copy_from(*origin):
-                                sink.write(view)
+                            sink.write(view)
                         hasher.update(chunk_id, view, release=buf)
                     del view
                     left -= n

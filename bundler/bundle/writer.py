@@ -484,8 +484,16 @@ def _commit(
     directory = output.parent
     if not out.split_size:
         os.replace(out.tmp_paths[0], output)
+        # parts of an earlier split build of the same name must not look current
+        for stale in (parts_list_path(output), parts_sums_path(output)):
+            stale.unlink(missing_ok=True)
+        i = 0
+        while (stale := directory / part_name(output.name, i)).exists():
+            stale.unlink()
+            i += 1
         fsync_dir(directory)
         return (output,)
+    output.unlink(missing_ok=True)  # an earlier single-file build would shadow the parts
     finals = [directory / part_name(output.name, i) for i in range(len(out.tmp_paths))]
     for tmp, final in zip(out.tmp_paths, finals, strict=True):
         os.replace(tmp, final)

@@ -585,10 +585,65 @@ def runtime_options(f: F) -> F:
 @click.option("--no-gpu", is_flag=True, help="Do not expect a GPU (CPU images, tests).")
 @click.option(
     "--port",
-    "ports",
     type=click.IntRange(1, 65535),
+    default=8443,
+    show_default=True,
+    help="Nginx's TLS port: the only one published.",
+)
+@click.option(
+    "--internal-port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="vLLM's port behind Nginx (loopback with host networking).",
+)
+@click.option(
+    "--server-name",
+    "server_names",
     multiple=True,
-    help="A port the service will need; preflight checks it is free.",
+    help="DNS name Kibana uses for this host (certificate SAN; repeatable).",
+)
+@click.option("--ip", "ips", multiple=True, help="IP address for the certificate (repeatable).")
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Your certificate (PEM, with chain) instead of a generated one.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The key of --tls-cert.",
+)
+@click.option("--rotate-token", is_flag=True, help="Replace the bearer token and vLLM key.")
+@click.option(
+    "--gpus",
+    default="all",
+    show_default=True,
+    help="GPUs for vLLM: all, or a list like 0,1 (--no-gpu for none).",
+)
+@click.option(
+    "--health-timeout",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Seconds to wait for vLLM to load the model and answer.",
+)
+@click.option(
+    "--network",
+    default="host",
+    show_default=True,
+    help="host, or a Docker network to create/use for the two containers.",
+)
+@click.option(
+    "--vllm-arg",
+    "vllm_args",
+    multiple=True,
+    help="An extra vLLM flag at install time (repeatable), after the manifest's.",
+)
+@click.option(
+    "--no-serve", is_flag=True, help="Put files and images in place but start no container."
 )
 @click.option(
     "--registry",
@@ -620,7 +675,18 @@ def install(
     dry_run: bool,
     allow_downgrade: bool,
     no_gpu: bool,
-    ports: tuple[int, ...],
+    port: int,
+    internal_port: int,
+    server_names: tuple[str, ...],
+    ips: tuple[str, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    rotate_token: bool,
+    gpus: str,
+    health_timeout: float,
+    network: str,
+    vllm_args: tuple[str, ...],
+    no_serve: bool,
     registry: str | None,
     registry_insecure: bool,
     registry_ca: Path | None,
@@ -632,6 +698,10 @@ def install(
     from bundler.bundle.signing import load_trust
     from bundler.install.installer import InstallOptions
     from bundler.install.installer import install as run_install
+    from bundler.install.serve import ServeOptions
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
 
     trusted = load_trust(trusted_keys, trust_dir)
     loc = locate_bundle(bundle)
@@ -650,7 +720,22 @@ def install(
         registry_insecure=registry_insecure,
         registry_ca=registry_ca,
         no_gpu=no_gpu,
-        ports=ports,
+        ports=(port,) if not no_serve else (),
+        serve=None
+        if no_serve
+        else ServeOptions(
+            port=port,
+            internal_port=internal_port,
+            server_names=server_names,
+            ips=ips,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            rotate_token=rotate_token,
+            gpus=gpus,
+            health_timeout=health_timeout,
+            network=network,
+            extra_vllm_args=vllm_args,
+        ),
     )
     with _reporter(as_json) as reporter:
 
@@ -674,6 +759,7 @@ def install(
         "release": str(result.release),
         "index_sha256": result.index_sha256,
         "images": result.images,
+        "serving": result.serving,
         "bytes": result.bytes_read,
         "seconds": round(result.seconds, 3),
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
@@ -699,17 +785,36 @@ def install(
         )
         for img in result.images:
             click.echo(f"  image {img['role']}: {img['ref']} = {img['id']}")
+    if result.serving and result.status != "dry-run":
+        s = result.serving
+        click.echo(f"serving {s['model']} at {s['url']} (answered a chat completion)")
+        click.echo(f"  trust this CA in Kibana: {s['ca_cert']}")
+        click.echo("  bearer token: `airgap status --show-token` (stored 0600 under the prefix)")
 
 
 @cli.command()
 @runtime_options
 @click.option("--deep", is_flag=True, help="Also re-hash every installed file.")
+@click.option("--show-token", is_flag=True, help="Print the bearer token Kibana must send.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def status(prefix: Path, runtime: str, runtime_url: str | None, deep: bool, as_json: bool) -> None:
+def status(
+    prefix: Path,
+    runtime: str,
+    runtime_url: str | None,
+    deep: bool,
+    show_token: bool,
+    as_json: bool,
+) -> None:
     """What is installed under --prefix, checked against what is really there."""
     from bundler.install.installer import status as run_status
 
     report = run_status(prefix, runtime, runtime_url, deep=deep)
+    if show_token:
+        token_file = prefix / "secrets" / "bearer-token"
+        if not token_file.exists():
+            raise click.UsageError(f"{token_file}: no token (nothing is served here)")
+        click.echo(token_file.read_text().strip())
+        return
     if as_json:
         click.echo(
             json.dumps(
@@ -735,6 +840,15 @@ def status(prefix: Path, runtime: str, runtime_url: str | None, deep: bool, as_j
                 click.echo(
                     f"      {img['role']}: {img['ref']} "
                     f"{'present' if img['present'] else 'MISSING'}"
+                )
+            serving = rel.get("serving")
+            if serving:
+                running = ", ".join(
+                    f"{k} {'running' if v else 'STOPPED'}" for k, v in serving["containers"].items()
+                )
+                click.echo(
+                    f"      serving {serving['url']}: {running}; /health through nginx: "
+                    f"{serving['health']}"
                 )
     if not report.ok:
         sys.exit(EXIT_FAILURE)
@@ -786,3 +900,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         sys.exit(1)
+    except OSError as e:  # an I/O failure no core function translated: still one clear line
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or e}", err=True)
+        click.echo(
+            "hint: check free space, permissions and the device; nothing was switched "
+            "in, so running the same command again is safe.",
+            err=True,
+        )
+        sys.exit(EXIT_FAILURE)

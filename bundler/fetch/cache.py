@@ -67,6 +67,11 @@ class Cache:
     def commit(self, partial: Path, sha256: str, digests: Digests, chunk_size: int) -> Path:
         """Move a verified download into ``blobs/`` and remember its chunk digests."""
         target = self.blob(sha256)
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # a blob's name promises its content, even after a power cut
+        finally:
+            os.close(fd)
         os.chmod(partial, 0o444)
         os.replace(partial, target)
         size = target.stat().st_size

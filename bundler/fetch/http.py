@@ -161,6 +161,7 @@ class Downloader:
         what: str,
         headers: dict[str, str] | None = None,
         session: requests.Session | None = None,
+        verify: str | bool = True,
     ) -> Fetched:
         """Download ``url`` into the cache (or find it there) and verify it.
 
@@ -176,7 +177,7 @@ class Downloader:
                 return Fetched(hit, hit.name, hit.stat().st_size, 0)
             partial = self.cache.partial(key)
             downloaded, digests, sha1 = self._download(
-                url, partial, expect, what, headers or {}, session or self.session
+                url, partial, expect, what, headers or {}, session or self.session, verify
             )
             return self._verify_and_commit(partial, expect, url, what, downloaded, digests, sha1)
 
@@ -188,6 +189,7 @@ class Downloader:
         what: str,
         headers: dict[str, str],
         session: requests.Session,
+        verify: str | bool = True,
     ) -> tuple[int, Digests, str | None]:
         """Stream into ``partial`` (resuming), hashing as bytes arrive."""
         downloaded = 0
@@ -204,6 +206,9 @@ class Downloader:
                 digests.seed(partial)
             return digests
 
+        if partial.exists() and not (expect.sha256 or expect.git_blob):
+            # Nothing pins these bytes, so a leftover could splice two versions: restart.
+            partial.unlink()
         try:
             while True:
                 offset = partial.stat().st_size if partial.exists() else 0
@@ -219,7 +224,9 @@ class Downloader:
                 if offset:
                     h["Range"] = f"bytes={offset}-"
                 try:
-                    with session.get(url, headers=h, stream=True, timeout=(15, 120)) as r:
+                    with session.get(
+                        url, headers=h, stream=True, timeout=(15, 120), verify=verify
+                    ) as r:
                         if r.status_code == 416 and offset:
                             partial.unlink()  # our partial is bad: start over
                             fresh(seed=False)

@@ -143,8 +143,8 @@ class RegistryClient:
         scheme = "http" if (is_loopback(host) or host in (insecure or set())) else "https"
         self.base = f"{scheme}://{host}/v2/{ref.repository}"
         self.session = session or requests.Session()
-        if ca is not None:
-            self.session.verify = str(ca)
+        # Passed on every request: a session-level verify loses to REQUESTS_CA_BUNDLE.
+        self.verify: str | bool = str(ca) if ca is not None else True
         self._token: str | None = None
         self._basic = docker_config_auth(ref.registry)
 
@@ -175,7 +175,7 @@ class RegistryClient:
             return False
         auth = self._basic
         try:
-            r = self.session.get(realm, params=fields, auth=auth, timeout=30)
+            r = self.session.get(realm, params=fields, auth=auth, timeout=30, verify=self.verify)
         except requests.RequestException as e:
             raise FetchError(f"token service unreachable: {e}", url=realm) from e
         if r.status_code != 200:
@@ -192,11 +192,15 @@ class RegistryClient:
     def request(self, method: str, url: str, **kw: Any) -> requests.Response:
         headers = {**kw.pop("headers", {}), **self._auth_headers()}
         try:
-            r = self.session.request(method, url, headers=headers, timeout=(15, 120), **kw)
+            r = self.session.request(
+                method, url, headers=headers, timeout=(15, 120), verify=self.verify, **kw
+            )
             if r.status_code == 401 and self._login(r.headers.get("WWW-Authenticate", ""), url):
                 r.close()
                 headers.update(self._auth_headers())
-                r = self.session.request(method, url, headers=headers, timeout=(15, 120), **kw)
+                r = self.session.request(
+                    method, url, headers=headers, timeout=(15, 120), verify=self.verify, **kw
+                )
         except requests.RequestException as e:
             raise FetchError(
                 f"registry unreachable: {e}",
@@ -209,6 +213,11 @@ class RegistryClient:
     def auth_headers(self) -> dict[str, str]:
         """Headers for blob downloads (after a request established the token)."""
         return self._auth_headers()
+
+    def refresh_auth(self, url: str) -> None:
+        """Renew an expired bearer token (registries hand out short-lived ones)."""
+        self._token = None
+        self.request("HEAD", url).close()
 
     def _manifest(self, reference: str) -> tuple[bytes, str, str]:
         url = f"{self.base}/manifests/{reference}"

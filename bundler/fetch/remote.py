@@ -133,7 +133,9 @@ class Fetcher:
     def _keep(self, data: bytes) -> None:
         """Put small, already verified documents (manifests, configs) into the cache."""
         sha = hashlib.sha256(data).hexdigest()
-        if not self.cache.has(sha, len(data)):
+        with self.cache.locked(sha):
+            if self.cache.has(sha, len(data)):
+                return
             partial = self.cache.partial(sha)
             partial.write_bytes(data)
             digests = hash_sources([data], self.downloader.chunk_size)[0]
@@ -268,14 +270,33 @@ class Fetcher:
             )
 
         def one(d: Download) -> int:
-            headers = dict(d.headers)
+            client = None
             if d.session is not None:
                 client = next((c for c in self._clients.values() if c.session is d.session), None)
+
+            def attempt() -> int:
+                headers = dict(d.headers)
+                verify: str | bool = True
                 if client is not None:
                     headers.update(client.auth_headers())
-            return self.downloader.fetch(
-                d.url, d.expect, key=d.key, what=d.what, headers=headers, session=d.session
-            ).downloaded
+                    verify = client.verify
+                return self.downloader.fetch(
+                    d.url,
+                    d.expect,
+                    key=d.key,
+                    what=d.what,
+                    headers=headers,
+                    session=d.session,
+                    verify=verify,
+                ).downloaded
+
+            try:
+                return attempt()
+            except FetchError as e:
+                if client is None or e.status != 401:
+                    raise
+                client.refresh_auth(d.url)  # bearer tokens are short-lived: renew, retry once
+                return attempt()
 
         with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
             return sum(pool.map(one, todo))

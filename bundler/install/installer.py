@@ -31,8 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from bundler.bundle.extract import StagingExtractor
-from bundler.bundle.index import BLOB_PREFIX, FileEntry, ImageEntry, Index
+from bundler.bundle.index import BLOB_PREFIX, FileEntry, ImageEntry, Index, parse_index
 from bundler.bundle.reader import TrustPolicy, VerifyResult, read_bundle
 from bundler.bundle.signing import TrustedKey
 from bundler.errors import AirgapError, InstallError, RollbackError
@@ -41,7 +43,9 @@ from bundler.fsutil import free_space
 from bundler.hashing import FileRange, hash_sources
 from bundler.install.registry import Registry, RegistryFeed
 from bundler.install.runtime import ArchiveFeed, Runtime
+from bundler.install.serve import ServeOptions, Server, served_record
 from bundler.install.state import InstallLock, Receipt, VersionRegistry
+from bundler.manifest import parse_manifest
 
 logger = logging.getLogger(__name__)
 DEFAULT_PREFIX = Path("/opt/airgap")
@@ -69,6 +73,7 @@ class InstallOptions:
     allow_downgrade: bool = False
     no_gpu: bool = False
     ports: tuple[int, ...] = ()
+    serve: ServeOptions | None = None  # None: put files and images in place, start nothing
     registry: str | None = None  # HOST[:PORT][/PREFIX]: push images there instead
     registry_insecure: bool = False
     registry_ca: Path | None = None
@@ -85,6 +90,7 @@ class InstallResult:
     images: list[dict[str, Any]] = field(default_factory=list)
     bytes_read: int = 0
     seconds: float = 0.0
+    serving: dict[str, Any] | None = None
 
 
 class Layout:
@@ -318,13 +324,6 @@ class InstallSink:
         else:
             self._local.route = "drop"  # a layer the engine has already: verified, not kept
 
-    def copy_from(self, fd: int, offset: int, n: int) -> bool:
-        route: str = self._local.route
-        if route == "file":
-            assert self.extractor is not None
-            return self.extractor.copy_from(fd, offset, n)
-        return route == "drop"
-
     def write(self, data: memoryview) -> None:
         route: str = self._local.route
         if route == "file":
@@ -388,6 +387,12 @@ def recover(layout: Layout, receipt: Receipt, target: ImageTarget | None) -> lis
             shutil.rmtree(stale, ignore_errors=True)
             done.append(f"removed {stale.name} of an interrupted run")
     return done
+
+
+def _our_ports(receipt: Receipt) -> set[int]:
+    current = receipt.releases.get(receipt.current or "", {})
+    serve = current.get("serve") or {}
+    return {int(p) for p in (serve.get("port"), serve.get("internal_port")) if p}
 
 
 def _port_free(port: int) -> bool:
@@ -506,7 +511,18 @@ def install(
                             info.gpu_detail + ("" if info.gpu else "; use --no-gpu for CPU images"),
                         )
                     )
+                ours = _our_ports(receipt)
                 for port in opts.ports:
+                    if port in ours:
+                        checks.append(
+                            Check(
+                                f"port {port}",
+                                True,
+                                "served by airgap's current release (replaced "
+                                "only after the new one proves healthy)",
+                            )
+                        )
+                        continue
                     free_port = _port_free(port)
                     checks.append(
                         Check(f"port {port}", free_port, "free" if free_port else "in use")
@@ -537,27 +553,56 @@ def install(
                     opts.bundle, policy, sink, detached=list(opts.detached), progress=progress
                 )
             except _Stop as stop:
-                return _stopped(stop, layout, receipt, checks, started)
+                return _stopped(stop, layout, receipt, checks, started, opts, target)
             except BaseException:
                 receipt.data["pending"] = None
                 if receipt.exists or receipt.releases:
                     receipt.save()
                 raise
-            return _activate(vr, sink, layout, receipt, versions, checks, started)
+            return _activate(vr, sink, layout, receipt, versions, checks, started, opts)
         finally:
             target.close()
 
 
 def _stopped(
-    stop: _Stop, layout: Layout, receipt: Receipt, checks: list[Check], started: float
+    stop: _Stop,
+    layout: Layout,
+    receipt: Receipt,
+    checks: list[Check],
+    started: float,
+    opts: InstallOptions,
+    target: ImageTarget,
 ) -> InstallResult:
     name, _, version = stop.key.rpartition("-")
+    known = receipt.releases.get(stop.key, {})
+    if stop.status != "dry-run" and opts.serve is not None and isinstance(target, EngineTarget):
+        # Same bundle again: leave a healthy service alone, unless asked to rotate the
+        # token, or the containers are gone (then start them again).
+        server = Server(target.runtime, layout.prefix, name)
+        serving = (known.get("serve") or {}).get("containers", {})
+        running = server.running(serving) if serving else {}
+        if (
+            stop.status == "reactivated"
+            or opts.serve.rotate_token
+            or not running
+            or not all(running.values())
+        ):
+            current = receipt.releases.get(receipt.current or "", {})
+            served = _serve(
+                server,
+                layout.release(stop.key),
+                stop.key,
+                known,
+                opts,
+                (current.get("serve") or {}).get("containers"),
+            )
+            known["serve"] = served
     if stop.status == "reactivated":
         layout.switch_current(stop.key)
         receipt.data["current"] = stop.key
         receipt.data["history"].append(stop.key)
+    if stop.status != "dry-run":
         receipt.save()
-    known = receipt.releases.get(stop.key, {})
     return InstallResult(
         status=stop.status,
         name=name,
@@ -567,7 +612,26 @@ def _stopped(
         checks=checks,
         images=list(known.get("images", [])),
         seconds=time.monotonic() - started,
+        serving=known.get("serve"),
     )
+
+
+def _serve(
+    server: Server,
+    release_dir: Path,
+    key: str,
+    release: dict[str, Any],
+    opts: InstallOptions,
+    previous: dict[str, dict[str, str]] | None,
+) -> dict[str, Any]:
+    assert opts.serve is not None
+    index = parse_index((release_dir / "airgap" / "index.json").read_bytes())
+    m = parse_manifest(index.manifest, source=f"{key} (signed manifest)")
+    images = {img.role: img.config_digest for img in index.images}
+    served = server.start(m, release_dir, key, images, opts.serve, opts.no_gpu, previous)
+    record = served_record(served)
+    record["internal_port"] = opts.serve.internal_port
+    return record
 
 
 def _activate(
@@ -578,6 +642,7 @@ def _activate(
     versions: VersionRegistry,
     checks: list[Check],
     started: float,
+    opts: InstallOptions,
 ) -> InstallResult:
     """Move the verified staging dir into place, switch ``current``, write the receipt."""
     index = vr.index
@@ -590,6 +655,17 @@ def _activate(
         if target.exists():  # same name and version, left without a receipt entry
             shutil.rmtree(target)
         os.replace(sink.staging, target)
+        serve_record = None
+        if opts.serve is not None and isinstance(sink.target, EngineTarget):
+            current = receipt.releases.get(receipt.current or "", {})
+            serve_record = _serve(
+                Server(sink.target.runtime, layout.prefix, index.name),
+                target,
+                key,
+                {},
+                opts,
+                (current.get("serve") or {}).get("containers"),
+            )
         layout.switch_current(key)
         receipt.releases[key] = {
             "name": index.name,
@@ -600,6 +676,7 @@ def _activate(
             "path": str(target),
             "target": sink.target.spec(),
             "images": images,
+            **({"serve": serve_record} if serve_record else {}),
         }
         receipt.data["current"] = key
         receipt.data["history"].append(key)
@@ -609,6 +686,8 @@ def _activate(
     except BaseException:
         sink.remove_loaded()
         shutil.rmtree(sink.staging, ignore_errors=True)
+        if receipt.releases.get(key, {}).get("index_sha256") != vr.index_sha256:
+            shutil.rmtree(target, ignore_errors=True)  # this run's release, never activated
         raise
     return InstallResult(
         status="installed",
@@ -620,6 +699,7 @@ def _activate(
         images=images,
         bytes_read=vr.bytes_read,
         seconds=time.monotonic() - started,
+        serving=serve_record,
     )
 
 
@@ -666,7 +746,16 @@ def status(
                 files_ok = _deep_check(path, index_file)
             target = targets.get(rel.get("target", {}))
             images = [{**img, "present": target.exists(img)} for img in rel.get("images", [])]
-            healthy = index_ok and files_ok is not False and all(i["present"] for i in images)
+            serve = rel.get("serve")
+            serving = None
+            if serve and key == receipt.current and isinstance(target, EngineTarget):
+                serving = _probe(Server(target.runtime, layout.prefix, rel["name"]), serve)
+            healthy = (
+                index_ok
+                and files_ok is not False
+                and all(i["present"] for i in images)
+                and (serving is None or serving["ok"])
+            )
             if key == receipt.current:
                 ok = ok and healthy
             rows.append(
@@ -678,6 +767,7 @@ def status(
                     "index_ok": index_ok,
                     "files_ok": files_ok,
                     "images": images,
+                    "serving": serving,
                     "healthy": healthy,
                     "installed_at": rel.get("installed_at"),
                 }
@@ -688,6 +778,26 @@ def status(
     if receipt.current and current_link != layout.release(receipt.current).resolve():
         ok = False
     return StatusReport(layout.prefix, receipt.current, ok and receipt.current is not None, rows)
+
+
+def _probe(server: Server, serve: dict[str, Any]) -> dict[str, Any]:
+    """Are the containers running, and does /health answer through nginx over TLS?"""
+    running = server.running(serve.get("containers", {}))
+    health: int | str | None = None
+    try:
+        r = requests.get(
+            f"https://127.0.0.1:{serve['port']}/health", timeout=5, verify=serve["ca_cert"]
+        )
+        health = r.status_code
+    except requests.RequestException as e:
+        health = str(e)[:120]
+    return {
+        "url": serve["url"],
+        "ca_cert": serve["ca_cert"],
+        "containers": running,
+        "health": health,
+        "ok": all(running.values()) and health == 200,
+    }
 
 
 class _Targets:
@@ -749,6 +859,10 @@ def uninstall(
             done: set[str] = set()
             for rel in receipt.releases.values():
                 target = targets.get(rel.get("target", {}))
+                serve = rel.get("serve") or {}
+                if serve.get("containers") and isinstance(target, EngineTarget):
+                    server = Server(target.runtime, layout.prefix, rel["name"])
+                    removed += server.remove(serve["containers"])
                 for img in rel.get("images", []):
                     if img.get("created_by_us") and img["id"] not in done:
                         done.add(img["id"])
@@ -760,6 +874,10 @@ def uninstall(
         for key in list(receipt.releases):
             shutil.rmtree(layout.release(key), ignore_errors=True)
             removed.append(f"release {key}")
+        for d in (layout.prefix / "secrets", layout.prefix / "serve"):
+            if d.exists():
+                shutil.rmtree(d)
+                removed.append(f"{d.name}/ (tokens, TLS, nginx configuration)")
         for p in (receipt.path, VersionRegistry(layout.state).path):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()

@@ -72,8 +72,8 @@ class Registry:
         self.prefix = prefix.strip("/")
         self.scheme = "http" if (insecure or _is_loopback(host)) else "https"
         self.session = session or requests.Session()
-        if ca is not None:
-            self.session.verify = str(ca)
+        # Passed on every request: a session-level verify loses to REQUESTS_CA_BUNDLE.
+        self.verify: str | bool = str(ca) if ca is not None else True
         self.base = f"{self.scheme}://{host}/v2/"
 
     def name_for(self, img: ImageEntry) -> tuple[str, str]:
@@ -86,7 +86,9 @@ class Registry:
 
     def _req(self, method: str, url: str, **kw: Any) -> requests.Response:
         try:
-            return self.session.request(method, url, timeout=kw.pop("timeout", 60), **kw)
+            return self.session.request(
+                method, url, timeout=kw.pop("timeout", 60), verify=self.verify, **kw
+            )
         except requests.RequestException as e:
             raise InstallError(
                 f"{self.host}: registry unreachable ({method} {url}): {e}",

@@ -90,6 +90,7 @@ def install(
         runtime,
         "--runtime-url",
         svc.url,
+        "--no-serve",  # part 1 only: these demo images are not runnable
         *extra,
         input=input,
     )
@@ -253,6 +254,7 @@ def test_killed_install_leaves_nothing_a_rerun_trusts(
             "--no-gpu",
             "--runtime-url",
             clean_engine.url,
+            "--no-serve",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -321,7 +323,19 @@ def test_preflight_failures_and_dry_run_change_nothing(
         s.bind(("0.0.0.0", 0))
         s.listen()
         busy = s.getsockname()[1]
-        r = install(bundle, key, prefix, clean_engine, "--port", str(busy))
+        r = airgap(
+            "install",
+            str(bundle),
+            "--trusted-key",
+            str(key.public),
+            "--prefix",
+            str(prefix),
+            "--no-gpu",
+            "--runtime-url",
+            clean_engine.url,
+            "--port",
+            str(busy),
+        )
     assert r.returncode == 1 and f"port {busy}: in use".encode() in r.stderr
     assert not (prefix / "current").exists()
     r = airgap(
