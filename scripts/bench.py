@@ -432,6 +432,7 @@ def bench_install(work: Path, args: argparse.Namespace, py: str) -> str:
                     "--no-gpu",
                     "--runtime-url",
                     svc.url,
+                    "--no-serve",  # files and images; serving is not part of this timing
                 ],
                 args.runs,
                 reset=reset,

@@ -23,7 +23,7 @@ from bundler.demo import make_demo_sources
 STEPS: list[tuple[str, float]] = []
 
 
-def airgap(*args: str, stdin: bytes | None = None, expect: int = 0) -> str:
+def airgap(*args: str, stdin: bytes | None = None, expect: int = 0, quiet: bool = False) -> str:
     started = time.monotonic()
     r = subprocess.run(
         [sys.executable, "-m", "bundler", *args], input=stdin, capture_output=True, check=False
@@ -32,6 +32,8 @@ def airgap(*args: str, stdin: bytes | None = None, expect: int = 0) -> str:
     shown = " ".join(a if len(a) < 60 else "…" + a[-40:] for a in args)
     print(f"$ airgap {shown}{'  < stdin' if stdin else ''}   [{took:.2f}s]")
     out = (r.stdout + r.stderr).decode().rstrip()
+    if quiet:
+        out = "(printed the bearer token; not shown here)"
     if out:
         print("  " + out.replace("\n", "\n  "))
     if r.returncode != expect:
@@ -46,7 +48,7 @@ def main() -> None:
     try:
         src = work / "connected"
         src.mkdir()
-        manifest = make_demo_sources(src, big=96 * 1024 * 1024)
+        manifest = make_demo_sources(src, big=64 * 1024 * 1024, real_images=True)
         keys = work / "keys"
         keys.mkdir()
         print("== connected side ==")
@@ -85,13 +87,61 @@ def main() -> None:
         airgap("-q", "verify", "-", *trust, *sigs, stdin=joined)
         print("\n== install into a private Docker engine (started for the demo) ==")
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from services import dockerd
+        from services import dockerd, free_port
 
         prefix = work / "opt"
         with dockerd() as engine:
-            target = ["--prefix", str(prefix), "--no-gpu", "--runtime-url", engine.url]
+            port = free_port()
+            target = [
+                "--prefix",
+                str(prefix),
+                "--no-gpu",
+                "--runtime-url",
+                engine.url,
+                "--port",
+                str(port),
+                "--internal-port",
+                str(free_port()),
+                "--server-name",
+                "llm.demo.internal",
+                "--health-timeout",
+                "120",
+            ]
             airgap("install", str(bundle) + ".part-000", *trust, *target)
             airgap("status", "--prefix", str(prefix), "--runtime-url", engine.url)
+            token = airgap(
+                "status",
+                "--prefix",
+                str(prefix),
+                "--runtime-url",
+                engine.url,
+                "--show-token",
+                quiet=True,
+            ).strip()
+            ca = prefix / "secrets" / "tls" / "ca.crt"
+            print("\n== what Kibana's connector will do: a chat completion through Nginx ==")
+            import requests
+
+            session = requests.Session()
+            session.trust_env = False
+            url = f"https://127.0.0.1:{port}/v1/chat/completions"
+            started = time.monotonic()
+            r = session.post(
+                url,
+                verify=str(ca),
+                timeout=60,
+                headers={"Authorization": f"Bearer {token}"},
+                json={"model": "tiny", "messages": [{"role": "user", "content": "Hello?"}]},
+            )
+            took = time.monotonic() - started
+            answer = r.json()["choices"][0]["message"]["content"]
+            print(
+                f"POST {url} (TLS checked against {ca.name}, bearer token) -> "
+                f"{r.status_code} in {took * 1000:.0f} ms: {answer!r}"
+            )
+            r = session.post(url, verify=str(ca), timeout=60, json={"model": "tiny"})
+            print(f"the same without the token -> {r.status_code}")
+            STEPS.append(("chat", took))
             airgap("-q", "install", str(bundle) + ".part-000", *trust, *target)
 
             print("\n== a damaged transfer is named precisely, and changes nothing ==")

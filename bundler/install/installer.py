@@ -874,10 +874,13 @@ def uninstall(
         for key in list(receipt.releases):
             shutil.rmtree(layout.release(key), ignore_errors=True)
             removed.append(f"release {key}")
-        for d in (layout.prefix / "secrets", layout.prefix / "serve"):
+        for d, what in (
+            (layout.prefix / "secrets", "tokens, TLS keys"),
+            (layout.prefix / "serve", "nginx configuration"),
+        ):
             if d.exists():
                 shutil.rmtree(d)
-                removed.append(f"{d.name}/ (tokens, TLS, nginx configuration)")
+                removed.append(f"{d.name}/ ({what})")
         for p in (receipt.path, VersionRegistry(layout.state).path):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
