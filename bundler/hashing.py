@@ -201,7 +201,7 @@ class StreamHasher:
         block_size: int,
         chunk_size: int,
         workers: int | None = None,
-        buffer_budget: int = 96 * 1024 * 1024,
+        buffer_budget: int = 80 * 1024 * 1024,
     ) -> None:
         self.block_size = block_size
         self.lanes = workers or default_workers()
@@ -216,7 +216,7 @@ class StreamHasher:
         self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         # Verified delivery holds a whole chunk until its hash is known: the pool must
         # be able to hold one, or the reader could never finish that chunk.
-        self._pool_cap = max(blocks_per_chunk + self.lanes + 2, buffer_budget // block_size)
+        self._pool_cap = max(blocks_per_chunk + self.lanes, buffer_budget // block_size)
         self._allocated = 0
         self._hashers: dict[int, hashlib._Hash] = {}
         self._mismatches: list[ChunkMismatch] = []

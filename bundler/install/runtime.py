@@ -185,7 +185,7 @@ class ArchiveFeed:
             self.needed.add(img.config_digest)
             self.needed.update(la.digest for la in img.layers)
         self._manifest = json.dumps(manifest, sort_keys=True).encode()
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._messages: list[str] = []
         self._error: BaseException | None = None
         self._remaining = set(self.needed)
