@@ -631,6 +631,7 @@ def _serve(
     served = server.start(m, release_dir, key, images, opts.serve, opts.no_gpu, previous)
     record = served_record(served)
     record["internal_port"] = opts.serve.internal_port
+    record["token_file"] = str(server.secrets / "bearer-token")  # the path, never the token
     return record
 
 
