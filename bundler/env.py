@@ -59,3 +59,8 @@ def hf_endpoint() -> str:
 def hf_token() -> str | None:
     """``HF_TOKEN``: sent as a header to the Hub, never stored."""
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+def docker_config_dir() -> Path:
+    """``DOCKER_CONFIG``, else ``~/.docker``: where ``docker login`` keeps credentials."""
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")

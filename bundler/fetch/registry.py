@@ -15,7 +15,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import requests
 
+from bundler import env
 from bundler.errors import FetchError
 from bundler.images import (
     DOCKER_LIST,
@@ -97,7 +97,7 @@ def is_loopback(host: str) -> bool:
 
 def docker_config_auth(registry: str, config: Path | None = None) -> tuple[str, str] | None:
     """Basic credentials for ``registry`` from ~/.docker/config.json (``auths``)."""
-    path = config or Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    path = config or env.docker_config_dir() / "config.json"
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):

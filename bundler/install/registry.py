@@ -10,7 +10,6 @@ last, under the image's tag, once every blob of the bundle verified.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import queue
 import threading
@@ -23,20 +22,9 @@ import requests
 
 from bundler.bundle.index import ImageEntry
 from bundler.errors import InstallError, UsageError
+from bundler.fetch.registry import is_loopback
 
 logger = logging.getLogger(__name__)
-
-
-def _is_loopback(host: str) -> bool:
-    name = (
-        host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
-    )
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -70,7 +58,7 @@ class Registry:
         self.spec = spec
         self.host = host
         self.prefix = prefix.strip("/")
-        self.scheme = "http" if (insecure or _is_loopback(host)) else "https"
+        self.scheme = "http" if (insecure or is_loopback(host)) else "https"
         self.session = session or requests.Session()
         # Passed on every request: a session-level verify loses to REQUESTS_CA_BUNDLE.
         self.verify: str | bool = str(ca) if ca is not None else True
