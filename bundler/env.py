@@ -64,3 +64,13 @@ def hf_token() -> str | None:
 def docker_config_dir() -> Path:
     """``DOCKER_CONFIG``, else ``~/.docker``: where ``docker login`` keeps credentials."""
     return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+
+
+def kibana_api_key() -> str | None:
+    """``AIRGAP_KIBANA_API_KEY``: a Kibana API key (the encoded form), never stored."""
+    return os.environ.get("AIRGAP_KIBANA_API_KEY") or None
+
+
+def es_api_key() -> str | None:
+    """``AIRGAP_ES_API_KEY``: an Elasticsearch API key (the encoded form), never stored."""
+    return os.environ.get("AIRGAP_ES_API_KEY") or None

@@ -1,0 +1,238 @@
+"""HTTP to Kibana and Elasticsearch: credentials, TLS, retries, and errors that quote them.
+
+Credentials come from an environment variable or a file, never from a command-line
+argument (a process list is readable by every user). They are sent as a header and
+never logged or stored. Retries cover what a restarting Kibana or a busy cluster
+answers (refused connections, timeouts, 500/502/503/504) with exponential backoff;
+400/401/403/404/409 are answered at once with the server's own message and a hint.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import stat
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import requests
+
+from bundler.errors import InstallError, UsageError
+
+logger = logging.getLogger(__name__)
+RETRY_STATUS = frozenset({500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """An ``Authorization`` header for Kibana or Elasticsearch; ``source`` names its origin."""
+
+    scheme: Literal["ApiKey", "Basic"]
+    value: str
+    source: str
+
+    def header(self) -> str:
+        return f"{self.scheme} {self.value}"
+
+    def __repr__(self) -> str:  # never show the secret in a traceback or log
+        return f"Credentials({self.scheme}, from {self.source})"
+
+
+def _read_secret_file(path: Path, option: str) -> str:
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{option} {path}: cannot read it: {e}") from e
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning(
+            "%s is readable by other users (mode %o); `chmod 600 %s`",
+            path,
+            stat.S_IMODE(st.st_mode),
+            path,
+        )
+    if not text or "\n" in text:
+        raise UsageError(
+            f"{option} {path}: expected one line", hint="Put only the secret in the file."
+        )
+    return text
+
+
+def load_credentials(
+    product: str,
+    env_name: str,
+    env_value: str | None,
+    api_key_file: Path | None,
+    credentials_file: Path | None,
+) -> Credentials | None:
+    """Credentials from (in order) an API key file, a ``user:password`` file, the env var.
+
+    Raises:
+        UsageError: a file is unreadable or malformed, or two sources were given.
+    """
+    flag = product.lower()
+    if api_key_file and credentials_file:
+        raise UsageError(
+            f"give --{flag}-api-key-file or --{flag}-credentials-file, not both",
+        )
+    if api_key_file:
+        key = _read_secret_file(api_key_file, f"--{flag}-api-key-file")
+        return Credentials("ApiKey", key, str(api_key_file))
+    if credentials_file:
+        pair = _read_secret_file(credentials_file, f"--{flag}-credentials-file")
+        if ":" not in pair:
+            raise UsageError(
+                f"--{flag}-credentials-file {credentials_file}: expected one line user:password"
+            )
+        encoded = base64.b64encode(pair.encode()).decode()
+        return Credentials("Basic", encoded, str(credentials_file))
+    if env_value:
+        return Credentials("ApiKey", env_value, env_name)
+    return None
+
+
+def _message(r: requests.Response) -> str:
+    """The server's own words: Kibana's ``message`` or Elasticsearch's ``error.reason``."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text.strip()[:300] or r.reason
+    if isinstance(body, dict):
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("reason"):
+            return f"{err.get('type', 'error')}: {err['reason']}"
+        if isinstance(err, str):
+            return err
+    return str(body)[:300]
+
+
+class ApiClient:
+    """One Kibana or Elasticsearch endpoint."""
+
+    def __init__(
+        self,
+        product: str,
+        base_url: str,
+        credentials: Credentials | None,
+        *,
+        ca: Path | None = None,
+        insecure: bool = False,
+        attempts: int = 6,
+        backoff: float = 0.5,
+        timeout: float = 60.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise UsageError(
+                f"{product} URL {base_url!r} must start with http:// or https://",
+                hint=f"e.g. --{product.lower()}-url https://kibana.example:5601",
+            )
+        if ca is not None and not ca.is_file():
+            raise UsageError(f"--{product.lower()}-ca {ca}: no such file")
+        self.product = product
+        self.base = base_url.rstrip("/")
+        self.credentials = credentials
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxies, and REQUESTS_CA_BUNDLE cannot override
+        self.verify: bool | str = False if insecure else (str(ca) if ca else True)
+        if ca is None and not insecure:
+            # The system's bundle, as an operator's curl would use; the session ignores env.
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+            if bundle:
+                self.verify = bundle
+        self.session.headers.update(headers or {})
+        if credentials is not None:
+            self.session.headers["Authorization"] = credentials.header()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        ok: Collection[int] = (200,),
+        allow: Collection[int] = (),
+        what: str = "",
+    ) -> requests.Response:
+        """Send with retries; return a response whose status is in ``ok`` or ``allow``.
+
+        Raises:
+            InstallError: the server refused (with its message and a hint), or never
+                answered within the retries.
+        """
+        url = self.base + path
+        last = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                r = self.session.request(
+                    method, url, json=json, timeout=self.timeout, verify=self.verify
+                )
+            except requests.exceptions.SSLError as e:
+                raise InstallError(
+                    f"{self.product} at {self.base}: TLS verification failed: {e}",
+                    hint=f"Pass --{self.product.lower()}-ca with the CA that signed "
+                    f"{self.product}'s certificate (or --{self.product.lower()}-insecure "
+                    "for a test system).",
+                ) from e
+            except (requests.ConnectionError, requests.Timeout) as e:
+                last = f"no answer ({type(e).__name__})"
+                logger.info("%s %s: %s; retrying", method, url, last)
+                continue
+            if r.status_code in ok or r.status_code in allow:
+                return r
+            if r.status_code in RETRY_STATUS:
+                last = f"{r.status_code} {_message(r)}"
+                logger.info("%s %s: %s; retrying", method, url, last)
+                continue
+            raise self._refused(method, url, r, what)
+        raise InstallError(
+            f"{self.product} at {self.base} did not answer {method} {path} after "
+            f"{self.attempts} attempts: {last}",
+            hint=f"Check that {self.product} is up and reachable from this host "
+            f"(`curl -k {self.base}`), then run the same command again.",
+        )
+
+    def _refused(self, method: str, url: str, r: requests.Response, what: str) -> InstallError:
+        msg = _message(r)
+        doing = f" ({what})" if what else ""
+        text = f"{self.product} answered {r.status_code} to {method} {url}{doing}: {msg}"
+        src = self.credentials.source if self.credentials else "no credentials"
+        flag = self.product.lower()
+        if r.status_code == 401:
+            hint = (
+                f"{self.product} did not accept the credentials (from {src}). Give a valid "
+                f"API key in AIRGAP_{'ES' if flag == 'elasticsearch' else 'KIBANA'}_API_KEY "
+                f"or --{flag}-api-key-file, or user:password in --{flag}-credentials-file."
+            )
+        elif r.status_code == 403:
+            hint = (
+                "The credentials are valid but lack privileges: Kibana needs "
+                "'Actions and Connectors: All' in the space; Elasticsearch needs "
+                "manage_inference and manage_ml."
+                if self.product == "Kibana"
+                else "The credentials lack privileges: Elasticsearch needs the cluster "
+                "privileges manage_inference and manage_ml."
+            )
+        elif r.status_code == 404:
+            hint = f"Check the {self.product} URL (and --kibana-space if you gave one)."
+        else:
+            hint = (
+                f"{self.product}'s message above names what it rejects; if it names a "
+                "connector key, this Kibana version is unknown to airgap: report it with "
+                "the version from `GET /api/status`."
+            )
+        return InstallError(text, hint=hint)

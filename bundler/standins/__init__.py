@@ -1,0 +1,10 @@
+"""Stand-ins for Kibana and Elasticsearch, for the demo and the tests.
+
+Neither product can run on the machines this project is built on, so these small
+HTTP servers enforce the parts of their contracts that airgap relies on (documented
+in the project's ENVIRONMENT notes and quoted in each module): authentication,
+``kbn-xsrf``, spaces, the connector config keys each Kibana version accepts and
+rejects, ``_execute`` really calling the model, Elasticsearch's model-repository
+download with parallel ``Range`` requests. They prove what they enforce and nothing
+more; the README says what remains to check on a real cluster.
+"""
