@@ -125,7 +125,12 @@ class Image:
 
 
 def make_demo_sources(
-    root: Path, *, model_bytes: int = 300_000, big: int = 0, real_images: bool = False
+    root: Path,
+    *,
+    model_bytes: int = 300_000,
+    big: int = 0,
+    real_images: bool = False,
+    elser_bytes: int = 10_000,
 ) -> Path:
     """A complete local-source manifest under ``root``; returns the manifest path.
 
@@ -156,14 +161,15 @@ def make_demo_sources(
         )
     elastic = root / "elastic"
     elastic.mkdir()
-    (elastic / "elser_model_2_linux-x86_64.pt").write_bytes(b"pt" * 5000)
+    pt = (hashlib.sha256(b"elser").digest() * (elser_bytes // 32 + 1))[:elser_bytes]
+    (elastic / "elser_model_2_linux-x86_64.pt").write_bytes(pt)
     (elastic / "elser_model_2_linux-x86_64.vocab.json").write_text('{"vocabulary": ["a"]}')
     (elastic / "elser_model_2_linux-x86_64.metadata.json").write_text(
         json.dumps(
             {
                 "packaged_model_id": "elser_model_2_linux-x86_64",
-                "sha256": sha(b"pt" * 5000),
-                "size": 10000,
+                "sha256": sha(pt),
+                "size": len(pt),
                 "vocabulary_file": "elser_model_2_linux-x86_64.vocab.json",
             }
         )

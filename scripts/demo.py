@@ -102,6 +102,8 @@ def main() -> None:
                 str(port),
                 "--internal-port",
                 str(free_port()),
+                "--artifacts-port",
+                str(free_port()),
                 "--server-name",
                 "llm.demo.internal",
                 "--health-timeout",

@@ -576,6 +576,63 @@ def runtime_options(f: F) -> F:
     )(f)
 
 
+def elastic_access_options(f: F) -> F:
+    """Kibana/Elasticsearch credentials and TLS: from files or env, never the command line."""
+    for product, env_name in (("es", "AIRGAP_ES_API_KEY"), ("kibana", "AIRGAP_KIBANA_API_KEY")):
+        name = "Elasticsearch" if product == "es" else "Kibana"
+        f = click.option(
+            f"--{product}-insecure",
+            is_flag=True,
+            help=f"Do not verify {name}'s TLS certificate (test systems only).",
+        )(f)
+        f = click.option(
+            f"--{product}-ca",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            default=None,
+            help=f"CA bundle that signs {name}'s TLS certificate.",
+        )(f)
+        f = click.option(
+            f"--{product}-credentials-file",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            default=None,
+            help=f"File with one line user:password for {name} (mode 0600).",
+        )(f)
+        f = click.option(
+            f"--{product}-api-key-file",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            default=None,
+            help=f"File with a {name} API key (encoded form). Or set {env_name}.",
+        )(f)
+    return f
+
+
+def _access(kw: dict[str, Any]) -> Any:
+    from bundler import env
+    from bundler.install.elastic_api import load_credentials
+    from bundler.install.installer import ElasticAccess
+
+    return ElasticAccess(
+        kibana=load_credentials(
+            "Kibana",
+            "AIRGAP_KIBANA_API_KEY",
+            env.kibana_api_key(),
+            kw.pop("kibana_api_key_file"),
+            kw.pop("kibana_credentials_file"),
+        ),
+        kibana_ca=kw.pop("kibana_ca"),
+        kibana_insecure=kw.pop("kibana_insecure"),
+        es=load_credentials(
+            "Elasticsearch",
+            "AIRGAP_ES_API_KEY",
+            env.es_api_key(),
+            kw.pop("es_api_key_file"),
+            kw.pop("es_credentials_file"),
+        ),
+        es_ca=kw.pop("es_ca"),
+        es_insecure=kw.pop("es_insecure"),
+    )
+
+
 @cli.command()
 @click.argument("bundle", type=str)
 @trust_options
@@ -662,6 +719,59 @@ def runtime_options(f: F) -> F:
     default=None,
     help="CA bundle that signs --registry's TLS certificate.",
 )
+@click.option(
+    "--artifacts-port",
+    type=click.IntRange(0, 65535),
+    default=8081,
+    show_default=True,
+    help="Plain-HTTP port where Nginx serves ELSER and product docs (0: TLS port only).",
+)
+@click.option("--kibana-url", default=None, help="Register the connector in this Kibana.")
+@click.option("--kibana-space", default="default", show_default=True, help="Kibana space.")
+@click.option(
+    "--kibana-mode",
+    type=click.Choice(["api", "preconfigured"]),
+    default="api",
+    show_default=True,
+    help="api: create/update through Kibana's API; preconfigured: write a kibana.yml snippet.",
+)
+@click.option(
+    "--kibana-version",
+    default=None,
+    help="preconfigured mode: the Kibana version to write config keys for (default 8.16).",
+)
+@click.option(
+    "--kibana-verification",
+    type=click.Choice(["full", "certificate", "none"]),
+    default="full",
+    show_default=True,
+    help="How Kibana checks the endpoint's certificate (Kibana 8.19+/9.1+).",
+)
+@click.option("--no-kibana-test", is_flag=True, help="Skip the connector's _execute test.")
+@click.option("--es-url", default=None, help="Create the ELSER inference endpoint here.")
+@click.option(
+    "--es-inference-id", default="airgap-elser", show_default=True, help="Its endpoint id."
+)
+@click.option(
+    "--es-timeout",
+    type=float,
+    default=1200.0,
+    show_default=True,
+    help="Seconds to wait for ELSER to download and deploy.",
+)
+@click.option(
+    "--elser-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Copy ELSER into this dir (Elasticsearch's config/models) for a file:// repository.",
+)
+@click.option(
+    "--product-docs-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Copy product docs and an index.xml into this dir for a file:// repository.",
+)
+@elastic_access_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def install(
     bundle: str,
@@ -690,19 +800,73 @@ def install(
     registry: str | None,
     registry_insecure: bool,
     registry_ca: Path | None,
+    artifacts_port: int,
+    kibana_url: str | None,
+    kibana_space: str,
+    kibana_mode: str,
+    kibana_version: str | None,
+    kibana_verification: str,
+    no_kibana_test: bool,
+    es_url: str | None,
+    es_inference_id: str,
+    es_timeout: float,
+    elser_dir: Path | None,
+    product_docs_dir: Path | None,
     as_json: bool,
+    **access_kw: Any,
 ) -> None:
-    """Verify BUNDLE and install it: files into a release, images into the engine."""
+    """Verify BUNDLE and install it: files into a release, images into the engine, then
+    serve the model and register it with Kibana (and ELSER with Elasticsearch)."""
     from bundler.bundle.parts import locate_bundle
     from bundler.bundle.reader import find_detached_signatures, read_detached
     from bundler.bundle.signing import load_trust
+    from bundler.install.elasticsearch import EsOptions
     from bundler.install.installer import InstallOptions
     from bundler.install.installer import install as run_install
+    from bundler.install.kibana import KibanaOptions
     from bundler.install.serve import ServeOptions
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
 
+    access = _access(access_kw)
+    if (kibana_url or kibana_mode == "preconfigured") and (no_serve or registry):
+        raise click.UsageError(
+            "the Kibana connector needs the served endpoint: drop --no-serve/--registry"
+        )
+    kibana = None
+    if kibana_url or kibana_mode == "preconfigured":
+        kibana = KibanaOptions(
+            url=kibana_url,
+            credentials=access.kibana,
+            space=kibana_space,
+            ca=access.kibana_ca,
+            insecure=access.kibana_insecure,
+            mode=kibana_mode,  # type: ignore[arg-type]
+            version=kibana_version,
+            verification=kibana_verification,  # type: ignore[arg-type]
+            test=not no_kibana_test,
+        )
+        if kibana.mode == "api" and kibana.credentials is None:
+            raise click.UsageError(
+                "--kibana-url needs credentials: set AIRGAP_KIBANA_API_KEY, or give "
+                "--kibana-api-key-file or --kibana-credentials-file"
+            )
+    es = None
+    if es_url:
+        if access.es is None:
+            raise click.UsageError(
+                "--es-url needs credentials: set AIRGAP_ES_API_KEY, or give "
+                "--es-api-key-file or --es-credentials-file"
+            )
+        es = EsOptions(
+            es_url,
+            access.es,
+            ca=access.es_ca,
+            insecure=access.es_insecure,
+            endpoint_id=es_inference_id,
+            timeout=es_timeout,
+        )
     trusted = load_trust(trusted_keys, trust_dir)
     loc = locate_bundle(bundle)
     detached = read_detached(find_detached_signatures(loc) + list(signatures))
@@ -720,7 +884,9 @@ def install(
         registry_insecure=registry_insecure,
         registry_ca=registry_ca,
         no_gpu=no_gpu,
-        ports=(port,) if not no_serve else (),
+        ports=()
+        if (no_serve or registry)
+        else ((port, artifacts_port) if artifacts_port else (port,)),
         serve=None
         if no_serve
         else ServeOptions(
@@ -735,7 +901,12 @@ def install(
             health_timeout=health_timeout,
             network=network,
             extra_vllm_args=vllm_args,
+            artifacts_port=artifacts_port or None,
         ),
+        kibana=kibana,
+        elasticsearch=es,
+        elser_dir=elser_dir,
+        product_docs_dir=product_docs_dir,
     )
     with _reporter(as_json) as reporter:
 
@@ -760,6 +931,7 @@ def install(
         "index_sha256": result.index_sha256,
         "images": result.images,
         "serving": result.serving,
+        "elastic": result.elastic,
         "bytes": result.bytes_read,
         "seconds": round(result.seconds, 3),
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
@@ -790,6 +962,38 @@ def install(
         click.echo(f"serving {s['model']} at {s['url']} (answered a chat completion)")
         click.echo(f"  trust this CA in Kibana: {s['ca_cert']}")
         click.echo("  bearer token: `airgap status --show-token` (stored 0600 under the prefix)")
+    if result.elastic and result.status != "dry-run":
+        _show_elastic(result.elastic)
+
+
+def _show_elastic(el: dict[str, Any]) -> None:
+    k = el.get("kibana")
+    if k and k.get("mode") == "api":
+        verb = "created" if k.get("created_by_us") else "updated"
+        click.echo(
+            f"kibana: connector {k['name']!r} ({k['connector_id']}) {verb} in "
+            f"{k['url']} space {k['space']} (Kibana {k['kibana_version']})"
+        )
+        if "test_reply" in k:
+            click.echo(f"  Kibana's own test call answered: {k['test_reply']!r}")
+    elif k:
+        click.echo(f"kibana: preconfigured connector written to {k['snippet']} (0600)")
+        click.echo("  add it to kibana.yml and restart Kibana")
+    e = el.get("elasticsearch")
+    if e:
+        click.echo(
+            f"elasticsearch: inference endpoint {e['endpoint_id']} ({e['model_id']}) "
+            f"{e['state']} in {e['url']}"
+        )
+    for key in ("elser_dir", "product_docs_dir"):
+        if el.get(key):
+            click.echo(f"copied {len(el[key]['files'])} verified file(s) into {el[key]['path']}")
+    if el.get("settings"):
+        click.echo("settings for Elastic (also in " + str(el.get("settings_file")) + "):")
+        for target, line in el["settings"]:
+            first = line.splitlines()[0]
+            more = " ..." if "\n" in line.rstrip("\n") else ""
+            click.echo(f"  {target}: {first}{more}")
 
 
 @cli.command()
@@ -856,11 +1060,23 @@ def status(
 
 @cli.command()
 @runtime_options
-def uninstall(prefix: Path, runtime: str, runtime_url: str | None) -> None:
-    """Remove what airgap installed under --prefix (and only that)."""
+@elastic_access_options
+@click.option(
+    "--keep-elastic",
+    is_flag=True,
+    help="Leave the Kibana connector and the ELSER endpoint airgap created.",
+)
+def uninstall(
+    prefix: Path, runtime: str, runtime_url: str | None, keep_elastic: bool, **access_kw: Any
+) -> None:
+    """Remove what airgap installed under --prefix (and only that), including the Kibana
+    connector and inference endpoint it created."""
+    import dataclasses
+
     from bundler.install.installer import uninstall as run_uninstall
 
-    for line in run_uninstall(prefix, runtime, runtime_url):
+    access = dataclasses.replace(_access(access_kw), keep=keep_elastic)
+    for line in run_uninstall(prefix, runtime, runtime_url, access):
         click.echo(f"removed {line}")
 
 

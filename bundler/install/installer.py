@@ -39,8 +39,11 @@ from bundler.bundle.reader import TrustPolicy, VerifyResult, read_bundle
 from bundler.bundle.signing import TrustedKey
 from bundler.errors import AirgapError, InstallError, RollbackError
 from bundler.fmt import human
-from bundler.fsutil import free_space
+from bundler.fsutil import atomic_write_bytes, free_space
 from bundler.hashing import FileRange, hash_sources
+from bundler.install import elasticsearch as es_mod
+from bundler.install.elastic_api import Credentials
+from bundler.install.kibana import Kibana, KibanaOptions, register, trust_snippet, unregister
 from bundler.install.registry import Registry, RegistryFeed
 from bundler.install.runtime import ArchiveFeed, Runtime
 from bundler.install.serve import ServeOptions, Server, served_record
@@ -77,6 +80,10 @@ class InstallOptions:
     registry: str | None = None  # HOST[:PORT][/PREFIX]: push images there instead
     registry_insecure: bool = False
     registry_ca: Path | None = None
+    kibana: KibanaOptions | None = None  # register the connector (needs serve)
+    elasticsearch: es_mod.EsOptions | None = None  # create the ELSER inference endpoint
+    elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
+    product_docs_dir: Path | None = None  # copy product docs (+ index.xml) for file://
 
 
 @dataclass
@@ -91,6 +98,7 @@ class InstallResult:
     bytes_read: int = 0
     seconds: float = 0.0
     serving: dict[str, Any] | None = None
+    elastic: dict[str, Any] | None = None  # settings to add, connector, endpoint, files
 
 
 class Layout:
@@ -392,7 +400,8 @@ def recover(layout: Layout, receipt: Receipt, target: ImageTarget | None) -> lis
 def _our_ports(receipt: Receipt) -> set[int]:
     current = receipt.releases.get(receipt.current or "", {})
     serve = current.get("serve") or {}
-    return {int(p) for p in (serve.get("port"), serve.get("internal_port")) if p}
+    ports = (serve.get("port"), serve.get("internal_port"), serve.get("artifacts_port"))
+    return {int(p) for p in ports if p}
 
 
 def _port_free(port: int) -> bool:
@@ -441,6 +450,7 @@ def install(
                     notes(line)
             sink = InstallSink(layout, receipt, target)
             checks: list[Check] = []
+            errors: dict[str, AirgapError] = {}
 
             def preflight(vr: VerifyResult) -> None:
                 index = vr.index
@@ -527,9 +537,12 @@ def install(
                     checks.append(
                         Check(f"port {port}", free_port, "free" if free_port else "in use")
                     )
+                checks.extend(_elastic_preflight(opts, index, errors))
                 if on_preflight:
                     on_preflight(list(checks))
                 failed = [c for c in checks if c.ok is False]
+                if failed and failed[0].name in errors:
+                    raise errors[failed[0].name]
                 if failed:
                     if failed[0].name == "version" and "older" in failed[0].detail:
                         raise RollbackError(f"bundle {index.name} {failed[0].detail}")
@@ -553,15 +566,174 @@ def install(
                     opts.bundle, policy, sink, detached=list(opts.detached), progress=progress
                 )
             except _Stop as stop:
-                return _stopped(stop, layout, receipt, checks, started, opts, target)
+                result = _stopped(stop, layout, receipt, checks, started, opts, target)
             except BaseException:
                 receipt.data["pending"] = None
                 if receipt.exists or receipt.releases:
                     receipt.save()
                 raise
-            return _activate(vr, sink, layout, receipt, versions, checks, started, opts)
+            else:
+                result = _activate(vr, sink, layout, receipt, versions, checks, started, opts)
+            if result.status != "dry-run":
+                _elastic_steps(result, layout, receipt, opts)
+            return result
         finally:
             target.close()
+
+
+def _elastic_preflight(
+    opts: InstallOptions, index: Index, errors: dict[str, AirgapError]
+) -> list[Check]:
+    """Kibana and Elasticsearch reachable, credentials accepted, ES ready for ELSER:
+    checked before a byte of payload is read."""
+    checks = []
+    serve = opts.serve
+    if opts.kibana is not None and opts.kibana.mode == "api":
+        try:
+            kibana = Kibana(opts.kibana)
+            try:
+                v = kibana.version()
+                kibana.api.request(
+                    "GET", kibana._path("connectors"), what=f"listing space {kibana.space}"
+                )
+            finally:
+                kibana.close()
+            detail = f"{'.'.join(map(str, v))} at {kibana.api.base}, space {kibana.space}"
+            checks.append(Check("kibana", True, detail))
+        except AirgapError as e:
+            errors["kibana"] = e
+            checks.append(Check("kibana", False, e.message))
+        if serve is not None and not (serve.server_names or serve.ips):
+            checks.append(
+                Check(
+                    "kibana calls",
+                    None,
+                    f"https://localhost:{serve.port}: right only when Kibana runs on this "
+                    "host; else give --server-name",
+                )
+            )
+    elser = es_mod.elser_ids(index)
+    if opts.elasticsearch is not None:
+        try:
+            if not elser:
+                raise InstallError(
+                    "--es-url: this bundle carries no ELSER model to deploy",
+                    hint="Drop --es-url, or build a bundle with elastic.elser in its manifest.",
+                )
+            es = es_mod.Elasticsearch(opts.elasticsearch)
+            try:
+                version = es.version()
+                repo = es.check_repository(_elser_repository(opts) or "")
+            finally:
+                es.close()
+            checks.append(Check("elasticsearch", True, f"{version}, model repository {repo}"))
+        except AirgapError as e:
+            errors["elasticsearch"] = e
+            checks.append(Check("elasticsearch", False, e.message))
+    return checks
+
+
+def _elser_repository(opts: InstallOptions, served: dict[str, Any] | None = None) -> str | None:
+    """Where Elasticsearch reads ELSER from: ``--elser-dir`` or the Nginx artifact server."""
+    if opts.elser_dir is not None:
+        return f"file://{opts.elser_dir.resolve()}"
+    if served is not None:
+        return str((served.get("artifacts") or {}).get("elser") or "") or None
+    s = opts.serve
+    if s is None:
+        return None
+    host = s.server_names[0] if s.server_names else (s.ips[0] if s.ips else "localhost")
+    return (
+        f"http://{host}:{s.artifacts_port}/elser"
+        if s.artifacts_port
+        else f"https://{host}:{s.port}/elser"
+    )
+
+
+def _elastic_steps(
+    result: InstallResult, layout: Layout, receipt: Receipt, opts: InstallOptions
+) -> None:
+    """After the release serves: Elastic files, settings to add, connector, ELSER endpoint.
+
+    These run after the switch on purpose: Kibana must reach (and trust) the endpoint
+    before its test can pass, so a failure here leaves the new release serving and the
+    same command, run again, repeats only these steps.
+    """
+    key = f"{result.name}-{result.version}"
+    rel = receipt.releases.get(key)
+    if rel is None:
+        return
+    release = layout.release(key)
+    index = parse_index((release / "airgap" / "index.json").read_bytes())
+    served = rel.get("serve")
+    previous = dict(rel.get("elastic") or {})
+    record: dict[str, Any] = {}
+    settings: list[tuple[str, str]] = []
+    try:
+        if opts.elser_dir is not None:
+            files = es_mod.copy_elser(release, index, opts.elser_dir)
+            record["elser_dir"] = {"path": str(opts.elser_dir), "files": [str(f) for f in files]}
+        if opts.product_docs_dir is not None:
+            files = es_mod.copy_product_docs(release, index, opts.product_docs_dir)
+            record["product_docs_dir"] = {
+                "path": str(opts.product_docs_dir),
+                "files": [str(f) for f in files],
+            }
+        elser_repo = _elser_repository(opts, served) if es_mod.elser_ids(index) else None
+        docs_repo = None
+        if opts.product_docs_dir is not None:
+            docs_repo = f"file://{opts.product_docs_dir.resolve()}"
+        elif served:
+            docs_repo = (served.get("artifacts") or {}).get("product_docs")
+        settings = es_mod.settings_lines(elser_repo, docs_repo)
+        if served:
+            ca_pem = Path(served["ca_cert"]).read_text()
+            settings.append(("kibana.yml", trust_snippet(served["url"], ca_pem, "full")))
+        if settings:
+            settings_file = layout.prefix / "serve" / "elastic-settings.txt"
+            settings_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write_bytes(settings_file, es_mod.settings_text(settings).encode(), mode=0o644)
+            record["settings_file"] = str(settings_file)
+        if opts.kibana is not None:
+            if not served:
+                raise InstallError(
+                    "the Kibana connector needs the served endpoint",
+                    hint="Drop --no-serve/--registry, or register the connector by hand.",
+                )
+            token = (layout.prefix / "secrets" / "bearer-token").read_text().strip()
+            reg = register(
+                opts.kibana,
+                parse_manifest(index.manifest, source=f"{key} (signed manifest)"),
+                result.name,
+                served["url"],
+                token,
+                Path(served["ca_cert"]).read_text(),
+                layout.prefix / "secrets",
+                previous.get("kibana"),
+            )
+            record["kibana"] = reg.record()
+            receipt.save()
+            if reg.test_error is not None:
+                raise reg.test_error
+            if reg.test_reply is not None:
+                record["kibana"]["test_reply"] = reg.test_reply[:200]
+        if opts.elasticsearch is not None:
+            model = es_mod.elser_ids(index)[0]
+            record["elasticsearch"] = es_mod.deploy_elser(opts.elasticsearch, model)
+    except AirgapError as e:
+        rel["elastic"] = {**previous, **record}
+        receipt.save()
+        result.elastic = {**record, "settings": settings}
+        where = f" Settings to add: {record['settings_file']}." if "settings_file" in record else ""
+        raise InstallError(
+            f"{key} is installed and serving, but an Elastic step failed: {e.message}",
+            hint=(e.hint + " " if e.hint else "")
+            + where
+            + " Running the same `airgap install` again repeats only the Elastic steps.",
+        ) from e
+    rel["elastic"] = {**previous, **record}
+    receipt.save()
+    result.elastic = {**record, "settings": settings}
 
 
 def _stopped(
@@ -631,6 +803,7 @@ def _serve(
     served = server.start(m, release_dir, key, images, opts.serve, opts.no_gpu, previous)
     record = served_record(served)
     record["internal_port"] = opts.serve.internal_port
+    record["artifacts_port"] = opts.serve.artifacts_port
     record["token_file"] = str(server.secrets / "bearer-token")  # the path, never the token
     return record
 
@@ -835,13 +1008,92 @@ def _deep_check(path: Path, index_file: Path) -> bool:
     return all(d.sha256 == f.sha256 for d, f in zip(digests, files, strict=True))
 
 
-def uninstall(
-    prefix: Path, runtime_kind: str = "docker", runtime_url: str | None = None
-) -> list[str]:
-    """Remove exactly what the receipt says this tool created: images, releases, state.
+@dataclass(frozen=True)
+class ElasticAccess:
+    """Credentials (never stored) to undo what install did in Kibana and Elasticsearch."""
+
+    kibana: Credentials | None = None
+    kibana_ca: Path | None = None
+    kibana_insecure: bool = False
+    es: Credentials | None = None
+    es_ca: Path | None = None
+    es_insecure: bool = False
+    keep: bool = False  # leave the connector and the endpoint in place
+
+
+def _undo_elastic(receipt: Receipt, access: ElasticAccess) -> list[str]:
+    """Delete the connector and the inference endpoint this tool created, files it copied.
 
     Raises:
-        InstallError: no receipt under ``prefix``.
+        InstallError: something must be deleted in Kibana/Elasticsearch and no
+            credentials were given (nothing was removed yet), or the deletion failed.
+    """
+    connectors: dict[tuple[str, str, str], dict[str, Any]] = {}
+    endpoints: dict[tuple[str, str], dict[str, Any]] = {}
+    files: list[str] = []
+    for rel in receipt.releases.values():
+        el = rel.get("elastic") or {}
+        k = el.get("kibana") or {}
+        if k.get("mode") == "api" and k.get("created_by_us"):
+            connectors[(k["url"], k.get("space", "default"), k["connector_id"])] = k
+        e = el.get("elasticsearch") or {}
+        if e.get("created_by_us"):
+            endpoints[(e["url"], e["endpoint_id"])] = e
+        for d in ("elser_dir", "product_docs_dir"):
+            files += (el.get(d) or {}).get("files", [])
+    removed = []
+    if not access.keep:
+        if connectors and access.kibana is None:
+            raise InstallError(
+                "airgap created Kibana connector(s) "
+                + ", ".join(f"{i} at {u}" for u, _, i in connectors)
+                + " and needs Kibana credentials to delete them",
+                hint="Set AIRGAP_KIBANA_API_KEY (or --kibana-api-key-file / "
+                "--kibana-credentials-file), or pass --keep-elastic to leave them.",
+            )
+        if endpoints and access.es is None:
+            raise InstallError(
+                "airgap created inference endpoint(s) "
+                + ", ".join(f"{i} at {u}" for u, i in endpoints)
+                + " and needs Elasticsearch credentials to delete them",
+                hint="Set AIRGAP_ES_API_KEY (or --es-api-key-file / --es-credentials-file), "
+                "or pass --keep-elastic to leave them.",
+            )
+        for (url, space, _), record in connectors.items():
+            opts = KibanaOptions(
+                url=url,
+                credentials=access.kibana,
+                space=space,
+                ca=access.kibana_ca,
+                insecure=access.kibana_insecure,
+            )
+            if line := unregister(record, opts):
+                removed.append(line)
+        for url, ident in endpoints:
+            es = es_mod.Elasticsearch(
+                es_mod.EsOptions(url, access.es, ca=access.es_ca, insecure=access.es_insecure)
+            )
+            try:
+                gone = es.delete_endpoint(ident)
+            finally:
+                es.close()
+            removed.append(f"inference endpoint {ident} ({url}){'' if gone else ' was gone'}")
+    removed += es_mod.remove_dir_files(files)
+    return removed
+
+
+def uninstall(
+    prefix: Path,
+    runtime_kind: str = "docker",
+    runtime_url: str | None = None,
+    access: ElasticAccess | None = None,
+) -> list[str]:
+    """Remove exactly what the receipt says this tool created: the Kibana connector and
+    ELSER endpoint, containers, images, releases, secrets, state.
+
+    Raises:
+        InstallError: no receipt under ``prefix``; or Kibana/Elasticsearch objects to
+            delete without credentials (then nothing is removed).
     """
     layout = Layout(prefix)
     removed: list[str] = []
@@ -851,6 +1103,7 @@ def uninstall(
             raise InstallError(
                 f"{prefix}: nothing installed here (no receipt)", hint="Check --prefix."
             )
+        removed += _undo_elastic(receipt, access or ElasticAccess())
         targets = _Targets(runtime_kind, runtime_url)
         try:
             pending = receipt.data.get("pending") or {}

@@ -335,6 +335,8 @@ def test_preflight_failures_and_dry_run_change_nothing(
             clean_engine.url,
             "--port",
             str(busy),
+            "--artifacts-port",
+            str(services.free_port()),
         )
     assert r.returncode == 1 and f"port {busy}: in use".encode() in r.stderr
     assert not (prefix / "current").exists()

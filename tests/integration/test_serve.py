@@ -46,6 +46,7 @@ def served(
         "prefix": prefix,
         "port": port,
         "internal": internal,
+        "artifacts": services.free_port(),
         "engine": docker_engine,
     }
     yield ctx
@@ -71,6 +72,8 @@ def install(
         str(ctx["port"]),
         "--internal-port",
         str(ctx["internal"]),
+        "--artifacts-port",
+        str(ctx["artifacts"]),
         "--server-name",
         "llm.example.internal",
         "--health-timeout",
