@@ -1,15 +1,27 @@
-"""The built-in demo: the connected side, the transfer, and the air-gapped install.
+"""The built-in demo: the whole product on one machine, with no internet.
 
-Runs with no network: makes a tiny model, two images and Elastic artifacts, signs a
-bundle into split parts, co-signs it, verifies it from the parts and from stdin,
-installs it into a private Docker engine (started here, stopped after), shows a
-damaged part being refused by name, and uninstalls. Everything happens in a temp
-dir that is removed after.
+1. Stand-ins for the internet, all real programs on loopback: an OCI registry
+   (docker-registry) holding two images assembled offline (Nginx from Debian's binary
+   and an OpenAI-compatible stand-in for vLLM), a Hugging Face-compatible hub (olah)
+   holding a tiny model, and an Nginx serving Elastic's ELSER and product-doc files.
+2. The connected side: ``airgap lock`` and ``airgap build`` on
+   ``manifests/demo-tiny.yaml`` (only its host:port values are rewritten to this run's
+   services) through the real fetch path; split parts; a second signer co-signs.
+3. The transfer: the connected-side services are stopped; the bundle is verified
+   from its parts and from stdin.
+4. The air-gapped side: install into a private Docker engine, serve through Nginx
+   (TLS + bearer token), a chat completion, the connector registered in the Kibana
+   stand-in (whose own test calls the model through Nginx), ELSER deployed by the
+   Elasticsearch stand-in from Nginx, a damaged part named, uninstall.
+
+Everything it starts is stopped and every file it writes is removed at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -18,15 +30,34 @@ import tempfile
 import time
 from pathlib import Path
 
-from bundler.demo import make_demo_sources
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import requests  # noqa: E402
+
+from bundler.demo import nginx_image, openai_stub_image  # noqa: E402
+from bundler.standins.elasticsearch import ElasticsearchStandIn  # noqa: E402
+from bundler.standins.kibana import KibanaStandIn  # noqa: E402
+
+import services  # noqa: E402
 
 STEPS: list[tuple[str, float]] = []
+ENV: dict[str, str] = {}
+KIBANA_KEY = "ZGVtby1raWJhbmE6a2V5"  # the stand-ins' API keys (demo only)
+ES_KEY = "ZGVtby1lczprZXk="
+ELSER = "elser_model_2_linux-x86_64"
 
 
-def airgap(*args: str, stdin: bytes | None = None, expect: int = 0, quiet: bool = False) -> str:
+def airgap(
+    *args: str, stdin: bytes | None = None, expect: int = 0, quiet: bool = False, label: str = ""
+) -> str:
     started = time.monotonic()
     r = subprocess.run(
-        [sys.executable, "-m", "bundler", *args], input=stdin, capture_output=True, check=False
+        [sys.executable, "-m", "bundler", *args],
+        input=stdin,
+        capture_output=True,
+        check=False,
+        env={**os.environ, **ENV},
     )
     took = time.monotonic() - started
     shown = " ".join(a if len(a) < 60 else "…" + a[-40:] for a in args)
@@ -38,39 +69,124 @@ def airgap(*args: str, stdin: bytes | None = None, expect: int = 0, quiet: bool 
         print("  " + out.replace("\n", "\n  "))
     if r.returncode != expect:
         raise SystemExit(f"demo failed: exit {r.returncode}, expected {expect}")
-    STEPS.append((args[0], took))
+    STEPS.append((label or args[0] if args[0] != "-q" else label or args[1], took))
     return r.stdout.decode()
+
+
+def timed(label: str, started: float) -> None:
+    STEPS.append((label, time.monotonic() - started))
+
+
+def connected_world(work: Path, stack: contextlib.ExitStack) -> Path:
+    """Registry, hub and Elastic file server on loopback; returns this run's manifest."""
+    started = time.monotonic()
+    reg = stack.enter_context(services.registry())
+    mirrors = work / "hub"
+    hub = stack.enter_context(services.olah(mirrors))
+    www = work / "www"
+    (www / "elser").mkdir(parents=True)
+    (www / "product-docs").mkdir()
+    elastic = stack.enter_context(services.nginx_static(www))
+    print(f"  OCI registry      {reg.url} (docker-registry)")
+    print(f"  Hugging Face hub  {hub.url} (olah)")
+    print(f"  Elastic files     {elastic.url} (nginx)")
+
+    images = work / "images"
+    images.mkdir()
+    for name, make in (("nginx", nginx_image), ("openai-stub", openai_stub_image)):
+        archive = make(images / f"{name}.tar", tag=f"airgap-demo/{name}:1")
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                f"docker-archive:{archive}",
+                f"docker://{reg.url}/airgap-demo/{name}:1",
+            ],
+            check=True,
+        )
+    print("  pushed airgap-demo/nginx:1 and airgap-demo/openai-stub:1 (assembled offline)")
+
+    weights = {
+        "config.json": json.dumps(
+            {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128}
+        ).encode(),
+        "generation_config.json": b'{"max_new_tokens": 16}\n',
+        "tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}\n',
+        "model.safetensors": hashlib.sha256(b"tiny").digest() * (1_600_000 // 32),
+        "README.md": b"# tiny-llama\nA random-weight model for the airgap demo.\n",
+    }
+    commit = services.git_commit_repo(
+        mirrors / "models" / "airgap-demo" / "tiny-llama",
+        weights,
+        {"model.safetensors"},
+        "tiny model for the demo",
+    )
+    print(f"  committed airgap-demo/tiny-llama @ {commit[:12]} (safetensors as an LFS object)")
+
+    pt = hashlib.sha256(b"elser").digest() * (3 * 2**20 // 32)
+    (www / "elser" / f"{ELSER}.pt").write_bytes(pt)
+    (www / "elser" / f"{ELSER}.vocab.json").write_text('{"vocabulary": ["[PAD]", "a"]}')
+    (www / "elser" / f"{ELSER}.metadata.json").write_text(
+        json.dumps(
+            {
+                "packaged_model_id": ELSER,
+                "sha256": hashlib.sha256(pt).hexdigest(),
+                "size": len(pt),
+                "vocabulary_file": f"{ELSER}.vocab.json",
+            }
+        )
+    )
+    (www / "product-docs" / "kb-product-doc-kibana-9.2.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+
+    text = (REPO / "manifests" / "demo-tiny.yaml").read_text()
+    text = text.replace("127.0.0.1:5000", reg.url)
+    text = text.replace("http://127.0.0.1:8089", elastic.url)
+    manifest = work / "connected" / "demo-tiny.yaml"
+    manifest.parent.mkdir()
+    manifest.write_text(text)
+    ENV["HF_ENDPOINT"] = hub.url
+    timed("local services", started)
+    return manifest
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="airgap-demo-"))
     os.environ.setdefault("SOURCE_DATE_EPOCH", str(int(time.time())))
+    ENV["AIRGAP_CACHE_DIR"] = str(work / "cache")
+    begun = time.monotonic()
     try:
-        src = work / "connected"
-        src.mkdir()
-        manifest = make_demo_sources(src, big=64 * 1024 * 1024, real_images=True)
-        keys = work / "keys"
-        keys.mkdir()
-        print("== connected side ==")
-        airgap("keygen", str(keys / "release"))
-        airgap("keygen", str(keys / "auditor"))
-        airgap("validate", str(manifest))
-        usb = work / "usb"
-        usb.mkdir()
-        bundle = usb / "demo.tar"
-        airgap(
-            "-q",
-            "build",
-            str(manifest),
-            "-o",
-            str(bundle),
-            "--key",
-            str(keys / "release"),
-            "--split-size",
-            "40M",
-        )
-        airgap("sign", str(bundle), "--key", str(keys / "auditor"))
-        print("\n== air-gapped side ==")
+        with contextlib.ExitStack() as connected:
+            print("== stand-ins for the internet (loopback only) ==")
+            manifest = connected_world(work, connected)
+            keys = work / "keys"
+            keys.mkdir()
+            print("\n== connected side ==")
+            airgap("keygen", str(keys / "release"))
+            airgap("keygen", str(keys / "auditor"))
+            airgap("validate", str(manifest))
+            airgap("lock", str(manifest))
+            usb = work / "usb"
+            usb.mkdir()
+            bundle = usb / "demo.tar"
+            airgap(
+                "-q",
+                "build",
+                str(manifest),
+                "-o",
+                str(bundle),
+                "--key",
+                str(keys / "release"),
+                "--split-size",
+                "8M",
+                label="build",
+            )
+            airgap("sign", str(bundle), "--key", str(keys / "auditor"))
+        print("\n(registry, hub and file server stopped: the rest needs none of them)")
+        print("\n== the transfer: what goes on the USB stick, checked on arrival ==")
+        for p in sorted(usb.iterdir()):
+            print(f"  {p.name:32} {p.stat().st_size:>12,} bytes")
         trust = [
             "--trusted-key",
             str(keys / "release.pub"),
@@ -80,18 +196,24 @@ def main() -> None:
             "2",
         ]
         airgap("inspect", str(bundle) + ".part-000")
-        airgap("-q", "verify", str(bundle) + ".part-000", *trust)
+        airgap("-q", "verify", str(bundle) + ".part-000", *trust, label="verify")
         parts = sorted(usb.glob("demo.tar.part-*"))
         joined = b"".join(p.read_bytes() for p in parts)
         sigs = [a for s in usb.glob("demo.tar.*.sig") for a in ("--signature", str(s))]
-        airgap("-q", "verify", "-", *trust, *sigs, stdin=joined)
-        print("\n== install into a private Docker engine (started for the demo) ==")
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from services import dockerd, free_port
+        airgap("-q", "verify", "-", *trust, *sigs, stdin=joined, label="verify stdin")
 
+        print("\n== air-gapped side: a private Docker engine, Kibana and ES stand-ins ==")
         prefix = work / "opt"
-        with dockerd() as engine:
-            port = free_port()
+        ca = prefix / "secrets" / "tls" / "ca.crt"
+        kibana = KibanaStandIn("9.2.0", api_keys={KIBANA_KEY}, trusted_ca=ca)
+        es = ElasticsearchStandIn("9.2.0", api_keys={ES_KEY})
+        with services.dockerd() as engine, kibana.running(), es.running():
+            port, artifacts = services.free_port(), services.free_port()
+            es.model_repository = f"http://127.0.0.1:{artifacts}/elser"
+            print(f"  Kibana stand-in {kibana.url} (9.2.0; trusts the CA airgap makes, as the")
+            print("  printed customHostSettings would make a real Kibana do)")
+            print(f"  ES stand-in {es.url} (xpack.ml.model_repository: {es.model_repository})")
+            ENV.update(AIRGAP_KIBANA_API_KEY=KIBANA_KEY, AIRGAP_ES_API_KEY=ES_KEY)
             target = [
                 "--prefix",
                 str(prefix),
@@ -101,15 +223,16 @@ def main() -> None:
                 "--port",
                 str(port),
                 "--internal-port",
-                str(free_port()),
+                str(services.free_port()),
                 "--artifacts-port",
-                str(free_port()),
-                "--server-name",
-                "llm.demo.internal",
+                str(artifacts),
+                "--ip",
+                "127.0.0.1",
                 "--health-timeout",
                 "120",
             ]
-            airgap("install", str(bundle) + ".part-000", *trust, *target)
+            elastic = ["--kibana-url", kibana.url, "--es-url", es.url]
+            airgap("install", str(bundle) + ".part-000", *trust, *target, *elastic)
             airgap("status", "--prefix", str(prefix), "--runtime-url", engine.url)
             token = airgap(
                 "status",
@@ -119,11 +242,10 @@ def main() -> None:
                 engine.url,
                 "--show-token",
                 quiet=True,
+                label="status",
             ).strip()
-            ca = prefix / "secrets" / "tls" / "ca.crt"
-            print("\n== what Kibana's connector will do: a chat completion through Nginx ==")
-            import requests
 
+            print("\n== what Kibana's connector does: a chat completion through Nginx ==")
             session = requests.Session()
             session.trust_env = False
             url = f"https://127.0.0.1:{port}/v1/chat/completions"
@@ -133,35 +255,53 @@ def main() -> None:
                 verify=str(ca),
                 timeout=60,
                 headers={"Authorization": f"Bearer {token}"},
-                json={"model": "tiny", "messages": [{"role": "user", "content": "Hello?"}]},
+                json={"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello?"}]},
             )
             took = time.monotonic() - started
+            if r.status_code != 200:
+                raise SystemExit(f"demo failed: chat completion answered {r.status_code}")
             answer = r.json()["choices"][0]["message"]["content"]
             print(
                 f"POST {url} (TLS checked against {ca.name}, bearer token) -> "
                 f"{r.status_code} in {took * 1000:.0f} ms: {answer!r}"
             )
-            r = session.post(url, verify=str(ca), timeout=60, json={"model": "tiny"})
+            r = session.post(url, verify=str(ca), timeout=60, json={"model": "tiny-llama"})
             print(f"the same without the token -> {r.status_code}")
-            STEPS.append(("chat", took))
-            airgap("-q", "install", str(bundle) + ".part-000", *trust, *target)
+            if r.status_code != 401:
+                raise SystemExit("demo failed: the endpoint answered without the token")
+            STEPS.append(("chat completion", took))
+            connectors = kibana.connectors["default"]
+            print(
+                f"Kibana stand-in holds {len(connectors)} connector(s); "
+                f"ES stand-in fetched ELSER in {len(es.range_requests)} Range requests "
+                f"({', '.join(sorted({str(s) for _, s in es.range_requests}))})"
+            )
+            airgap(
+                "-q", "install", str(bundle) + ".part-000", *trust, *target, *elastic, label="rerun"
+            )
+            print(f"after a rerun: still {len(kibana.connectors['default'])} connector")
 
             print("\n== a damaged transfer is named precisely, and changes nothing ==")
             victim = parts[1]
             data = bytearray(victim.read_bytes())
             data[len(data) // 2] ^= 0x01
             victim.write_bytes(bytes(data))
-            airgap("-q", "verify", str(bundle), *trust, expect=3)
+            airgap("-q", "verify", str(bundle), *trust, expect=3, label="damaged part")
             print(
                 f"  (sha256 of {victim.name} is now {hashlib.sha256(data).hexdigest()[:16]}…; "
                 "the signed parts list says otherwise: only this part needs carrying again)"
             )
-            airgap("status", "--prefix", str(prefix), "--runtime-url", engine.url)
             airgap("uninstall", "--prefix", str(prefix), "--runtime-url", engine.url)
-        total = sum(t for _, t in STEPS)
+            if kibana.connectors["default"] or es.endpoints:
+                raise SystemExit("demo failed: uninstall left the connector or the endpoint")
+        total = time.monotonic() - begun
+        print("\n== summary ==")
+        for label, took in STEPS:
+            print(f"  {label:20} {took:6.2f}s")
         print(
-            f"\ndemo finished: {len(STEPS)} commands in {total:.1f}s, "
-            f"{len(joined) / 2**20:.0f} MiB bundle in {len(parts)} parts"
+            f"demo finished in {total:.1f}s: a {len(joined) / 2**20:.0f} MiB bundle in "
+            f"{len(parts)} parts, built from a registry and a hub, signed twice, verified, "
+            "installed, served, registered, removed"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -969,7 +969,7 @@ def install(
 def _show_elastic(el: dict[str, Any]) -> None:
     k = el.get("kibana")
     if k and k.get("mode") == "api":
-        verb = "created" if k.get("created_by_us") else "updated"
+        verb = k.get("action", "updated")
         click.echo(
             f"kibana: connector {k['name']!r} ({k['connector_id']}) {verb} in "
             f"{k['url']} space {k['space']} (Kibana {k['kibana_version']})"
@@ -983,7 +983,7 @@ def _show_elastic(el: dict[str, Any]) -> None:
     if e:
         click.echo(
             f"elasticsearch: inference endpoint {e['endpoint_id']} ({e['model_id']}) "
-            f"{e['state']} in {e['url']}"
+            f"{e.get('action', 'kept')}, deployment {e['state']}, in {e['url']}"
         )
     for key in ("elser_dir", "product_docs_dir"):
         if el.get(key):

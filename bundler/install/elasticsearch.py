@@ -305,6 +305,7 @@ def deploy_elser(opts: EsOptions, model_file_id: str) -> dict[str, Any]:
         "endpoint_id": opts.endpoint_id,
         "model_id": model_id,
         "created_by_us": created,
+        "action": "created" if created else "kept",
         "state": dep.get("state"),
     }
 

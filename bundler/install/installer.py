@@ -719,7 +719,11 @@ def _elastic_steps(
                 record["kibana"]["test_reply"] = reg.test_reply[:200]
         if opts.elasticsearch is not None:
             model = es_mod.elser_ids(index)[0]
-            record["elasticsearch"] = es_mod.deploy_elser(opts.elasticsearch, model)
+            dep = es_mod.deploy_elser(opts.elasticsearch, model)
+            before = previous.get("elasticsearch") or {}
+            if (before.get("url"), before.get("endpoint_id")) == (dep["url"], dep["endpoint_id"]):
+                dep["created_by_us"] = dep["created_by_us"] or bool(before.get("created_by_us"))
+            record["elasticsearch"] = dep
     except AirgapError as e:
         rel["elastic"] = {**previous, **record}
         receipt.save()

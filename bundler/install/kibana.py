@@ -162,6 +162,7 @@ class Registration:
     space: str = "default"
     test_reply: str | None = None
     snippet: str | None = None  # preconfigured mode: the file written
+    action: str | None = None  # what this run did: "created" or "updated"
     test_error: InstallError | None = None  # the connector exists, its test failed
 
     def record(self) -> dict[str, Any]:
@@ -177,6 +178,7 @@ class Registration:
                 "url": self.url,
                 "space": self.space,
                 "snippet": self.snippet,
+                "action": self.action,
             }.items()
             if v is not None
         }
@@ -372,6 +374,7 @@ def register(
             created=created or was_ours,
             url=kibana.api.base,
             space=kibana.space,
+            action="created" if created else "updated",
         )
         if opts.test:
             try:
