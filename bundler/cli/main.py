@@ -1054,6 +1054,20 @@ def status(
                     f"      serving {serving['url']}: {running}; /health through nginx: "
                     f"{serving['health']}"
                 )
+            el = rel.get("elastic") or {}
+            k = el.get("kibana") or {}
+            if k.get("mode") == "api":
+                click.echo(
+                    f"      kibana connector {k['connector_id']} in {k['url']} "
+                    f"space {k.get('space', 'default')}"
+                )
+            elif k:
+                click.echo(f"      kibana preconfigured snippet {k['snippet']}")
+            e = el.get("elasticsearch") or {}
+            if e:
+                click.echo(f"      inference endpoint {e['endpoint_id']} in {e['url']}")
+            if el.get("settings_file"):
+                click.echo(f"      Elastic settings to add: {el['settings_file']}")
     if not report.ok:
         sys.exit(EXIT_FAILURE)
 

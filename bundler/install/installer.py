@@ -946,6 +946,7 @@ def status(
                     "files_ok": files_ok,
                     "images": images,
                     "serving": serving,
+                    "elastic": rel.get("elastic"),
                     "healthy": healthy,
                     "installed_at": rel.get("installed_at"),
                 }
