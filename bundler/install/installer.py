@@ -167,8 +167,10 @@ class EngineTarget:
                     f"the signed config digest is {img.config_digest}",
                     hint="The engine did not load what the bundle carries; see its log.",
                 )
-            if img.ref not in self.runtime.image_tags(img.config_digest):
-                self.runtime.tag(img.config_digest, img.ref)
+            have = self.runtime.image_tags(img.config_digest)
+            for ref in dict.fromkeys([img.ref, *img.tags]):
+                if ref not in have:
+                    self.runtime.tag(img.config_digest, ref)
 
     def record(self, img: ImageEntry, created: bool) -> dict[str, Any]:
         return {

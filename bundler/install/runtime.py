@@ -174,11 +174,12 @@ class ArchiveFeed:
         manifest = []
         self.needed: set[str] = set()
         for img in images:
-            tags = list(dict.fromkeys([img.ref, *img.tags]))
+            # Loaded untagged: a tag is moved only in EngineTarget.finish, after the whole
+            # bundle verified, so a failed install never repoints an existing tag.
             manifest.append(
                 {
                     "Config": _blob(img.config_digest),
-                    "RepoTags": tags,
+                    "RepoTags": [],
                     "Layers": [_blob(la.digest) for la in img.layers],
                 }
             )

@@ -209,10 +209,17 @@ def test_damaged_bundle_changes_nothing(
     }[what]
     bad = tmp_path / "bad.tar"
     _flip(v2, bad, member, 0.9)
+    # the operator's tag that v2's image would take: a failed install must not move it
+    old_id = next(iter(images_before))
+    subprocess.run(
+        ["docker", "-H", clean_engine.url, "tag", old_id, "example.org/nginx:two"], check=True
+    )
+    images_before = docker_ids(clean_engine)
     r = install(bad, key, prefix, clean_engine)
     assert r.returncode == 3, r.stderr.decode()
     assert docker_ids(clean_engine) == images_before
     assert inspect_id(clean_engine, nginx.config_digest) is None
+    assert inspect_id(clean_engine, "example.org/nginx:two") == old_id
     assert os.readlink(prefix / "current") == "releases/demo-1"
     assert sorted(p.name for p in (prefix / "releases").iterdir()) == ["demo-1"]
     assert json.loads((prefix / "state/receipt.json").read_text())["current"] == "demo-1"
