@@ -386,10 +386,27 @@ def recover(layout: Layout, receipt: Receipt, target: ImageTarget | None) -> lis
     if pending:
         in_use = receipt.images_in_use()
         records = [r for r in pending.get("images", []) if isinstance(r, dict)]
-        if records and target is not None and target.spec() == pending.get("target"):
+        spec = pending.get("target")
+        owned: ImageTarget | None = None
+        if records and target is not None and target.spec() != spec and isinstance(spec, dict):
+            # The killed run loaded into another engine or registry: clean that one.
+            try:
+                owned = target = target_from_spec(spec)
+            except (AirgapError, OSError) as e:
+                done.append(f"could not reach {spec} to remove an interrupted run's images: {e}")
+                target = None
+        try:
             for record in records:
-                if record["id"] not in in_use and target.remove(record):
-                    done.append(f"removed image {record['id']} of an interrupted run")
+                if target is None:
+                    break
+                try:
+                    if record["id"] not in in_use and target.remove(record):
+                        done.append(f"removed image {record['id']} of an interrupted run")
+                except (AirgapError, OSError) as e:
+                    done.append(f"could not remove image {record['id']}: {e}")
+        finally:
+            if owned is not None:
+                owned.close()
         receipt.data["pending"] = None
         receipt.save()
     if layout.releases.is_dir():

@@ -460,3 +460,38 @@ def test_registry_mode_pushes_the_signed_images(
         )
         assert out.returncode != 0
     assert not prefix.exists()
+
+
+def test_interrupted_run_in_another_engine_is_cleaned_there(
+    tmp_path: Path, clean_engine: services.Service, podman_engine: services.Service
+) -> None:
+    """A run killed while loading into Docker, then a run into Podman: the Docker images
+    the killed run loaded are removed from Docker (the receipt names where they went)."""
+    from helpers import Image
+
+    from bundler.install.installer import EngineTarget, Layout, recover
+    from bundler.install.runtime import Runtime
+    from bundler.install.state import Receipt
+
+    img = Image([{"left-behind": os.urandom(10_000)}])
+    archive = img.docker_archive(tmp_path / "i.tar", "example.org/left:1")
+    subprocess.run(["docker", "-H", clean_engine.url, "load", "-i", str(archive)], check=True)
+    assert inspect_id(clean_engine, img.config_digest) == img.config_digest
+    layout = Layout(tmp_path / "opt")
+    receipt = Receipt.load(layout.state)
+    docker_target = EngineTarget(Runtime("docker", clean_engine.url))
+    receipt.data["pending"] = {
+        "staging": str(layout.releases / ".staging-x"),
+        "target": docker_target.spec(),
+        "images": [{"role": "vllm", "ref": "example.org/left:1", "id": img.config_digest}],
+    }
+    receipt.save()
+    docker_target.close()
+    podman_target = EngineTarget(Runtime("podman", podman_engine.url))
+    try:
+        notes = recover(layout, Receipt.load(layout.state), podman_target)
+    finally:
+        podman_target.close()
+    assert f"removed image {img.config_digest} of an interrupted run" in notes
+    assert inspect_id(clean_engine, img.config_digest) is None
+    assert Receipt.load(layout.state).data["pending"] is None
