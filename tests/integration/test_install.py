@@ -467,11 +467,11 @@ def test_interrupted_run_in_another_engine_is_cleaned_there(
 ) -> None:
     """A run killed while loading into Docker, then a run into Podman: the Docker images
     the killed run loaded are removed from Docker (the receipt names where they went)."""
-    from helpers import Image
-
     from bundler.install.installer import EngineTarget, Layout, recover
     from bundler.install.runtime import Runtime
     from bundler.install.state import Receipt
+
+    from helpers import Image
 
     img = Image([{"left-behind": os.urandom(10_000)}])
     archive = img.docker_archive(tmp_path / "i.tar", "example.org/left:1")
