@@ -36,7 +36,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--load-format")
     p.add_argument("--chat-template")
     p.add_argument("--enforce-eager", action="store_true")
-    p.add_argument("--rope-scaling")
+    p.add_argument("--hf-overrides", type=json.loads)  # JSON, as vLLM parses it
     p.add_argument("--api-key")
     p.add_argument("--stub-startup-delay", type=float, default=0.0)  # tests only
     p.add_argument("--stub-never-healthy", action="store_true")  # tests only

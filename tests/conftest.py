@@ -12,6 +12,7 @@ import pytest
 
 from bundler.build import BuildOptions, build
 from bundler.bundle.signing import TrustedKey, generate_keypair, load_signing_key, load_trust
+from bundler.bundle.writer import BuildResult
 from bundler.manifest import load_manifest
 
 import services
@@ -62,7 +63,7 @@ def build_bundle(
     *keys: Keys,
     chunk_size: int = 64 * 1024,
     split_size: int | None = None,
-):
+) -> BuildResult:
     m = load_manifest(manifest)
     signing = tuple(load_signing_key(k.private) for k in keys)
     return build(

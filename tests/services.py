@@ -61,7 +61,17 @@ def _ping_unix(sock: Path) -> bool:
         s.close()
 
 
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points below ``path`` (dockerd leaves an nsfs mount in exec/netns)."""
+    root = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    return sorted((p for p in points if p.startswith(root)), key=len, reverse=True)
+
+
 def _rmtree(path: Path) -> None:
+    for point in _mounts_under(path):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     # overlay/vfs layer dirs can hold read-only dirs: make them writable first
     for p in path.rglob("*"):
         with contextlib.suppress(OSError):
