@@ -21,8 +21,8 @@ from conftest import Keys, airgap, build_bundle
 pytestmark = pytest.mark.integration
 
 
-def docker_ids(svc: services.Service) -> dict[str, str]:
-    """Every image the engine has, by ID -> tags (asked with the docker CLI, not our code)."""
+def docker_ids(svc: services.Service) -> dict[str, list[str]]:
+    """Every image the engine has, by ID -> sorted tags (asked with the docker CLI)."""
     out = subprocess.run(
         [
             "docker",
@@ -38,11 +38,11 @@ def docker_ids(svc: services.Service) -> dict[str, str]:
         text=True,
         check=True,
     ).stdout
-    ids: dict[str, str] = {}
+    ids: dict[str, list[str]] = {}
     for line in out.splitlines():
         image_id, tag = line.split(" ", 1)
-        ids.setdefault(image_id, tag)
-    return ids
+        ids.setdefault(image_id, []).append(tag)
+    return {k: sorted(v) for k, v in ids.items()}
 
 
 def inspect_id(svc: services.Service, ref: str) -> str | None:
