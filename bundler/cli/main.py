@@ -835,6 +835,10 @@ def install(
             "the Kibana connector needs the served endpoint: drop --no-serve/--registry"
         )
     kibana = None
+    if kibana_version:
+        from bundler.install.kibana import parse_version
+
+        parse_version(kibana_version)  # a typo is refused now, not after the install
     if kibana_url or kibana_mode == "preconfigured":
         kibana = KibanaOptions(
             url=kibana_url,
@@ -888,7 +892,7 @@ def install(
         if (no_serve or registry)
         else ((port, artifacts_port) if artifacts_port else (port,)),
         serve=None
-        if no_serve
+        if (no_serve or registry)
         else ServeOptions(
             port=port,
             internal_port=internal_port,

@@ -18,6 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import requests
 
@@ -25,6 +26,11 @@ from bundler.errors import InstallError, UsageError
 
 logger = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({500, 502, 503, 504})
+# A POST/PUT may have been carried out even when its answer was lost or was a 5xx;
+# those are retried only when the server surely did nothing: 503 (Kibana not ready),
+# or no connection at all.
+UNSENT_STATUS = frozenset({503})
+IDEMPOTENT = frozenset({"GET", "HEAD", "DELETE"})
 
 
 @dataclass(frozen=True)
@@ -74,16 +80,31 @@ def load_credentials(
     Raises:
         UsageError: a file is unreadable or malformed, or two sources were given.
     """
-    flag = product.lower()
+    flag = "es" if product == "Elasticsearch" else product.lower()
+
+    def clean(value: str, source: str) -> str:
+        value = value.strip()
+        if not value or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+            raise UsageError(
+                f"the {product} credentials from {source} are empty or contain spaces or "
+                "control characters",
+                hint="Put exactly the key (or user:password) on one line, no CR (Windows "
+                "line ends) or tabs.",
+            )
+        return value
+
     if api_key_file and credentials_file:
         raise UsageError(
             f"give --{flag}-api-key-file or --{flag}-credentials-file, not both",
         )
     if api_key_file:
-        key = _read_secret_file(api_key_file, f"--{flag}-api-key-file")
+        key = clean(_read_secret_file(api_key_file, f"--{flag}-api-key-file"), str(api_key_file))
         return Credentials("ApiKey", key, str(api_key_file))
     if credentials_file:
-        pair = _read_secret_file(credentials_file, f"--{flag}-credentials-file")
+        pair = clean(
+            _read_secret_file(credentials_file, f"--{flag}-credentials-file"),
+            str(credentials_file),
+        )
         if ":" not in pair:
             raise UsageError(
                 f"--{flag}-credentials-file {credentials_file}: expected one line user:password"
@@ -91,7 +112,7 @@ def load_credentials(
         encoded = base64.b64encode(pair.encode()).decode()
         return Credentials("Basic", encoded, str(credentials_file))
     if env_value:
-        return Credentials("ApiKey", env_value, env_name)
+        return Credentials("ApiKey", clean(env_value, env_name), env_name)
     return None
 
 
@@ -131,11 +152,18 @@ class ApiClient:
         if not base_url.startswith(("http://", "https://")):
             raise UsageError(
                 f"{product} URL {base_url!r} must start with http:// or https://",
-                hint=f"e.g. --{product.lower()}-url https://kibana.example:5601",
+                hint="e.g. https://kibana.example:5601 or https://es.example:9200",
+            )
+        if urlsplit(base_url).username is not None:
+            raise UsageError(
+                f"the {product} URL carries a user name or password",
+                hint=f"Give the URL without them and put user:password in "
+                f"--{'es' if product == 'Elasticsearch' else 'kibana'}-credentials-file.",
             )
         if ca is not None and not ca.is_file():
-            raise UsageError(f"--{product.lower()}-ca {ca}: no such file")
+            raise UsageError(f"{product} CA {ca}: no such file")
         self.product = product
+        self.flag = "es" if product == "Elasticsearch" else "kibana"
         self.base = base_url.rstrip("/")
         self.credentials = credentials
         self.attempts = max(1, attempts)
@@ -174,6 +202,8 @@ class ApiClient:
         """
         url = self.base + path
         last = ""
+        answered = False
+        safe = method in IDEMPOTENT
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
@@ -184,26 +214,52 @@ class ApiClient:
             except requests.exceptions.SSLError as e:
                 raise InstallError(
                     f"{self.product} at {self.base}: TLS verification failed: {e}",
-                    hint=f"Pass --{self.product.lower()}-ca with the CA that signed "
-                    f"{self.product}'s certificate (or --{self.product.lower()}-insecure "
+                    hint=f"Pass --{self.flag}-ca with the CA that signed "
+                    f"{self.product}'s certificate (or --{self.flag}-insecure "
                     "for a test system).",
-                ) from e
+                ) from None
             except (requests.ConnectionError, requests.Timeout) as e:
+                sent = isinstance(e, requests.ReadTimeout) or (
+                    isinstance(e, requests.ConnectionError)
+                    and not isinstance(e, requests.ConnectTimeout)
+                    and "Connection refused" not in str(e)
+                    and "Name or service not known" not in str(e)
+                )
                 last = f"no answer ({type(e).__name__})"
+                if sent and not safe:
+                    break  # it may have been done: the caller looks before trying again
                 logger.info("%s %s: %s; retrying", method, url, last)
                 continue
+            except requests.RequestException as e:
+                # e.g. a header the library refuses: its text may quote the credentials
+                raise InstallError(
+                    f"{self.product} at {self.base}: cannot send {method} {path} "
+                    f"({type(e).__name__})",
+                    hint="Check the URL and that the credentials are one clean line.",
+                ) from None
             if r.status_code in ok or r.status_code in allow:
                 return r
             if r.status_code in RETRY_STATUS:
+                answered = True
                 last = f"{r.status_code} {_message(r)}"
+                if not safe and r.status_code not in UNSENT_STATUS:
+                    break
                 logger.info("%s %s: %s; retrying", method, url, last)
                 continue
             raise self._refused(method, url, r, what)
+        doing = f" ({what})" if what else ""
+        if answered:
+            raise InstallError(
+                f"{self.product} at {self.base} answered {last} to {method} {path}{doing}"
+                f" (after {attempt + 1} attempts)",
+                hint=f"{self.product} reports an internal error: see its log, then run the "
+                "same command again.",
+            )
         raise InstallError(
-            f"{self.product} at {self.base} did not answer {method} {path} after "
-            f"{self.attempts} attempts: {last}",
+            f"{self.product} at {self.base} did not answer {method} {path}{doing} after "
+            f"{attempt + 1} attempt(s): {last}",
             hint=f"Check that {self.product} is up and reachable from this host "
-            f"(`curl -k {self.base}`), then run the same command again.",
+            f"(`curl {self.base}`), then run the same command again.",
         )
 
     def _refused(self, method: str, url: str, r: requests.Response, what: str) -> InstallError:
@@ -211,28 +267,39 @@ class ApiClient:
         doing = f" ({what})" if what else ""
         text = f"{self.product} answered {r.status_code} to {method} {url}{doing}: {msg}"
         src = self.credentials.source if self.credentials else "no credentials"
-        flag = self.product.lower()
+        kibana = self.product == "Kibana"
+        env_name = "AIRGAP_KIBANA_API_KEY" if kibana else "AIRGAP_ES_API_KEY"
         if r.status_code == 401:
             hint = (
                 f"{self.product} did not accept the credentials (from {src}). Give a valid "
-                f"API key in AIRGAP_{'ES' if flag == 'elasticsearch' else 'KIBANA'}_API_KEY "
-                f"or --{flag}-api-key-file, or user:password in --{flag}-credentials-file."
+                f"API key in {env_name} or --{self.flag}-api-key-file, or user:password in "
+                f"--{self.flag}-credentials-file."
             )
         elif r.status_code == 403:
             hint = (
-                "The credentials are valid but lack privileges: Kibana needs "
-                "'Actions and Connectors: All' in the space; Elasticsearch needs "
-                "manage_inference and manage_ml."
-                if self.product == "Kibana"
-                else "The credentials lack privileges: Elasticsearch needs the cluster "
-                "privileges manage_inference and manage_ml."
+                "The credentials are valid but not allowed this: Kibana needs the feature "
+                "privilege 'Actions and Connectors: All' in the space (and a licence that "
+                "allows the connector)."
+                if kibana
+                else "The credentials are valid but not allowed this: Elasticsearch needs "
+                "the cluster privileges monitor, manage_inference and manage_ml."
             )
         elif r.status_code == 404:
-            hint = f"Check the {self.product} URL (and --kibana-space if you gave one)."
+            hint = (
+                "Check --kibana-url (Kibana's base URL) and --kibana-space."
+                if kibana
+                else "Check --es-url (Elasticsearch's base URL, port 9200 by default)."
+            )
+        elif kibana:
+            hint = (
+                "Kibana's message above names what it rejects; if it names a connector "
+                "key, this Kibana version is unknown to airgap: report it with the version "
+                "from `GET /api/status`."
+            )
         else:
             hint = (
-                f"{self.product}'s message above names what it rejects; if it names a "
-                "connector key, this Kibana version is unknown to airgap: report it with "
-                "the version from `GET /api/status`."
+                "Elasticsearch's message above says what it refuses. An inference endpoint "
+                "still used by semantic_text fields or ingest pipelines cannot be deleted: "
+                "remove those references first, or uninstall with --keep-elastic."
             )
         return InstallError(text, hint=hint)

@@ -11,17 +11,19 @@ set), so that setting is checked first and quoted when missing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bundler.bundle.index import Index
 from bundler.errors import InstallError, UsageError
-from bundler.fsutil import fsync_dir
+from bundler.fsutil import atomic_write_bytes, fsync_dir
 from bundler.install.elastic_api import ApiClient, Credentials
 from bundler.install.serve import product_docs_listing
 
@@ -43,17 +45,20 @@ def elser_ids(index: Index) -> list[str]:
 
 
 def _copy_verified(release: Path, index: Index, prefix: str, dest: Path) -> list[Path]:
-    """Copy the signed files under ``prefix`` into ``dest``, hashing as they are read."""
-    dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for f in index.files:
-        if not f.path.startswith(prefix + "/"):
-            continue
-        name = f.path.rsplit("/", 1)[1]
-        target = dest / name
-        tmp = dest / f".{name}.airgap-partial"
-        h = hashlib.sha256()
-        try:
+    """Copy the signed files under ``prefix`` into ``dest``, hashing as they are read.
+
+    All files are first written and checked as hidden partial files; only when every one
+    matched are they renamed into place, so a failure leaves ``dest`` as it was.
+    """
+    entries = [f for f in index.files if f.path.startswith(prefix + "/")]
+    staged: list[tuple[Path, Path]] = []
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in entries:
+            name = f.path.rsplit("/", 1)[1]
+            tmp = dest / f".{name}.airgap-partial"
+            staged.append((tmp, dest / name))
+            h = hashlib.sha256()
             with open(release / f.path, "rb") as src, open(tmp, "wb") as dst:
                 while block := src.read(8 << 20):
                     h.update(block)
@@ -68,18 +73,19 @@ def _copy_verified(release: Path, index: Index, prefix: str, dest: Path) -> list
                     "then install the bundle again.",
                 )
             os.chmod(tmp, 0o644)
+        for tmp, target in staged:
             os.replace(tmp, target)
-        except OSError as e:
-            raise InstallError(
-                f"cannot copy {f.path} to {target}: {e}",
-                hint="Check the directory exists, is writable, and has space.",
-            ) from e
-        finally:
-            if tmp.exists():
+        fsync_dir(dest)
+    except OSError as e:
+        raise InstallError(
+            f"cannot copy {prefix}/ into {dest}: {e}",
+            hint="Check the directory is writable and has space.",
+        ) from e
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
                 tmp.unlink()
-        out.append(target)
-    fsync_dir(dest)
-    return out
+    return [target for _, target in staged]
 
 
 def copy_elser(release: Path, index: Index, dest: Path) -> list[Path]:
@@ -93,9 +99,10 @@ def copy_product_docs(release: Path, index: Index, dest: Path) -> list[Path]:
     if not files:
         raise UsageError("--product-docs-dir: this bundle carries no product documentation")
     listing = dest / "index.xml"
-    tmp = dest / ".index.xml.airgap-partial"
-    tmp.write_text(product_docs_listing(sorted(files)))
-    os.replace(tmp, listing)
+    try:
+        atomic_write_bytes(listing, product_docs_listing(sorted(files)).encode(), mode=0o644)
+    except OSError as e:
+        raise InstallError(f"cannot write {listing}: {e}") from e
     return [*files, listing]
 
 
@@ -129,6 +136,19 @@ class EsOptions:
     endpoint_id: str = "airgap-elser"
     timeout: float = 1200.0  # model download + deployment
     attempts: int = 6
+
+
+def _json(r: Any) -> dict[str, Any]:
+    try:
+        data = r.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise InstallError(
+            f"{r.url} answered {r.status_code} with something that is not a JSON object",
+            hint="Check --es-url: it must be Elasticsearch itself, not a proxy page.",
+        )
+    return data
 
 
 def inference_body(model_id: str) -> dict[str, Any]:
@@ -170,7 +190,7 @@ class Elasticsearch:
     def version(self) -> str:
         r = self.api.request("GET", "/", what="reading the cluster's version")
         try:
-            return str(r.json()["version"]["number"])
+            return str(_json(r)["version"]["number"])
         except (ValueError, KeyError, TypeError) as e:
             raise InstallError(
                 f"{self.api.base} does not look like Elasticsearch",
@@ -183,7 +203,7 @@ class Elasticsearch:
             "GET", "/_nodes/settings?flat_settings=true", what="reading node settings"
         )
         out: dict[str, str | None] = {}
-        for node_id, node in (r.json().get("nodes") or {}).items():
+        for node_id, node in (_json(r).get("nodes") or {}).items():
             roles = node.get("roles") or []
             if roles and "ml" not in roles:
                 continue
@@ -222,11 +242,15 @@ class Elasticsearch:
         )
         if r.status_code == 404:
             return None
-        eps = r.json().get("endpoints") or []
+        eps = _json(r).get("endpoints") or []
         return dict(eps[0]) if eps else None
 
-    def ensure_endpoint(self, ident: str, model_id: str) -> bool:
-        """Create the endpoint unless one with this id exists; True when created here."""
+    def ensure_endpoint(self, ident: str, model_id: str, ours: bool = False) -> bool:
+        """Create the endpoint unless one with this id exists; True when created here.
+
+        ``ours``: an earlier run of this tool created it; if its deployment failed, it
+        is deleted and created again (a failed deployment does not heal by itself).
+        """
         existing = self.get_endpoint(ident)
         if existing is not None:
             have = (existing.get("service_settings") or {}).get("model_id")
@@ -235,7 +259,10 @@ class Elasticsearch:
                     f"inference endpoint {ident} exists in Elasticsearch with model {have}",
                     hint="Choose another --es-inference-id, or delete that endpoint.",
                 )
-            return False
+            if not (ours and self.deployment(ident, model_id).get("state") == "failed"):
+                return False
+            logger.info("endpoint %s: its deployment failed; creating it again", ident)
+            self.delete_endpoint(ident)
         r = self.api.request(
             "PUT",
             f"/_inference/sparse_embedding/{ident}",
@@ -244,33 +271,48 @@ class Elasticsearch:
             what="creating the ELSER inference endpoint",
         )
         if r.status_code == 400:
-            err = (r.json().get("error") or {}) if r.content else {}
-            if err.get("type") != "resource_already_exists_exception":
+            err = _json(r).get("error") or {}
+            if not isinstance(err, dict) or err.get("type") != "resource_already_exists_exception":
                 raise self.api._refused("PUT", f"{self.api.base}/_inference", r, "ELSER endpoint")
-            return False
+            # Absent a moment ago: an earlier attempt of this request created it.
         return True
 
-    def wait_deployed(self, model_id: str, timeout: float) -> dict[str, Any]:
-        """Poll the model's deployment until it is started (or failed, or timed out)."""
+    def deployment(self, ident: str, model_id: str) -> dict[str, Any]:
+        """The deployment serving endpoint ``ident`` (Elasticsearch names it after the
+        endpoint; a model can have several), or {} when there is none yet."""
+        r = self.api.request(
+            "GET",
+            f"/_ml/trained_models/{model_id}/_stats",
+            allow=(404,),
+            what="deployment state",
+        )
+        if r.status_code == 404:
+            return {}
+        stats = _json(r).get("trained_model_stats") or []
+        deps = [dict(s.get("deployment_stats") or {}) for s in stats if isinstance(s, dict)]
+        deps = [d for d in deps if d]
+        for d in deps:
+            if d.get("deployment_id") == ident:
+                return d
+        unnamed = [d for d in deps if "deployment_id" not in d]
+        return unnamed[0] if unnamed else {}
+
+    def wait_deployed(self, ident: str, model_id: str, timeout: float) -> dict[str, Any]:
+        """Poll the endpoint's deployment until started (or failed, or timed out)."""
         deadline = time.monotonic() + timeout
         state = "unknown"
         while True:
-            r = self.api.request(
-                "GET",
-                f"/_ml/trained_models/{model_id}/_stats",
-                allow=(404,),
-                what="deployment state",
-            )
-            stats = (r.json().get("trained_model_stats") or [{}])[0] if r.ok else {}
-            dep = stats.get("deployment_stats") or {}
+            dep = self.deployment(ident, model_id)
             state = str(dep.get("state") or "downloading")
             if state == "started":
-                return dict(dep)
+                return dep
             if state == "failed":
                 raise InstallError(
-                    f"Elasticsearch could not deploy {model_id}: {dep.get('reason', 'failed')}",
+                    f"Elasticsearch could not deploy {model_id} for endpoint {ident}: "
+                    f"{dep.get('reason', 'failed')}",
                     hint="Check that every ML node reaches the model repository and the "
-                    "files' sha256 matches their metadata (Elasticsearch's log names the file).",
+                    "files' sizes match their metadata (Elasticsearch's log names the file); "
+                    "the next install deletes and creates the endpoint again.",
                 )
             if time.monotonic() > deadline:
                 raise InstallError(
@@ -289,25 +331,44 @@ class Elasticsearch:
         return r.status_code != 404
 
 
-def deploy_elser(opts: EsOptions, model_file_id: str) -> dict[str, Any]:
-    """Create (or keep) the ELSER endpoint and wait for the deployment; the receipt record."""
+def deploy_elser(
+    opts: EsOptions,
+    model_file_id: str,
+    previous: dict[str, Any] | None = None,
+    on_created: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Create (or keep) the ELSER endpoint and wait for the deployment; the receipt record.
+
+    ``on_created`` gets the record as soon as the endpoint exists, before the (long)
+    wait, so an endpoint this run created is never left unrecorded.
+    """
     model_id = "." + model_file_id
     es = Elasticsearch(opts)
     try:
         version = es.version()
-        created = es.ensure_endpoint(opts.endpoint_id, model_id)
-        dep = es.wait_deployed(model_id, opts.timeout)
+        ours = bool(
+            previous
+            and previous.get("url") == es.api.base
+            and previous.get("endpoint_id") == opts.endpoint_id
+            and previous.get("created_by_us")
+        )
+        created = es.ensure_endpoint(opts.endpoint_id, model_id, ours=ours)
+        record: dict[str, Any] = {
+            "url": es.api.base,
+            "version": version,
+            "endpoint_id": opts.endpoint_id,
+            "model_id": model_id,
+            "created_by_us": created or ours,
+            "action": "created" if created else "kept",
+            "state": "deploying",
+        }
+        if on_created is not None:
+            on_created(record)
+        dep = es.wait_deployed(opts.endpoint_id, model_id, opts.timeout)
     finally:
         es.close()
-    return {
-        "url": es.api.base,
-        "version": version,
-        "endpoint_id": opts.endpoint_id,
-        "model_id": model_id,
-        "created_by_us": created,
-        "action": "created" if created else "kept",
-        "state": dep.get("state"),
-    }
+    record["state"] = dep.get("state")
+    return record
 
 
 def remove_dir_files(files: list[str]) -> list[str]:

@@ -556,7 +556,8 @@ def install(
                     checks.append(
                         Check(f"port {port}", free_port, "free" if free_port else "in use")
                     )
-                checks.extend(_elastic_preflight(opts, index, errors))
+                will_serve = opts.serve is not None and isinstance(target, EngineTarget)
+                checks.extend(_elastic_preflight(opts, index, errors, will_serve))
                 if on_preflight:
                     on_preflight(list(checks))
                 failed = [c for c in checks if c.ok is False]
@@ -601,7 +602,7 @@ def install(
 
 
 def _elastic_preflight(
-    opts: InstallOptions, index: Index, errors: dict[str, AirgapError]
+    opts: InstallOptions, index: Index, errors: dict[str, AirgapError], will_serve: bool
 ) -> list[Check]:
     """Kibana and Elasticsearch reachable, credentials accepted, ES ready for ELSER:
     checked before a byte of payload is read."""
@@ -639,10 +640,18 @@ def _elastic_preflight(
                     "--es-url: this bundle carries no ELSER model to deploy",
                     hint="Drop --es-url, or build a bundle with elastic.elser in its manifest.",
                 )
+            expected = _elser_repository(opts, will_serve=will_serve)
+            if expected is None:
+                raise InstallError(
+                    "--es-url: nothing will serve ELSER to Elasticsearch (--no-serve or "
+                    "--registry)",
+                    hint="Give --elser-dir with Elasticsearch's config/models directory, or "
+                    "let airgap serve the release.",
+                )
             es = es_mod.Elasticsearch(opts.elasticsearch)
             try:
                 version = es.version()
-                repo = es.check_repository(_elser_repository(opts) or "")
+                repo = es.check_repository(expected)
             finally:
                 es.close()
             checks.append(Check("elasticsearch", True, f"{version}, model repository {repo}"))
@@ -652,14 +661,17 @@ def _elastic_preflight(
     return checks
 
 
-def _elser_repository(opts: InstallOptions, served: dict[str, Any] | None = None) -> str | None:
-    """Where Elasticsearch reads ELSER from: ``--elser-dir`` or the Nginx artifact server."""
+def _elser_repository(
+    opts: InstallOptions, served: dict[str, Any] | None = None, *, will_serve: bool = False
+) -> str | None:
+    """Where Elasticsearch reads ELSER from: ``--elser-dir`` or the Nginx artifact server
+    (the one that serves, or, before serving, the one this run will start)."""
     if opts.elser_dir is not None:
         return f"file://{opts.elser_dir.resolve()}"
     if served is not None:
         return str((served.get("artifacts") or {}).get("elser") or "") or None
     s = opts.serve
-    if s is None:
+    if s is None or not will_serve:
         return None
     host = s.server_names[0] if s.server_names else (s.ips[0] if s.ips else "localhost")
     return (
@@ -669,6 +681,14 @@ def _elser_repository(opts: InstallOptions, served: dict[str, Any] | None = None
     )
 
 
+def _identity(kind: str, rec: dict[str, Any]) -> tuple[Any, ...]:
+    if kind == "kibana":
+        return (rec.get("mode"), rec.get("url"), rec.get("space"), rec.get("connector_id"))
+    if kind == "elasticsearch":
+        return (rec.get("url"), rec.get("endpoint_id"))
+    return (rec.get("path"),)
+
+
 def _elastic_steps(
     result: InstallResult, layout: Layout, receipt: Receipt, opts: InstallOptions
 ) -> None:
@@ -676,28 +696,44 @@ def _elastic_steps(
 
     These run after the switch on purpose: Kibana must reach (and trust) the endpoint
     before its test can pass, so a failure here leaves the new release serving and the
-    same command, run again, repeats only these steps.
+    same command, run again, repeats only these steps. What this tool creates is in the
+    receipt as soon as it exists; a rerun with other options keeps the earlier records
+    (``earlier``) so that uninstall still removes them.
     """
     key = f"{result.name}-{result.version}"
     rel = receipt.releases.get(key)
     if rel is None:
         return
     release = layout.release(key)
-    index = parse_index((release / "airgap" / "index.json").read_bytes())
     served = rel.get("serve")
     previous = dict(rel.get("elastic") or {})
+    earlier: list[dict[str, Any]] = list(previous.get("earlier") or [])
     record: dict[str, Any] = {}
     settings: list[tuple[str, str]] = []
+
+    def keep(kind: str, new: dict[str, Any]) -> None:
+        """Record ``new``; an earlier, different object of this kind moves to ``earlier``."""
+        old = previous.get(kind)
+        if old and _identity(kind, old) != _identity(kind, new):
+            earlier.append({"kind": kind, **old})
+        record[kind] = new
+        save()
+
+    def save() -> None:
+        rel["elastic"] = {**previous, **record, "earlier": earlier}
+        receipt.save()
+
     try:
+        index = parse_index((release / "airgap" / "index.json").read_bytes())
         if opts.elser_dir is not None:
             files = es_mod.copy_elser(release, index, opts.elser_dir)
-            record["elser_dir"] = {"path": str(opts.elser_dir), "files": [str(f) for f in files]}
+            keep("elser_dir", {"path": str(opts.elser_dir), "files": [str(f) for f in files]})
         if opts.product_docs_dir is not None:
             files = es_mod.copy_product_docs(release, index, opts.product_docs_dir)
-            record["product_docs_dir"] = {
-                "path": str(opts.product_docs_dir),
-                "files": [str(f) for f in files],
-            }
+            keep(
+                "product_docs_dir",
+                {"path": str(opts.product_docs_dir), "files": [str(f) for f in files]},
+            )
         elser_repo = _elser_repository(opts, served) if es_mod.elser_ids(index) else None
         docs_repo = None
         if opts.product_docs_dir is not None:
@@ -729,33 +765,36 @@ def _elastic_steps(
                 Path(served["ca_cert"]).read_text(),
                 layout.prefix / "secrets",
                 previous.get("kibana"),
+                on_created=lambda r: keep("kibana", r.record()),
             )
-            record["kibana"] = reg.record()
-            receipt.save()
+            keep("kibana", reg.record())
             if reg.test_error is not None:
                 raise reg.test_error
             if reg.test_reply is not None:
                 record["kibana"]["test_reply"] = reg.test_reply[:200]
         if opts.elasticsearch is not None:
             model = es_mod.elser_ids(index)[0]
-            dep = es_mod.deploy_elser(opts.elasticsearch, model)
-            before = previous.get("elasticsearch") or {}
-            if (before.get("url"), before.get("endpoint_id")) == (dep["url"], dep["endpoint_id"]):
-                dep["created_by_us"] = dep["created_by_us"] or bool(before.get("created_by_us"))
-            record["elasticsearch"] = dep
-    except AirgapError as e:
-        rel["elastic"] = {**previous, **record}
-        receipt.save()
+            dep = es_mod.deploy_elser(
+                opts.elasticsearch,
+                model,
+                previous.get("elasticsearch"),
+                on_created=lambda d: keep("elasticsearch", dict(d)),
+            )
+            keep("elasticsearch", dep)
+    except BaseException as e:
+        save()
         result.elastic = {**record, "settings": settings}
+        if not isinstance(e, Exception):
+            raise  # Ctrl-C: recorded, then out
+        err = e if isinstance(e, AirgapError) else InstallError(f"{type(e).__name__}: {e}")
         where = f" Settings to add: {record['settings_file']}." if "settings_file" in record else ""
         raise InstallError(
-            f"{key} is installed and serving, but an Elastic step failed: {e.message}",
-            hint=(e.hint + " " if e.hint else "")
+            f"{key} is installed and serving, but an Elastic step failed: {err.message}",
+            hint=(err.hint + " " if err.hint else "")
             + where
             + " Running the same `airgap install` again repeats only the Elastic steps.",
         ) from e
-    rel["elastic"] = {**previous, **record}
-    receipt.save()
+    save()
     result.elastic = {**record, "settings": settings}
 
 
@@ -1057,14 +1096,16 @@ def _undo_elastic(receipt: Receipt, access: ElasticAccess) -> list[str]:
     files: list[str] = []
     for rel in receipt.releases.values():
         el = rel.get("elastic") or {}
-        k = el.get("kibana") or {}
-        if k.get("mode") == "api" and k.get("created_by_us"):
-            connectors[(k["url"], k.get("space", "default"), k["connector_id"])] = k
-        e = el.get("elasticsearch") or {}
-        if e.get("created_by_us"):
-            endpoints[(e["url"], e["endpoint_id"])] = e
-        for d in ("elser_dir", "product_docs_dir"):
-            files += (el.get(d) or {}).get("files", [])
+        records = [(kind, el.get(kind) or {}) for kind in ("kibana", "elasticsearch")]
+        records += [(kind, el.get(kind) or {}) for kind in ("elser_dir", "product_docs_dir")]
+        records += [(str(r.get("kind")), r) for r in el.get("earlier") or []]
+        for kind, rec in records:
+            if kind == "kibana" and rec.get("mode") == "api" and rec.get("created_by_us"):
+                connectors[(rec["url"], rec.get("space", "default"), rec["connector_id"])] = rec
+            elif kind == "elasticsearch" and rec.get("created_by_us"):
+                endpoints[(rec["url"], rec["endpoint_id"])] = rec
+            elif kind in ("elser_dir", "product_docs_dir"):
+                files += rec.get("files", [])
     removed = []
     if not access.keep:
         if connectors and access.kibana is None:

@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +44,21 @@ OTHER_PROVIDER: Version = (8, 16, 0)
 CONTEXT_WINDOW: Version = (9, 2, 0)
 NATIVE_FUNCTION_CALLING: Version = (9, 2, 0)
 Verification = Literal["full", "certificate", "none"]
+SPACE_RE = re.compile(r"^[a-z0-9_-]{1,100}$")
+
+
+def _json(r: Any) -> dict[str, Any]:
+    """A JSON object from Kibana, or an error that names the URL."""
+    try:
+        data = r.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise InstallError(
+            f"{r.url} answered {r.status_code} with something that is not a JSON object",
+            hint="Check --kibana-url: it must be Kibana itself, not a proxy login page.",
+        )
+    return data
 
 
 def parse_version(text: str) -> Version:
@@ -51,7 +68,10 @@ def parse_version(text: str) -> Version:
     try:
         nums = [int(p) for p in parts[:3]]
     except ValueError as e:
-        raise InstallError(f"Kibana reports a version airgap cannot read: {text!r}") from e
+        raise UsageError(
+            f"{text!r} is not a Kibana version",
+            hint="Give it as MAJOR.MINOR[.PATCH], e.g. 9.1 or 8.19.2.",
+        ) from e
     while len(nums) < 3:
         nums.append(0)
     return nums[0], nums[1], nums[2]
@@ -207,6 +227,12 @@ class Kibana:
             headers={"kbn-xsrf": "airgap", "Content-Type": "application/json"},
         )
         space = opts.space or "default"
+        if not SPACE_RE.match(space):
+            raise UsageError(
+                f"--kibana-space {space!r} is not a Kibana space id",
+                hint="Space ids are lower-case letters, digits, '_' and '-' (see the space's "
+                "URL: /s/<id>/app/...).",
+            )
         self.space = space
         self.prefix = "" if space == "default" else f"/s/{quote(space, safe='')}"
 
@@ -217,7 +243,7 @@ class Kibana:
         """``GET /api/status``; refuses a Kibana older than :data:`MIN_VERSION`."""
         r = self.api.request("GET", "/api/status", what="reading Kibana's version")
         try:
-            text = str(r.json()["version"]["number"])
+            text = str(_json(r)["version"]["number"])
         except (ValueError, KeyError, TypeError) as e:
             raise InstallError(
                 f"{self.api.base}/api/status does not look like Kibana's status API",
@@ -241,8 +267,7 @@ class Kibana:
         )
         if r.status_code == 404:
             return None
-        data: dict[str, Any] = r.json()
-        return data
+        return _json(r)
 
     def upsert(
         self, ident: str, name: str, config: dict[str, Any], token: str
@@ -255,9 +280,16 @@ class Kibana:
                 "POST",
                 self._path(f"connector/{ident}"),
                 json={**body, "connector_type_id": ".gen-ai"},
+                allow=(409,),
                 what="creating the connector",
             )
-            return r.json(), True
+            if r.status_code != 409:
+                return _json(r), True
+            # It was absent a moment ago: our own earlier attempt made it. Update it.
+            r = self.api.request(
+                "PUT", self._path(f"connector/{ident}"), json=body, what="updating the connector"
+            )
+            return _json(r), True
         if existing.get("connector_type_id") != ".gen-ai" or existing.get("is_preconfigured"):
             raise InstallError(
                 f"connector {ident} in Kibana is a {existing.get('connector_type_id')} "
@@ -268,7 +300,7 @@ class Kibana:
         r = self.api.request(
             "PUT", self._path(f"connector/{ident}"), json=body, what="updating the connector"
         )
-        return r.json(), False
+        return _json(r), False
 
     def test(self, ident: str, model: str) -> str:
         """The connector's ``_execute`` test: Kibana itself calls the model through Nginx.
@@ -287,7 +319,7 @@ class Kibana:
             json={"params": {"subAction": "test", "subActionParams": {"body": json.dumps(prompt)}}},
             what="testing the connector",
         )
-        result = r.json()
+        result = _json(r)
         if result.get("status") != "ok":
             detail = result.get("service_message") or result.get("message") or str(result)
             tls = any(
@@ -298,8 +330,8 @@ class Kibana:
                 f"({detail})",
                 hint=(
                     "Kibana does not trust the endpoint's CA yet: add the "
-                    "xpack.actions.customHostSettings entry printed above to kibana.yml, "
-                    "restart Kibana, then run the same install again."
+                    "xpack.actions.customHostSettings entry from the settings file named "
+                    "below to kibana.yml and restart Kibana."
                     if tls
                     else "Kibana reached the connector but the call failed: check that Kibana "
                     "can reach the URL (name resolution, firewall) and see `airgap status`."
@@ -331,6 +363,7 @@ def register(
     ca_pem: str,
     out_dir: Path,
     previous: dict[str, Any] | None = None,
+    on_created: Callable[[Registration], None] | None = None,
 ) -> Registration:
     """Create/update and test the connector, or write the preconfigured snippet.
 
@@ -376,6 +409,8 @@ def register(
             space=kibana.space,
             action="created" if created else "updated",
         )
+        if on_created is not None:
+            on_created(reg)  # recorded before the (slow) test, so nothing goes unrecorded
         if opts.test:
             try:
                 reg.test_reply = kibana.test(ident, m.model.served_name)

@@ -362,7 +362,9 @@ class Server:
         else:
             tls = ensure_tls(self.secrets / "tls", opts.server_names, opts.ips)
             tls_dir, ca = tls.cert.parent, str(tls.ca_cert)
-        self.serve_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Per release: a rolled-back start must leave the previous containers' files alone.
+        serve_dir = self.serve_dir / release
+        serve_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         host_net = opts.network == "host"
         vllm_host = "127.0.0.1" if host_net else "0.0.0.0"
         upstream = (
@@ -373,10 +375,10 @@ class Server:
         elastic_dir = release_dir / "elastic"
         elser = any((elastic_dir / "elser").glob("*.metadata.json"))
         docs = sorted((elastic_dir / "product-docs").glob("kb-product-doc-*.zip"))
-        listing = self.serve_dir / "product-docs.xml"
+        listing = serve_dir / "product-docs.xml"
         atomic_write_bytes(listing, product_docs_listing(docs).encode(), mode=0o644)
         atomic_write_bytes(
-            self.serve_dir / "nginx.conf",
+            serve_dir / "nginx.conf",
             nginx_conf(
                 opts.port,
                 upstream,
@@ -390,7 +392,7 @@ class Server:
             self.secrets / "nginx-auth.conf", auth_conf(token, api_key).encode(), mode=0o600
         )
         nginx_binds = {
-            str(self.serve_dir / "nginx.conf"): {"bind": "/etc/airgap/nginx.conf", "mode": "ro"},
+            str(serve_dir / "nginx.conf"): {"bind": "/etc/airgap/nginx.conf", "mode": "ro"},
             str(self.secrets / "nginx-auth.conf"): {"bind": "/etc/airgap/auth.conf", "mode": "ro"},
             str(tls_dir): {"bind": "/etc/airgap/tls", "mode": "ro"},
         }

@@ -193,6 +193,7 @@ class ElasticsearchStandIn(JsonServer):
         return Response(200, {"acknowledged": True, "pipelines": [], "indexes": []})
 
     def _stats(self, req: Request) -> Response:
+        """One entry per deployment; a deployment made for an endpoint bears its id."""
         model_id = req.params["id"]
         m = self.models.get(model_id)
         if m is None:
@@ -201,16 +202,24 @@ class ElasticsearchStandIn(JsonServer):
                 "resource_not_found_exception",
                 f"No known trained model with model_id [{model_id}]",
             )
-        dep: dict[str, Any] = {"model_id": model_id, "state": m["state"]}
-        if m["state"] == "started":
-            dep["allocation_status"] = {
-                "allocation_count": 1,
-                "target_allocation_count": 1,
-                "state": "fully_allocated",
+        entries = []
+        for ident, ep in sorted(self.endpoints.items()):
+            if ep["service_settings"].get("model_id") != model_id:
+                continue
+            dep: dict[str, Any] = {
+                "model_id": model_id,
+                "deployment_id": ident,
+                "state": m["state"],
             }
-        if m["state"] == "failed":
-            dep["reason"] = m["reason"]
-        return Response(
-            200,
-            {"count": 1, "trained_model_stats": [{"model_id": model_id, "deployment_stats": dep}]},
-        )
+            if m["state"] == "started":
+                dep["allocation_status"] = {
+                    "allocation_count": 1,
+                    "target_allocation_count": 1,
+                    "state": "fully_allocated",
+                }
+            if m["state"] == "failed":
+                dep["reason"] = m["reason"]
+            entries.append({"model_id": model_id, "deployment_stats": dep})
+        if not entries:
+            entries = [{"model_id": model_id}]
+        return Response(200, {"count": len(entries), "trained_model_stats": entries})

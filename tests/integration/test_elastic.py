@@ -89,7 +89,7 @@ def install(ctx: dict, key: Keys, *extra: str, env: dict[str, str] | None = None
 
 def test_connector_registered_tested_updated_and_removed(site: dict, key: Keys) -> None:
     ca = site["prefix"] / "secrets" / "tls" / "ca.crt"
-    kibana = KibanaStandIn("9.2.0", api_keys={KIBANA_KEY}, trusted_ca=ca)
+    kibana = KibanaStandIn("9.2.0", api_keys={KIBANA_KEY}, trusted_ca=ca, spaces=("default", "ops"))
     with kibana.running():
         # someone else's connector, which airgap must never touch
         foreign = {
@@ -135,6 +135,12 @@ def test_connector_registered_tested_updated_and_removed(site: dict, key: Keys) 
         settings = (site["prefix"] / "serve" / "elastic-settings.txt").read_text()
         assert "xpack.actions.customHostSettings" in settings and token not in settings
 
+        # a rerun into another space: a second connector; the first stays on record
+        r = install(site, key, "--kibana-url", kibana.url, "--kibana-space", "ops")
+        assert r.returncode == 0, r.stderr.decode()
+        in_ops = json.loads(r.stdout)["elastic"]["kibana"]["connector_id"]
+        assert list(kibana.connectors["ops"]) == [in_ops] and in_ops != ours
+
         # uninstall without credentials refuses and removes nothing
         r = airgap(
             "uninstall",
@@ -157,6 +163,7 @@ def test_connector_registered_tested_updated_and_removed(site: dict, key: Keys) 
         assert r.returncode == 0, r.stderr.decode()
         assert f"Kibana connector {ours}".encode() in r.stdout
         assert list(kibana.connectors["default"]) == ["11111111-1111-4111-8111-111111111111"]
+        assert not kibana.connectors["ops"]
 
 
 def test_untrusted_ca_fails_the_test_but_keeps_the_release(site: dict, key: Keys) -> None:
@@ -282,3 +289,46 @@ def test_elser_and_docs_copied_for_file_repositories(site: dict, key: Keys, tmp_
     r = install(site, key, "--elser-dir", str(tmp_path / "again"))
     assert r.returncode == 1 and b"differs from the signed index" in r.stderr
     assert not (tmp_path / "again" / f"{ELSER}.vocab.json").exists()
+
+
+def test_failed_elser_deployment_is_recorded_then_recreated(tmp_path: Path) -> None:
+    """The endpoint exists before its deployment is known to fail: it is recorded as ours
+    at once, and the next run deletes and creates it again instead of keeping a corpse."""
+    from bundler.errors import InstallError
+    from bundler.install.elastic_api import Credentials
+    from bundler.install.elasticsearch import EsOptions, deploy_elser
+
+    www = tmp_path / "www"
+    make_demo_sources(tmp_path / "src", elser_bytes=3 * 1024 * 1024)
+    (www / "elser").mkdir(parents=True)
+    for f in (tmp_path / "src" / "elastic").glob(f"{ELSER}.*"):
+        (www / "elser" / f.name).write_bytes(f.read_bytes())
+    es = ElasticsearchStandIn(api_keys={ES_KEY}, wait=0)
+    recorded: list[dict] = []
+    opts = EsOptions(
+        "http://placeholder", Credentials("ApiKey", ES_KEY, "test"), timeout=20, attempts=2
+    )
+    with es.running(), services.nginx_static(www) as good:
+        opts = EsOptions(es.url, opts.credentials, timeout=20, attempts=2)
+        # a repository that ignores Range (Python's file server): sizes do not add up
+        import functools
+        import http.server
+        import threading
+
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+        bad = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=bad.serve_forever, daemon=True).start()
+        try:
+            es.model_repository = f"http://127.0.0.1:{bad.server_address[1]}/elser"
+            with pytest.raises(InstallError) as e:
+                deploy_elser(opts, ELSER, None, on_created=recorded.append)
+        finally:
+            bad.shutdown()
+            bad.server_close()
+        assert "could not deploy" in e.value.message
+        assert recorded and recorded[-1]["created_by_us"] is True
+        assert "airgap-elser" in es.endpoints  # it exists, with a failed deployment
+        es.model_repository = f"{good.url}/elser"
+        again = deploy_elser(opts, ELSER, recorded[-1])
+    assert again["state"] == "started" and again["created_by_us"] is True
+    assert [m for m, p, s in es.log if p.startswith("/_inference")].count("DELETE") == 1

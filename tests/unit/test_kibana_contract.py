@@ -260,3 +260,32 @@ def _file(path: Path, text: str) -> Path:
     path.write_text(text + "\n")
     path.chmod(0o600)
     return path
+
+
+def test_bad_inputs_are_refused_before_any_request(tmp_path: Path) -> None:
+    from bundler.errors import UsageError
+    from bundler.install.elastic_api import ApiClient
+
+    # a Windows line end is trimmed; a control character inside is refused, unquoted
+    trimmed = load_credentials("Kibana", "AIRGAP_KIBANA_API_KEY", "c2VjcmV0S2V5\r", None, None)
+    assert trimmed is not None and trimmed.header() == "ApiKey c2VjcmV0S2V5"
+    with pytest.raises(UsageError) as e:
+        load_credentials("Kibana", "AIRGAP_KIBANA_API_KEY", "c2Vjcm\rV0S2V5", None, None)
+    assert "AIRGAP_KIBANA_API_KEY" in e.value.message and "c2Vjcm" not in e.value.message
+    with pytest.raises(UsageError) as e:
+        ApiClient("Kibana", "https://elastic:changeme@kibana:5601", None)
+    assert "changeme" not in e.value.message and "credentials-file" in e.value.hint
+    for space in ("..", "Ops", "a/b", ""):
+        o = KibanaOptions(url="http://127.0.0.1:9", credentials=Credentials("ApiKey", KEY, "t"))
+        with pytest.raises(UsageError, match="space"):
+            register(
+                KibanaOptions(**{**o.__dict__, "space": space or "x y"}),
+                MANIFEST,
+                "demo",
+                API_URL,
+                "t",
+                "P",
+                tmp_path,
+            )
+    with pytest.raises(UsageError, match="not a Kibana version"):
+        parse_version("nine.two")
