@@ -116,6 +116,20 @@ def load_credentials(
     return None
 
 
+def json_object(r: requests.Response, hint: str) -> dict[str, Any]:
+    """The answer as a JSON object, or an error naming the URL (a proxy page, say)."""
+    try:
+        data = r.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise InstallError(
+            f"{r.url} answered {r.status_code} with something that is not a JSON object",
+            hint=hint,
+        )
+    return data
+
+
 def _message(r: requests.Response) -> str:
     """The server's own words: Kibana's ``message`` or Elasticsearch's ``error.reason``."""
     try:

@@ -24,7 +24,7 @@ from typing import Any
 from bundler.bundle.index import Index
 from bundler.errors import InstallError, UsageError
 from bundler.fsutil import atomic_write_bytes, fsync_dir
-from bundler.install.elastic_api import ApiClient, Credentials
+from bundler.install.elastic_api import ApiClient, Credentials, json_object
 from bundler.install.serve import product_docs_listing
 
 logger = logging.getLogger(__name__)
@@ -139,16 +139,7 @@ class EsOptions:
 
 
 def _json(r: Any) -> dict[str, Any]:
-    try:
-        data = r.json()
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise InstallError(
-            f"{r.url} answered {r.status_code} with something that is not a JSON object",
-            hint="Check --es-url: it must be Elasticsearch itself, not a proxy page.",
-        )
-    return data
+    return json_object(r, "Check --es-url: it must be Elasticsearch itself, not a proxy page.")
 
 
 def inference_body(model_id: str) -> dict[str, Any]:

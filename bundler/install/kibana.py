@@ -33,7 +33,7 @@ import yaml
 
 from bundler.errors import InstallError, UsageError
 from bundler.fsutil import atomic_write_bytes
-from bundler.install.elastic_api import ApiClient, Credentials
+from bundler.install.elastic_api import ApiClient, Credentials, json_object
 from bundler.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -48,17 +48,7 @@ SPACE_RE = re.compile(r"^[a-z0-9_-]{1,100}$")
 
 
 def _json(r: Any) -> dict[str, Any]:
-    """A JSON object from Kibana, or an error that names the URL."""
-    try:
-        data = r.json()
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise InstallError(
-            f"{r.url} answered {r.status_code} with something that is not a JSON object",
-            hint="Check --kibana-url: it must be Kibana itself, not a proxy login page.",
-        )
-    return data
+    return json_object(r, "Check --kibana-url: it must be Kibana itself, not a proxy login page.")
 
 
 def parse_version(text: str) -> Version:
