@@ -36,7 +36,7 @@ import requests
 from bundler.errors import InstallError
 from bundler.fsutil import atomic_write_bytes
 from bundler.install.runtime import Runtime
-from bundler.install.tlsgen import ensure_secret, ensure_tls
+from bundler.install.tlsgen import current_secret, ensure_tls, new_secret
 from bundler.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -351,8 +351,15 @@ class Server:
             InstallError: a container failed to start or never became healthy (with
                 its log tail); the previous containers are running again.
         """
-        token = ensure_secret(self.secrets / "bearer-token", rotate=opts.rotate_token)
-        api_key = ensure_secret(self.secrets / "vllm-api-key", rotate=opts.rotate_token)
+        # New secrets (first start, or --rotate-token) are kept only once the new
+        # containers proved healthy: a failed start leaves the old ones in force.
+        token = current_secret(self.secrets / "bearer-token")
+        api_key = current_secret(self.secrets / "vllm-api-key")
+        fresh: dict[str, str] = {}
+        if token is None or opts.rotate_token:
+            token = fresh["bearer-token"] = new_secret()
+        if api_key is None or opts.rotate_token:
+            api_key = fresh["vllm-api-key"] = new_secret()
         if opts.tls_cert and opts.tls_key:
             tls_dir = self.secrets / "tls-user"
             tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -388,12 +395,13 @@ class Server:
             ).encode(),
             mode=0o644,
         )
-        atomic_write_bytes(
-            self.secrets / "nginx-auth.conf", auth_conf(token, api_key).encode(), mode=0o600
-        )
+        # One auth file per start: containers restored after a failure keep reading theirs.
+        self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        auth_file = self.secrets / f"nginx-auth-{release}-{new_secret()[:8]}.conf"
+        atomic_write_bytes(auth_file, auth_conf(token, api_key).encode(), mode=0o600)
         nginx_binds = {
             str(serve_dir / "nginx.conf"): {"bind": "/etc/airgap/nginx.conf", "mode": "ro"},
-            str(self.secrets / "nginx-auth.conf"): {"bind": "/etc/airgap/auth.conf", "mode": "ro"},
+            str(auth_file): {"bind": "/etc/airgap/auth.conf", "mode": "ro"},
             str(tls_dir): {"bind": "/etc/airgap/tls", "mode": "ro"},
         }
         if elser or docs:
@@ -441,12 +449,20 @@ class Server:
         except BaseException:
             for c in started.values():
                 self._remove(c["id"])
+            with contextlib.suppress(OSError):
+                auth_file.unlink()
             if stopped:
                 self._restore_previous(stopped)
                 self._wait_healthy(opts.port, ca, opts.health_timeout)
             raise
+        for name, value in fresh.items():
+            atomic_write_bytes(self.secrets / name, value.encode() + b"\n", mode=0o600)
         for c in stopped.values():
             self._remove(c["id"])
+        for old_auth in self.secrets.glob("nginx-auth*.conf"):
+            if old_auth != auth_file:
+                with contextlib.suppress(OSError):
+                    old_auth.unlink()
         host = (
             opts.server_names[0]
             if opts.server_names

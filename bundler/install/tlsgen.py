@@ -10,7 +10,8 @@
   change or it expires within 30 days.
 
 Every secret file is mode 0600 and written atomically; tokens are reused on
-reinstall and only replaced with ``--rotate-token``.
+reinstall and only replaced with ``--rotate-token``, and a new token is kept only once
+the containers using it proved healthy (see :mod:`bundler.install.serve`).
 """
 
 from __future__ import annotations
@@ -30,16 +31,18 @@ from bundler.errors import UsageError
 from bundler.fsutil import atomic_write_bytes
 
 
-def ensure_secret(path: Path, *, rotate: bool = False) -> str:
-    """A random token at ``path`` (0600): reused unless ``rotate``."""
-    if path.exists() and not rotate:
+def new_secret() -> str:
+    """A random token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def current_secret(path: Path) -> str | None:
+    """The token kept at ``path`` (0600), or None if there is none (or a short one)."""
+    try:
         value = path.read_text().strip()
-        if len(value) >= 32:
-            return value
-    value = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write_bytes(path, value.encode() + b"\n", mode=0o600)
-    return value
+    except FileNotFoundError:
+        return None
+    return value if len(value) >= 32 else None
 
 
 @dataclass(frozen=True)

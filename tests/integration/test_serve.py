@@ -103,7 +103,8 @@ def test_endpoint_is_tls_and_bearer_protected_and_streams(served: dict, key: Key
     assert len(token) >= 32
     # secrets are files only root can read; nothing secret in the receipt
     secrets = served["prefix"] / "secrets"
-    for name in ("bearer-token", "vllm-api-key", "nginx-auth.conf", "tls/server.key", "tls/ca.key"):
+    (auth,) = secrets.glob("nginx-auth-*.conf")  # one, for the containers that serve
+    for name in ("bearer-token", "vllm-api-key", auth.name, "tls/server.key", "tls/ca.key"):
         assert stat.S_IMODE((secrets / name).stat().st_mode) == 0o600, name
     receipt = (served["prefix"] / "state/receipt.json").read_text()
     assert token not in receipt
@@ -216,7 +217,10 @@ def test_a_server_that_fails_rolls_back_with_its_log(
     v2_manifest.write_text(re.sub(r"^version: \d+$", "version: 2", text, flags=re.M))
     v2 = tmp_path / "v2.tar"
     build_bundle(v2_manifest, v2, key)
-    r = install(served, key, "--vllm-arg", vllm_arg, "--health-timeout", "5", bundle=v2)
+    # with --rotate-token: a failed start must not rotate anything either
+    r = install(
+        served, key, "--vllm-arg", vllm_arg, "--health-timeout", "5", "--rotate-token", bundle=v2
+    )
     assert r.returncode == 1
     err = r.stderr.decode()
     assert expect in err
@@ -233,6 +237,7 @@ def test_a_server_that_fails_rolls_back_with_its_log(
         timeout=10,
     )
     assert r2.status_code == 200
+    assert token_of(served) == token
 
 
 def test_uninstall_removes_the_containers(served: dict, key: Keys) -> None:
