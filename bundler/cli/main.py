@@ -888,9 +888,7 @@ def install(
         registry_insecure=registry_insecure,
         registry_ca=registry_ca,
         no_gpu=no_gpu,
-        ports=()
-        if (no_serve or registry)
-        else ((port, artifacts_port) if artifacts_port else (port,)),
+        ports=() if (no_serve or registry) else (port,),
         serve=None
         if (no_serve or registry)
         else ServeOptions(

@@ -541,7 +541,12 @@ def install(
                         )
                     )
                 ours = _our_ports(receipt)
-                for port in opts.ports:
+                will_serve = opts.serve is not None and isinstance(target, EngineTarget)
+                ports = list(opts.ports)
+                artifacts = opts.serve.artifacts_port if opts.serve and will_serve else None
+                if artifacts and any(f.path.startswith("elastic/") for f in index.files):
+                    ports.append(artifacts)  # only needed when there is something to serve
+                for port in dict.fromkeys(ports):
                     if port in ours:
                         checks.append(
                             Check(
@@ -556,7 +561,6 @@ def install(
                     checks.append(
                         Check(f"port {port}", free_port, "free" if free_port else "in use")
                     )
-                will_serve = opts.serve is not None and isinstance(target, EngineTarget)
                 checks.extend(_elastic_preflight(opts, index, errors, will_serve))
                 if on_preflight:
                     on_preflight(list(checks))

@@ -345,7 +345,25 @@ def test_preflight_failures_and_dry_run_change_nothing(
             "--artifacts-port",
             str(services.free_port()),
         )
-    assert r.returncode == 1 and f"port {busy}: in use".encode() in r.stderr
+        assert r.returncode == 1 and f"port {busy}: in use".encode() in r.stderr
+        assert not (prefix / "current").exists()
+        # the artifacts port counts too, since this bundle carries Elastic files
+        r = airgap(
+            "install",
+            str(bundle),
+            "--trusted-key",
+            str(key.public),
+            "--prefix",
+            str(prefix),
+            "--no-gpu",
+            "--runtime-url",
+            clean_engine.url,
+            "--port",
+            str(services.free_port()),
+            "--artifacts-port",
+            str(busy),
+        )
+        assert r.returncode == 1 and f"port {busy}: in use".encode() in r.stderr
     assert not (prefix / "current").exists()
     r = airgap(
         "install",
