@@ -182,7 +182,14 @@ def main() -> None:
                 "8M",
                 label="build",
             )
-            airgap("sign", str(bundle), "--key", str(keys / "auditor"))
+            airgap(
+                "sign",
+                str(bundle),
+                "--key",
+                str(keys / "auditor"),
+                "--trusted-key",
+                str(keys / "release.pub"),
+            )
         print("\n(registry, hub and file server stopped: the rest needs none of them)")
         print("\n== the transfer: what goes on the USB stick, checked on arrival ==")
         for p in sorted(usb.iterdir()):

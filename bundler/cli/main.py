@@ -431,12 +431,79 @@ def fetch(
     help="Co-signer's private key.",
 )
 @passphrase_option
-def sign(bundle: str, key: Path, passphrase_file: Path | None) -> None:
-    """Add a detached co-signature BUNDLE.<keyid>.sig (the bundle is not rewritten)."""
+@click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Public key of a signer already on the bundle (repeatable).",
+)
+@click.option(
+    "--trust-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory of trusted *.pub keys.",
+)
+@click.option(
+    "--require-signatures",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Distinct trusted signatures the bundle must already carry.",
+)
+@click.option(
+    "--no-verify", is_flag=True, help="Sign without checking the bundle first (not advised)."
+)
+def sign(
+    bundle: str,
+    key: Path,
+    passphrase_file: Path | None,
+    trusted_keys: tuple[Path, ...],
+    trust_dir: Path | None,
+    require_signatures: int,
+    no_verify: bool,
+) -> None:
+    """Verify BUNDLE, then add a detached co-signature BUNDLE.<keyid>.sig.
+
+    A co-signer vouches for the bytes: by default the bundle's existing signatures (by
+    --trusted-key / --trust-dir) and every byte are checked first, as `airgap verify`
+    does. The bundle itself is not rewritten.
+    """
     from bundler.bundle.cosign import cosign
     from bundler.bundle.signing import load_signing_key
 
     signing = load_signing_key(key, _passphrase(passphrase_file))
+    if not no_verify:
+        if not trusted_keys and trust_dir is None:
+            raise click.UsageError(
+                "give --trusted-key (or --trust-dir) with the key(s) that signed the bundle, "
+                "so it is verified before you sign it (or --no-verify to sign unchecked)"
+            )
+        from bundler.bundle.parts import locate_bundle
+        from bundler.bundle.reader import (
+            TrustPolicy,
+            find_detached_signatures,
+            read_bundle,
+            read_detached,
+        )
+        from bundler.bundle.signing import load_trust
+
+        trusted = load_trust(trusted_keys, trust_dir)
+        loc = locate_bundle(bundle)
+        detached = read_detached(find_detached_signatures(loc))
+        with _reporter(False) as reporter:
+            reporter.stage("verifying", sum(p.size for p in loc.parts) or None)
+            result = read_bundle(
+                loc,
+                TrustPolicy(trusted, require_signatures),
+                None,
+                detached=detached,
+                progress=reporter.advance,
+            )
+        click.echo(
+            f"verified {result.index.name} v{result.index.version}: signed by "
+            f"{', '.join(k[:16] for k in result.signers)}; {human(result.bytes_read)} checked",
+            err=True,
+        )
     for p in cosign(bundle, signing):
         click.echo(str(p))
 
@@ -1103,11 +1170,15 @@ def uninstall(
     default="/opt/airgap",
     show_default=True,
 )
-def rollback(prefix: Path) -> None:
-    """Make the previously active release current again."""
+@click.option("--runtime-url", default=None, help="Engine API socket (default: as installed).")
+def rollback(prefix: Path, runtime_url: str | None) -> None:
+    """Make the previously active release current again, serving it as it was served."""
     from bundler.install.installer import rollback as run_rollback
 
-    click.echo(f"current is now {run_rollback(prefix)}")
+    key, notes = run_rollback(prefix, runtime_url)
+    click.echo(f"current is now {key}")
+    for line in notes:
+        click.echo(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> None:

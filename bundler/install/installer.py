@@ -871,7 +871,45 @@ def _serve(
     record["internal_port"] = opts.serve.internal_port
     record["artifacts_port"] = opts.serve.artifacts_port
     record["token_file"] = str(server.secrets / "bearer-token")  # the path, never the token
+    record["options"] = _serve_options_record(opts.serve, opts.no_gpu)
     return record
+
+
+def _serve_options_record(s: ServeOptions, no_gpu: bool) -> dict[str, Any]:
+    """How a release was served (no secret in it), so rollback can serve it the same way."""
+    return {
+        "port": s.port,
+        "internal_port": s.internal_port,
+        "server_names": list(s.server_names),
+        "ips": list(s.ips),
+        "tls_cert": str(s.tls_cert) if s.tls_cert else None,
+        "tls_key": str(s.tls_key) if s.tls_key else None,
+        "gpus": s.gpus,
+        "health_timeout": s.health_timeout,
+        "network": s.network,
+        "extra_vllm_args": list(s.extra_vllm_args),
+        "artifacts_port": s.artifacts_port,
+        "no_gpu": no_gpu,
+    }
+
+
+def _serve_options(rec: dict[str, Any]) -> tuple[ServeOptions, bool]:
+    return (
+        ServeOptions(
+            port=int(rec["port"]),
+            internal_port=int(rec["internal_port"]),
+            server_names=tuple(rec.get("server_names") or ()),
+            ips=tuple(rec.get("ips") or ()),
+            tls_cert=Path(rec["tls_cert"]) if rec.get("tls_cert") else None,
+            tls_key=Path(rec["tls_key"]) if rec.get("tls_key") else None,
+            gpus=str(rec.get("gpus", "all")),
+            health_timeout=float(rec.get("health_timeout", 900.0)),
+            network=str(rec.get("network", "host")),
+            extra_vllm_args=tuple(rec.get("extra_vllm_args") or ()),
+            artifacts_port=rec.get("artifacts_port"),
+        ),
+        bool(rec.get("no_gpu")),
+    )
 
 
 def _activate(
@@ -1216,13 +1254,21 @@ def uninstall(
     return removed
 
 
-def rollback(prefix: Path) -> str:
-    """Switch ``current`` back to the release that was active before it.
+def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[str]]:
+    """Make the release that was active before the current one current again, and serve it.
+
+    When the releases were served, the earlier release's containers are started the way
+    it was served before (same ports, names, flags) and proven healthy before ``current``
+    moves; if that fails, the current containers serve again and nothing changes.
+
+    Returns:
+        The release now current, and notes for the operator.
 
     Raises:
-        InstallError: there is no earlier release still on disk.
+        InstallError: there is no earlier release still on disk, or it failed to serve.
     """
     layout = Layout(prefix)
+    notes: list[str] = []
     with InstallLock(layout.prefix):
         receipt = Receipt.load(layout.state)
         current = receipt.current
@@ -1233,9 +1279,48 @@ def rollback(prefix: Path) -> str:
                 f"{prefix}: no earlier release to roll back to",
                 hint="`airgap status` lists the releases on this host.",
             )
-        target = earlier[0]
-        layout.switch_current(target)
-        receipt.data["current"] = target
-        receipt.data["history"].append(target)
+        key = earlier[0]
+        rel = receipt.releases[key]
+        now = receipt.releases.get(current or "", {})
+        now_serve = now.get("serve") or {}
+        options = (rel.get("serve") or {}).get("options")
+        if now_serve.get("containers"):
+            if not options:
+                raise InstallError(
+                    f"{key} was installed by an older airgap that did not record how it was served",
+                    hint=f"Install {key}'s bundle again with --allow-downgrade to serve it.",
+                )
+            target = target_from_spec(rel.get("target", {}), runtime_url=runtime_url)
+            try:
+                if not isinstance(target, EngineTarget):
+                    raise InstallError(f"{key}'s images are in a registry; nothing to serve")
+                serve, no_gpu = _serve_options(options)
+                opts = InstallOptions(
+                    bundle="", trusted={}, prefix=layout.prefix, serve=serve, no_gpu=no_gpu
+                )
+                rel["serve"] = _serve(
+                    Server(target.runtime, layout.prefix, rel["name"]),
+                    layout.release(key),
+                    key,
+                    rel,
+                    opts,
+                    now_serve["containers"],
+                )
+            finally:
+                target.close()
+            if (rel["serve"].get("model"), rel["serve"].get("url")) != (
+                now_serve.get("model"),
+                now_serve.get("url"),
+            ):
+                notes.append(
+                    f"{key} serves {rel['serve'].get('model')} at {rel['serve'].get('url')}: "
+                    "run its `airgap install` with --allow-downgrade and the Kibana options "
+                    "to update the connector"
+                )
+            else:
+                notes.append(f"{key} serves {rel['serve'].get('model')} (proven healthy)")
+        layout.switch_current(key)
+        receipt.data["current"] = key
+        receipt.data["history"].append(key)
         receipt.save()
-        return str(target)
+        return key, notes

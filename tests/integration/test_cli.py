@@ -103,8 +103,20 @@ def test_build_verify_inspect_sign_round_trip(
         "2",
     )
     assert r.returncode == 3 and b"1 valid signature(s) from trusted keys, 2 required" in r.stderr
+    # the co-signer verifies first: without the first signer's key, nothing is signed
     r = airgap("sign", str(out), "--key", str(tmp_path / "k2"))
+    assert r.returncode == 2 and b"--trusted-key" in r.stderr
+    assert not list(tmp_path.glob("b.tar.*.sig"))
+    damaged = tmp_path / "damaged.tar"
+    data = bytearray(out.read_bytes())
+    data[-20000] ^= 1  # inside the payload
+    damaged.write_bytes(bytes(data))
+    r = airgap("sign", str(damaged), "--key", str(tmp_path / "k2"), "--trusted-key", f"{keys}.pub")
+    assert r.returncode == 3, r.stderr
+    assert not list(tmp_path.glob("damaged.tar.*.sig"))
+    r = airgap("sign", str(out), "--key", str(tmp_path / "k2"), "--trusted-key", f"{keys}.pub")
     assert r.returncode == 0, r.stderr
+    assert b"verified" in r.stderr
     r = airgap(
         "verify",
         str(out),

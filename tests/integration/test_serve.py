@@ -265,3 +265,73 @@ def test_shipped_manifests_make_command_lines_a_vllm_parser_accepts(manifest: Pa
     assert parsed.served_model_name == [m.model.served_name]
     if m.serve.max_model_len:
         assert parsed.max_model_len == m.serve.max_model_len
+
+
+def test_rollback_serves_the_earlier_release(
+    served: dict, key: Keys, real_sources: Path, tmp_path: Path
+) -> None:
+    assert install(served, key).returncode == 0
+    token = token_of(served)
+    v2_manifest = real_sources.with_name("v2-rollback.yaml")
+    v2_manifest.write_text(
+        re.sub(r"^version: \d+$", "version: 2", real_sources.read_text(), flags=re.M)
+    )
+    v2 = tmp_path / "v2.tar"
+    build_bundle(v2_manifest, v2, key)
+    assert install(served, key, bundle=v2).returncode == 0
+    engine = served["engine"]
+
+    def release_of(role: str) -> str:
+        out = subprocess.run(
+            [
+                "docker",
+                "-H",
+                engine.url,
+                "inspect",
+                "--format",
+                '{{index .Config.Labels "airgap.release"}} {{.State.Running}}',
+                f"airgap-demo-{role}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out[1] == "true"
+        return out[0]
+
+    assert release_of("vllm") == release_of("nginx") == "demo-2"
+    r = airgap("rollback", "--prefix", str(served["prefix"]), "--runtime-url", engine.url)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"current is now demo-1" in r.stdout and b"proven healthy" in r.stdout
+    assert os.readlink(served["prefix"] / "current") == "releases/demo-1"
+    assert release_of("vllm") == release_of("nginx") == "demo-1"
+    mounts = subprocess.run(
+        [
+            "docker",
+            "-H",
+            engine.url,
+            "inspect",
+            "--format",
+            "{{range .Mounts}}{{.Source}} {{end}}",
+            "airgap-demo-vllm",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "releases/demo-1/models/tiny" in mounts
+    ca = served["prefix"] / "secrets/tls/ca.crt"
+    answer = requests.post(
+        f"https://127.0.0.1:{served['port']}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]},
+        verify=str(ca),
+        timeout=30,
+    )
+    assert answer.status_code == 200
+    status = json.loads(
+        airgap(
+            "status", "--prefix", str(served["prefix"]), "--runtime-url", engine.url, "--json"
+        ).stdout
+    )
+    assert status["ok"] and status["current"] == "demo-1"
