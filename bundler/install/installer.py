@@ -546,6 +546,8 @@ def install(
                 artifacts = opts.serve.artifacts_port if opts.serve and will_serve else None
                 if artifacts and any(f.path.startswith("elastic/") for f in index.files):
                     ports.append(artifacts)  # only needed when there is something to serve
+                if opts.serve and will_serve and opts.serve.network == "host":
+                    ports.append(opts.serve.internal_port)  # vLLM binds it on the host
                 for port in dict.fromkeys(ports):
                     if port in ours:
                         checks.append(
