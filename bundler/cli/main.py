@@ -1160,7 +1160,7 @@ def uninstall(
 
     access = dataclasses.replace(_access(access_kw), keep=keep_elastic)
     for line in run_uninstall(prefix, runtime, runtime_url, access):
-        click.echo(f"removed {line}")
+        click.echo(line if line.startswith("note:") else f"removed {line}")
 
 
 @cli.command()

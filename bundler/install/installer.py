@@ -1138,6 +1138,7 @@ def _undo_elastic(receipt: Receipt, access: ElasticAccess) -> list[str]:
     connectors: dict[tuple[str, str, str], dict[str, Any]] = {}
     endpoints: dict[tuple[str, str], dict[str, Any]] = {}
     files: list[str] = []
+    preconfigured: set[str] = set()
     for rel in receipt.releases.values():
         el = rel.get("elastic") or {}
         records = [(kind, el.get(kind) or {}) for kind in ("kibana", "elasticsearch")]
@@ -1150,6 +1151,8 @@ def _undo_elastic(receipt: Receipt, access: ElasticAccess) -> list[str]:
                 endpoints[(rec["url"], rec["endpoint_id"])] = rec
             elif kind in ("elser_dir", "product_docs_dir"):
                 files += rec.get("files", [])
+            if kind == "kibana" and rec.get("mode") == "preconfigured":
+                preconfigured.add(str(rec.get("connector_id")))
     removed = []
     if not access.keep:
         if connectors and access.kibana is None:
@@ -1188,6 +1191,11 @@ def _undo_elastic(receipt: Receipt, access: ElasticAccess) -> list[str]:
                 es.close()
             removed.append(f"inference endpoint {ident} ({url}){'' if gone else ' was gone'}")
     removed += es_mod.remove_dir_files(files)
+    removed += [
+        f"note: remove the preconfigured connector {ident} from kibana.yml (airgap never "
+        "edits kibana.yml)"
+        for ident in sorted(preconfigured)
+    ]
     return removed
 
 

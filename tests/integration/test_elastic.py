@@ -205,6 +205,10 @@ def test_preconfigured_mode_writes_the_kibana_yml(site: dict, key: Keys) -> None
     assert set(conn["config"]) == {"apiProvider", "apiUrl", "defaultModel"}  # 8.18's keys
     ca = (site["prefix"] / "secrets" / "tls" / "ca.crt").read_text()
     assert doc["xpack.actions.customHostSettings"][0]["ssl"]["certificateAuthoritiesData"] == ca
+    r = airgap("uninstall", "--prefix", str(site["prefix"]), "--runtime-url", site["engine"].url)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"note: remove the preconfigured connector airgap-demo from kibana.yml" in r.stdout
+    assert not path.exists()
 
 
 def test_elser_and_product_docs_served_by_nginx(site: dict, key: Keys) -> None:
