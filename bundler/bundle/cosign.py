@@ -8,11 +8,11 @@ from bundler import canonical
 from bundler.bundle.parts import locate_bundle, parts_list_path
 from bundler.bundle.reader import read_head
 from bundler.bundle.signing import SigningKey
-from bundler.errors import UsageError
+from bundler.errors import BundleError, UsageError
 from bundler.fsutil import atomic_output, atomic_write_bytes
 
 
-def cosign(spec: str, key: SigningKey) -> list[Path]:
+def cosign(spec: str, key: SigningKey, expect_index_sha256: str | None = None) -> list[Path]:
     """Sign the bundle's index with ``key``; for split bundles, the parts list too.
 
     Returns:
@@ -26,6 +26,13 @@ def cosign(spec: str, key: SigningKey) -> list[Path]:
         raise UsageError("`airgap sign` needs the bundle file, not stdin")
     loc = locate_bundle(spec)
     head = read_head(loc)
+    if expect_index_sha256 is not None and head.index_sha256 != expect_index_sha256:
+        raise BundleError(
+            f"the index changed while it was being verified (sha256 {head.index_sha256}, "
+            f"verified {expect_index_sha256}); nothing was signed",
+            bundle=spec,
+            hint="Make sure nothing writes to the bundle, then sign again.",
+        )
     assert loc.base is not None
     sig_path = loc.base.with_name(f"{loc.base.name}.{key.keyid}.sig")
     atomic_write_bytes(sig_path, key.sign(head.index_bytes))

@@ -504,7 +504,7 @@ def sign(
             f"{', '.join(k[:16] for k in result.signers)}; {human(result.bytes_read)} checked",
             err=True,
         )
-    for p in cosign(bundle, signing):
+    for p in cosign(bundle, signing, None if no_verify else result.index_sha256):
         click.echo(str(p))
 
 

@@ -416,11 +416,28 @@ def recover(layout: Layout, receipt: Receipt, target: ImageTarget | None) -> lis
     return done
 
 
-def _our_ports(receipt: Receipt) -> set[int]:
-    current = receipt.releases.get(receipt.current or "", {})
-    serve = current.get("serve") or {}
-    ports = (serve.get("port"), serve.get("internal_port"), serve.get("artifacts_port"))
-    return {int(p) for p in ports if p}
+def _our_ports(receipt: Receipt, target: ImageTarget) -> set[int]:
+    """Ports held by airgap's own containers (any release whose containers still exist):
+    the new start replaces those containers, so their ports count as free."""
+    ours: set[int] = set()
+    if not isinstance(target, EngineTarget):
+        return ours
+    for rel in receipt.releases.values():
+        serve = rel.get("serve") or {}
+        containers = serve.get("containers") or {}
+        alive = False
+        for c in containers.values():
+            with contextlib.suppress(Exception):
+                target.runtime.api.inspect_container(c["id"])
+                alive = True
+        if not alive:
+            continue
+        options = serve.get("options") or {}
+        ports = [serve.get("port"), serve.get("artifacts_port")]
+        if options.get("network", "host") == "host":
+            ports.append(serve.get("internal_port"))
+        ours.update(int(p) for p in ports if p)
+    return ours
 
 
 def _port_free(port: int) -> bool:
@@ -540,7 +557,7 @@ def install(
                             info.gpu_detail + ("" if info.gpu else "; use --no-gpu for CPU images"),
                         )
                     )
-                ours = _our_ports(receipt)
+                ours = _our_ports(receipt, target)
                 will_serve = opts.serve is not None and isinstance(target, EngineTarget)
                 ports = list(opts.ports)
                 artifacts = opts.serve.artifacts_port if opts.serve and will_serve else None
@@ -1264,6 +1281,25 @@ def uninstall(
     return removed
 
 
+def _connector_note(receipt: Receipt, key: str, served: dict[str, Any]) -> list[str]:
+    """What the operator must do about Kibana after a rollback, from the recorded connector."""
+    records = [(r.get("elastic") or {}).get("kibana") or {} for r in receipt.releases.values()]
+    records = [r for r in records if r]
+    if not records:
+        return []
+    model = served.get("model")
+    if any(r.get("mode") == "api" for r in records):
+        return [
+            f"the Kibana connector still names the newer release's model: run `airgap install` "
+            f"of {key}'s bundle with --allow-downgrade and the same --kibana-* options to "
+            f"point it at {model}"
+        ]
+    return [
+        f"the preconfigured connector in kibana.yml still names the newer release's model: "
+        f"set its defaultModel to {model} and restart Kibana"
+    ]
+
+
 def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[str]]:
     """Make the release that was active before the current one current again, and serve it.
 
@@ -1295,16 +1331,42 @@ def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[st
         now_serve = now.get("serve") or {}
         options = (rel.get("serve") or {}).get("options")
         if now_serve.get("containers"):
-            if not options:
+            if rel.get("name") != now.get("name"):
                 raise InstallError(
-                    f"{key} was installed by an older airgap that did not record how it was served",
+                    f"{key} is another bundle than the current {current}; rollback stays "
+                    "within one bundle name",
+                    hint=f"Install {key}'s bundle again to serve it.",
+                )
+            if not rel.get("serve"):
+                raise InstallError(
+                    f"{key} was installed without serving (--no-serve or --registry), so "
+                    f"there is nothing to switch {current}'s containers back to",
                     hint=f"Install {key}'s bundle again with --allow-downgrade to serve it.",
                 )
-            target = target_from_spec(rel.get("target", {}), runtime_url=runtime_url)
+            if not options:
+                raise InstallError(
+                    f"{key} was served by an older airgap that did not record how",
+                    hint=f"Install {key}'s bundle again with --allow-downgrade to serve it.",
+                )
+            spec = rel.get("target", {})
+            if spec.get("kind") == "registry":
+                raise InstallError(f"{key}'s images are in a registry; nothing to serve here")
+            target = target_from_spec(spec, runtime_url=runtime_url)
             try:
-                if not isinstance(target, EngineTarget):
-                    raise InstallError(f"{key}'s images are in a registry; nothing to serve")
-                serve, no_gpu = _serve_options(options)
+                assert isinstance(target, EngineTarget)
+                try:
+                    serve, no_gpu = _serve_options(options)
+                except (KeyError, TypeError, ValueError) as e:
+                    raise InstallError(
+                        f"the receipt's record of how {key} was served is unreadable: {e}",
+                        hint=f"Install {key}'s bundle again with --allow-downgrade.",
+                    ) from e
+                if serve.tls_cert and not serve.tls_cert.is_file():
+                    raise InstallError(
+                        f"{key} was served with --tls-cert {serve.tls_cert}, which is gone",
+                        hint=f"Install {key}'s bundle again with --allow-downgrade and the "
+                        "certificate to use now.",
+                    )
                 opts = InstallOptions(
                     bundle="", trusted={}, prefix=layout.prefix, serve=serve, no_gpu=no_gpu
                 )
@@ -1318,17 +1380,10 @@ def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[st
                 )
             finally:
                 target.close()
-            if (rel["serve"].get("model"), rel["serve"].get("url")) != (
-                now_serve.get("model"),
-                now_serve.get("url"),
-            ):
-                notes.append(
-                    f"{key} serves {rel['serve'].get('model')} at {rel['serve'].get('url')}: "
-                    "run its `airgap install` with --allow-downgrade and the Kibana options "
-                    "to update the connector"
-                )
-            else:
-                notes.append(f"{key} serves {rel['serve'].get('model')} (proven healthy)")
+            now_serve["containers"] = {}  # replaced by the earlier release's
+            notes.append(f"{key} serves {rel['serve'].get('model')} (proven healthy)")
+            if rel["serve"].get("model") != now_serve.get("model"):
+                notes += _connector_note(receipt, key, rel["serve"])
         layout.switch_current(key)
         receipt.data["current"] = key
         receipt.data["history"].append(key)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -369,9 +370,13 @@ class Server:
         else:
             tls = ensure_tls(self.secrets / "tls", opts.server_names, opts.ips)
             tls_dir, ca = tls.cert.parent, str(tls.ca_cert)
-        # Per release: a rolled-back start must leave the previous containers' files alone.
-        serve_dir = self.serve_dir / release
+        # Per start: containers restored after a failed start keep reading their own
+        # configuration and auth file, never the new ones.
+        start_id = f"{release}-{new_secret()[:8]}"
+        serve_dir = self.serve_dir / self.name / start_id
         serve_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        auth_dir = self.secrets / "nginx" / self.name
+        auth_file = auth_dir / f"{start_id}.conf"
         host_net = opts.network == "host"
         vllm_host = "127.0.0.1" if host_net else "0.0.0.0"
         upstream = (
@@ -395,10 +400,6 @@ class Server:
             ).encode(),
             mode=0o644,
         )
-        # One auth file per start: containers restored after a failure keep reading theirs.
-        self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
-        auth_file = self.secrets / f"nginx-auth-{release}-{new_secret()[:8]}.conf"
-        atomic_write_bytes(auth_file, auth_conf(token, api_key).encode(), mode=0o600)
         nginx_binds = {
             str(serve_dir / "nginx.conf"): {"bind": "/etc/airgap/nginx.conf", "mode": "ro"},
             str(auth_file): {"bind": "/etc/airgap/auth.conf", "mode": "ro"},
@@ -407,17 +408,19 @@ class Server:
         if elser or docs:
             nginx_binds[str(elastic_dir)] = {"bind": ARTIFACT_ROOT, "mode": "ro"}
             nginx_binds[str(listing)] = {"bind": LISTING, "mode": "ro"}
-        if not host_net:
-            with contextlib.suppress(docker.errors.APIError):
-                self.api.create_network(opts.network, driver="bridge", labels={MANAGED: "true"})
-        self.check_nginx(images["nginx"], nginx_binds, opts.network)
-
         model_dir = f"/models/{m.model.served_name}"
         served_from = release_dir / "models" / m.model.served_name
-        previous = previous or {}
-        stopped = self._stop_previous(previous)
+        stopped: dict[str, dict[str, str]] = {}
         started: dict[str, dict[str, str]] = {}
         try:
+            auth_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write_bytes(auth_file, auth_conf(token, api_key).encode(), mode=0o600)
+            if not host_net:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.api.create_network(opts.network, driver="bridge", labels={MANAGED: "true"})
+            self.check_nginx(images["nginx"], nginx_binds, opts.network)
+            self._check_ours()  # both names, before either container is stopped
+            self._stop_previous(stopped)
             vllm_id = self._create(
                 "vllm",
                 images["vllm"],
@@ -446,23 +449,27 @@ class Server:
             )
             started["nginx"] = {"id": nginx_id, "name": self.container_name("nginx")}
             self.prove(opts.port, token, m.model.served_name, ca, started, opts.health_timeout)
+            # Proven: the new secrets become the ones on record (still undone on failure).
+            for name, value in fresh.items():
+                atomic_write_bytes(self.secrets / name, value.encode() + b"\n", mode=0o600)
         except BaseException:
             for c in started.values():
-                self._remove(c["id"])
+                with contextlib.suppress(Exception):
+                    self._remove(c["id"])
             with contextlib.suppress(OSError):
                 auth_file.unlink()
+            shutil.rmtree(serve_dir, ignore_errors=True)
             if stopped:
                 self._restore_previous(stopped)
                 self._wait_healthy(opts.port, ca, opts.health_timeout)
             raise
-        for name, value in fresh.items():
-            atomic_write_bytes(self.secrets / name, value.encode() + b"\n", mode=0o600)
+        # The new release serves: what follows is tidying, and must not undo it.
         for c in stopped.values():
-            self._remove(c["id"])
-        for old_auth in self.secrets.glob("nginx-auth*.conf"):
-            if old_auth != auth_file:
-                with contextlib.suppress(OSError):
-                    old_auth.unlink()
+            try:
+                self._remove(c["id"])
+            except docker.errors.APIError as e:
+                logger.warning("could not remove the replaced container %s: %s", c["name"], e)
+        self._prune(auth_dir, auth_file, (self.serve_dir / self.name), serve_dir)
         host = (
             opts.server_names[0]
             if opts.server_names
@@ -487,25 +494,44 @@ class Server:
             artifacts=artifacts,
         )
 
-    def _stop_previous(self, previous: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        """Stop and rename the containers that serve now, so the new ones can take over."""
-        stopped = {}
+    def _check_ours(self) -> None:
+        """Refuse, before anything stops, if a container name is taken by someone else."""
         for role in ("nginx", "vllm"):
             info = self._find(self.container_name(role))
-            if info is None:
-                continue
-            ident = info["Id"]
-            if info.get("Config", {}).get("Labels", {}).get(MANAGED) != "true":
+            if info and info.get("Config", {}).get("Labels", {}).get(MANAGED) != "true":
                 raise InstallError(
                     f"a container named {self.container_name(role)} exists and "
                     "was not created by airgap",
                     hint="Rename or remove it, then install again.",
                 )
+
+    def _stop_previous(self, stopped: dict[str, dict[str, str]]) -> None:
+        """Stop and rename the containers that serve now, so the new ones can take over.
+
+        ``stopped`` is filled as it goes, so a failure or Ctrl-C half-way still lets the
+        caller restore exactly what was stopped.
+        """
+        for role in ("nginx", "vllm"):
+            info = self._find(self.container_name(role))
+            if info is None:
+                continue
+            ident = info["Id"]
+            stopped[role] = {"id": ident, "name": self.container_name(role)}
             with contextlib.suppress(docker.errors.APIError):
                 self.api.stop(ident, timeout=30)
             self.api.rename(ident, f"{self.container_name(role)}-previous-{int(time.time())}")
-            stopped[role] = {"id": ident, "name": self.container_name(role)}
-        return stopped
+
+    def _prune(self, auth_dir: Path, keep_auth: Path, serve_root: Path, keep_serve: Path) -> None:
+        """Remove this bundle's older per-start files (no container uses them any more)."""
+        for old in auth_dir.glob("*.conf"):
+            if old != keep_auth:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+        for old in serve_root.iterdir() if serve_root.is_dir() else []:
+            if old != keep_serve and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.secrets / "nginx-auth.conf").unlink()  # the single file of older versions
 
     def _restore_previous(self, stopped: dict[str, dict[str, str]]) -> None:
         for role in ("vllm", "nginx"):

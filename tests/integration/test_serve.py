@@ -103,8 +103,9 @@ def test_endpoint_is_tls_and_bearer_protected_and_streams(served: dict, key: Key
     assert len(token) >= 32
     # secrets are files only root can read; nothing secret in the receipt
     secrets = served["prefix"] / "secrets"
-    (auth,) = secrets.glob("nginx-auth-*.conf")  # one, for the containers that serve
-    for name in ("bearer-token", "vllm-api-key", auth.name, "tls/server.key", "tls/ca.key"):
+    (auth,) = secrets.glob("nginx/demo/*.conf")  # one, for the containers that serve
+    auth_name = str(auth.relative_to(secrets))
+    for name in ("bearer-token", "vllm-api-key", auth_name, "tls/server.key", "tls/ca.key"):
         assert stat.S_IMODE((secrets / name).stat().st_mode) == 0o600, name
     receipt = (served["prefix"] / "state/receipt.json").read_text()
     assert token not in receipt
@@ -335,3 +336,44 @@ def test_rollback_serves_the_earlier_release(
         ).stdout
     )
     assert status["ok"] and status["current"] == "demo-1"
+
+
+def test_a_foreign_container_name_stops_nothing(
+    served: dict, key: Keys, real_sources: Path, tmp_path: Path
+) -> None:
+    """Both names are checked before either container is stopped: a refused start must
+    not leave the running Nginx stopped and renamed."""
+    assert install(served, key).returncode == 0
+    engine = served["engine"]
+    docker = ["docker", "-H", engine.url]
+    subprocess.run([*docker, "rm", "-f", "airgap-demo-vllm"], check=True, capture_output=True)
+    image = subprocess.run(
+        [*docker, "inspect", "--format", "{{.Image}}", "airgap-demo-nginx"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    subprocess.run(
+        [*docker, "create", "--name", "airgap-demo-vllm", "--entrypoint", "/usr/sbin/nginx", image],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        v2_manifest = real_sources.with_name("v2-foreign.yaml")
+        v2_manifest.write_text(
+            re.sub(r"^version: \d+$", "version: 2", real_sources.read_text(), flags=re.M)
+        )
+        v2 = tmp_path / "v2.tar"
+        build_bundle(v2_manifest, v2, key)
+        r = install(served, key, bundle=v2)
+        assert r.returncode == 1 and b"was not created by airgap" in r.stderr
+        state = subprocess.run(
+            [*docker, "inspect", "--format", "{{.State.Running}} {{.Name}}", "airgap-demo-nginx"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert state == ["true", "/airgap-demo-nginx"]
+        assert os.readlink(served["prefix"] / "current") == "releases/demo-1"
+    finally:
+        subprocess.run([*docker, "rm", "-f", "airgap-demo-vllm"], capture_output=True)
