@@ -377,6 +377,7 @@ class Server:
         serve_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         auth_dir = self.secrets / "nginx" / self.name
         auth_file = auth_dir / f"{start_id}.conf"
+        start_tls = auth_dir / f"{start_id}.tls"  # this start's copy of the certificate
         host_net = opts.network == "host"
         vllm_host = "127.0.0.1" if host_net else "0.0.0.0"
         upstream = (
@@ -403,7 +404,7 @@ class Server:
         nginx_binds = {
             str(serve_dir / "nginx.conf"): {"bind": "/etc/airgap/nginx.conf", "mode": "ro"},
             str(auth_file): {"bind": "/etc/airgap/auth.conf", "mode": "ro"},
-            str(tls_dir): {"bind": "/etc/airgap/tls", "mode": "ro"},
+            str(start_tls): {"bind": "/etc/airgap/tls", "mode": "ro"},
         }
         if elser or docs:
             nginx_binds[str(elastic_dir)] = {"bind": ARTIFACT_ROOT, "mode": "ro"}
@@ -415,6 +416,9 @@ class Server:
         try:
             auth_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             atomic_write_bytes(auth_file, auth_conf(token, api_key).encode(), mode=0o600)
+            start_tls.mkdir(mode=0o700)
+            for name, mode in (("server.crt", 0o644), ("server.key", 0o600)):
+                atomic_write_bytes(start_tls / name, (tls_dir / name).read_bytes(), mode=mode)
             if not host_net:
                 with contextlib.suppress(docker.errors.APIError):
                     self.api.create_network(opts.network, driver="bridge", labels={MANAGED: "true"})
@@ -458,6 +462,7 @@ class Server:
                     self._remove(c["id"])
             with contextlib.suppress(OSError):
                 auth_file.unlink()
+            shutil.rmtree(start_tls, ignore_errors=True)
             shutil.rmtree(serve_dir, ignore_errors=True)
             if stopped:
                 self._restore_previous(stopped)
@@ -469,7 +474,7 @@ class Server:
                 self._remove(c["id"])
             except docker.errors.APIError as e:
                 logger.warning("could not remove the replaced container %s: %s", c["name"], e)
-        self._prune(auth_dir, auth_file, (self.serve_dir / self.name), serve_dir)
+        self._prune(auth_dir, start_id, (self.serve_dir / self.name), serve_dir)
         host = (
             opts.server_names[0]
             if opts.server_names
@@ -521,10 +526,14 @@ class Server:
                 self.api.stop(ident, timeout=30)
             self.api.rename(ident, f"{self.container_name(role)}-previous-{int(time.time())}")
 
-    def _prune(self, auth_dir: Path, keep_auth: Path, serve_root: Path, keep_serve: Path) -> None:
+    def _prune(self, auth_dir: Path, keep: str, serve_root: Path, keep_serve: Path) -> None:
         """Remove this bundle's older per-start files (no container uses them any more)."""
-        for old in auth_dir.glob("*.conf"):
-            if old != keep_auth:
+        for old in auth_dir.iterdir():
+            if old.name.rsplit(".", 1)[0] == keep:
+                continue
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
                 with contextlib.suppress(OSError):
                     old.unlink()
         for old in serve_root.iterdir() if serve_root.is_dir() else []:

@@ -104,8 +104,9 @@ def test_endpoint_is_tls_and_bearer_protected_and_streams(served: dict, key: Key
     # secrets are files only root can read; nothing secret in the receipt
     secrets = served["prefix"] / "secrets"
     (auth,) = secrets.glob("nginx/demo/*.conf")  # one, for the containers that serve
-    auth_name = str(auth.relative_to(secrets))
-    for name in ("bearer-token", "vllm-api-key", auth_name, "tls/server.key", "tls/ca.key"):
+    (tls_copy,) = secrets.glob("nginx/demo/*.tls/server.key")
+    own = [str(f.relative_to(secrets)) for f in (auth, tls_copy)]
+    for name in ("bearer-token", "vllm-api-key", *own, "tls/server.key", "tls/ca.key"):
         assert stat.S_IMODE((secrets / name).stat().st_mode) == 0o600, name
     receipt = (served["prefix"] / "state/receipt.json").read_text()
     assert token not in receipt
@@ -218,9 +219,18 @@ def test_a_server_that_fails_rolls_back_with_its_log(
     v2_manifest.write_text(re.sub(r"^version: \d+$", "version: 2", text, flags=re.M))
     v2 = tmp_path / "v2.tar"
     build_bundle(v2_manifest, v2, key)
-    # with --rotate-token: a failed start must not rotate anything either
+    # with --rotate-token and another name: a failed start must change neither
     r = install(
-        served, key, "--vllm-arg", vllm_arg, "--health-timeout", "5", "--rotate-token", bundle=v2
+        served,
+        key,
+        "--vllm-arg",
+        vllm_arg,
+        "--health-timeout",
+        "5",
+        "--rotate-token",
+        "--server-name",
+        "renamed.example.internal",
+        bundle=v2,
     )
     assert r.returncode == 1
     err = r.stderr.decode()
@@ -239,6 +249,17 @@ def test_a_server_that_fails_rolls_back_with_its_log(
     )
     assert r2.status_code == 200
     assert token_of(served) == token
+    import ssl
+
+    from cryptography import x509
+
+    pem = ssl.get_server_certificate(("127.0.0.1", served["port"]))
+    names = (
+        x509.load_pem_x509_certificate(pem.encode())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value.get_values_for_type(x509.DNSName)
+    )
+    assert "llm.example.internal" in names and "renamed.example.internal" not in names
 
 
 def test_uninstall_removes_the_containers(served: dict, key: Keys) -> None:
