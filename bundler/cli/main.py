@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -22,6 +22,10 @@ from bundler import __version__, env
 from bundler.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, AirgapError
 from bundler.fmt import human
 from bundler.progress import NullReporter
+
+if TYPE_CHECKING:
+    from bundler.bundle.parts import BundleLocation
+    from bundler.bundle.reader import VerifyResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("bundler")
@@ -422,6 +426,40 @@ def fetch(
     )
 
 
+def _verify_bundle(
+    bundle: str,
+    trusted_keys: tuple[Path, ...],
+    trust_dir: Path | None,
+    require_signatures: int,
+    signatures: tuple[Path, ...],
+    *,
+    as_json: bool,
+) -> tuple[VerifyResult, BundleLocation]:
+    """One verifying pass (signatures, threshold, every byte) with a progress bar."""
+    from bundler.bundle.parts import locate_bundle
+    from bundler.bundle.reader import (
+        TrustPolicy,
+        find_detached_signatures,
+        read_bundle,
+        read_detached,
+    )
+    from bundler.bundle.signing import load_trust
+
+    trusted = load_trust(trusted_keys, trust_dir)
+    loc = locate_bundle(bundle)
+    detached = read_detached(find_detached_signatures(loc) + list(signatures))
+    with _reporter(as_json) as reporter:
+        reporter.stage("verifying", sum(p.size for p in loc.parts) or None)
+        result = read_bundle(
+            loc,
+            TrustPolicy(trusted, require_signatures),
+            None,
+            detached=detached,
+            progress=reporter.advance,
+        )
+    return result, loc
+
+
 @cli.command()
 @click.argument("bundle", type=str)
 @click.option(
@@ -472,39 +510,23 @@ def sign(
     from bundler.bundle.signing import load_signing_key
 
     signing = load_signing_key(key, _passphrase(passphrase_file))
+    verified_index: str | None = None
     if not no_verify:
         if not trusted_keys and trust_dir is None:
             raise click.UsageError(
                 "give --trusted-key (or --trust-dir) with the key(s) that signed the bundle, "
                 "so it is verified before you sign it (or --no-verify to sign unchecked)"
             )
-        from bundler.bundle.parts import locate_bundle
-        from bundler.bundle.reader import (
-            TrustPolicy,
-            find_detached_signatures,
-            read_bundle,
-            read_detached,
+        result, _ = _verify_bundle(
+            bundle, trusted_keys, trust_dir, require_signatures, (), as_json=False
         )
-        from bundler.bundle.signing import load_trust
-
-        trusted = load_trust(trusted_keys, trust_dir)
-        loc = locate_bundle(bundle)
-        detached = read_detached(find_detached_signatures(loc))
-        with _reporter(False) as reporter:
-            reporter.stage("verifying", sum(p.size for p in loc.parts) or None)
-            result = read_bundle(
-                loc,
-                TrustPolicy(trusted, require_signatures),
-                None,
-                detached=detached,
-                progress=reporter.advance,
-            )
         click.echo(
             f"verified {result.index.name} v{result.index.version}: signed by "
             f"{', '.join(k[:16] for k in result.signers)}; {human(result.bytes_read)} checked",
             err=True,
         )
-    for p in cosign(bundle, signing, None if no_verify else result.index_sha256):
+        verified_index = result.index_sha256
+    for p in cosign(bundle, signing, verified_index):
         click.echo(str(p))
 
 
@@ -550,27 +572,9 @@ def verify(
     as_json: bool,
 ) -> None:
     """Verify BUNDLE (a file, its first .part-000, or - for stdin): signatures, every byte."""
-    from bundler.bundle.parts import locate_bundle
-    from bundler.bundle.reader import (
-        TrustPolicy,
-        find_detached_signatures,
-        read_bundle,
-        read_detached,
+    result, loc = _verify_bundle(
+        bundle, trusted_keys, trust_dir, require_signatures, signatures, as_json=as_json
     )
-    from bundler.bundle.signing import load_trust
-
-    trusted = load_trust(trusted_keys, trust_dir)
-    loc = locate_bundle(bundle)
-    detached = read_detached(find_detached_signatures(loc) + list(signatures))
-    with _reporter(as_json) as reporter:
-        reporter.stage("verifying", sum(p.size for p in loc.parts) or None)
-        result = read_bundle(
-            loc,
-            TrustPolicy(trusted, require_signatures),
-            None,
-            detached=detached,
-            progress=reporter.advance,
-        )
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     rate = result.bytes_read / result.seconds / 1e6 if result.seconds else 0.0
