@@ -330,40 +330,25 @@ def test_preflight_failures_and_dry_run_change_nothing(
         s.bind(("0.0.0.0", 0))
         s.listen()
         busy = s.getsockname()[1]
-        r = airgap(
-            "install",
-            str(bundle),
-            "--trusted-key",
-            str(key.public),
-            "--prefix",
-            str(prefix),
-            "--no-gpu",
-            "--runtime-url",
-            clean_engine.url,
-            "--port",
-            str(busy),
-            "--artifacts-port",
-            str(services.free_port()),
-        )
-        assert r.returncode == 1 and f"port {busy}: in use".encode() in r.stderr
-        assert not (prefix / "current").exists()
-        # the artifacts port counts too, since this bundle carries Elastic files
-        r = airgap(
-            "install",
-            str(bundle),
-            "--trusted-key",
-            str(key.public),
-            "--prefix",
-            str(prefix),
-            "--no-gpu",
-            "--runtime-url",
-            clean_engine.url,
-            "--port",
-            str(services.free_port()),
-            "--artifacts-port",
-            str(busy),
-        )
-        assert r.returncode == 1 and f"port {busy}: in use".encode() in r.stderr
+        # the TLS port, and the artifacts port too, since this bundle carries Elastic files
+        for flag, other in (("--port", "--artifacts-port"), ("--artifacts-port", "--port")):
+            r = airgap(
+                "install",
+                str(bundle),
+                "--trusted-key",
+                str(key.public),
+                "--prefix",
+                str(prefix),
+                "--no-gpu",
+                "--runtime-url",
+                clean_engine.url,
+                flag,
+                str(busy),
+                other,
+                str(services.free_port()),
+            )
+            assert r.returncode == 1 and f"port {busy}: in use".encode() in r.stderr
+            assert not (prefix / "current").exists()
     assert not (prefix / "current").exists()
     r = airgap(
         "install",
