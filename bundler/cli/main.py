@@ -922,18 +922,8 @@ def install(
             verification=kibana_verification,  # type: ignore[arg-type]
             test=not no_kibana_test,
         )
-        if kibana.mode == "api" and kibana.credentials is None:
-            raise click.UsageError(
-                "--kibana-url needs credentials: set AIRGAP_KIBANA_API_KEY, or give "
-                "--kibana-api-key-file or --kibana-credentials-file"
-            )
     es = None
     if es_url:
-        if access.es is None:
-            raise click.UsageError(
-                "--es-url needs credentials: set AIRGAP_ES_API_KEY, or give "
-                "--es-api-key-file or --es-credentials-file"
-            )
         es = EsOptions(
             es_url,
             access.es,

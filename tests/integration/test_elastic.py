@@ -186,6 +186,9 @@ def test_untrusted_ca_fails_the_test_but_keeps_the_release(site: dict, key: Keys
 def test_kibana_refusal_is_caught_before_any_payload(site: dict, key: Keys) -> None:
     kibana = KibanaStandIn("9.2.0", api_keys={"c29tZW9uZS1lbHNl"})
     with kibana.running():
+        r = install(site, key, "--kibana-url", kibana.url, env={"AIRGAP_KIBANA_API_KEY": ""})
+        assert r.returncode == 2 and b"AIRGAP_KIBANA_API_KEY" in r.stderr
+        assert not site["prefix"].joinpath("current").exists()
         r = install(site, key, "--kibana-url", kibana.url)
     assert r.returncode == 1
     assert b"401" in r.stderr and b"unable to authenticate" in r.stderr
