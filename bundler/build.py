@@ -8,7 +8,6 @@ local, the build refuses it with a clear error instead of guessing.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,13 +25,9 @@ from bundler.hashcache import HashCache
 from bundler.hashing import FileRange
 from bundler.images import load_image_archive
 from bundler.lock import load_lock, lock_path, pins_of, save_lock
-from bundler.manifest import ELSER_IDS, ImageArchive, Manifest
+from bundler.manifest import ImageArchive, Manifest
+from bundler.names import DOC_FILE_RE, ELSER_FILE_RE
 from bundler.progress import NullReporter, Reporter
-
-_ELSER_FILE = re.compile(
-    r"^(?P<id>" + "|".join(re.escape(i) for i in ELSER_IDS) + r")\.(metadata\.json|pt|vocab\.json)$"
-)
-_DOC_FILE = re.compile(r"^kb-product-doc-(?P<product>[a-z]+)-(?P<ver>[0-9]+\.[0-9]+)\.zip$")
 
 
 @dataclass(frozen=True)
@@ -125,12 +120,12 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
     docs: set[tuple[str, str]] = set()
     for rel, p in walk_files(root):
         name = rel.rsplit("/", 1)[-1]
-        if e := _ELSER_FILE.match(name):
+        if e := ELSER_FILE_RE.match(name):
             if wanted_elser and e["id"] not in wanted_elser:
                 continue
             elser_files.setdefault(e["id"], set()).add(name)
             payloads.append(_file_payload(f"elastic/elser/{name}", p))
-        elif d := _DOC_FILE.match(name):
+        elif d := DOC_FILE_RE.match(name):
             if wanted_docs and (d["product"], d["ver"]) not in wanted_docs:
                 continue
             docs.add((d["product"], d["ver"]))

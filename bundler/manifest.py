@@ -8,7 +8,6 @@ Relative paths are resolved against the manifest's own directory.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,23 +23,10 @@ from pydantic import (
 )
 
 from bundler.errors import ManifestError
+from bundler.names import BUNDLE_NAME_RE, ELSER_IDS, check_image_ref, check_served_name
 
-NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-SERVED_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
-# docker reference grammar, simplified: [registry[:port]/]path[:tag][@sha256:hex]
-IMAGE_REF_RE = re.compile(
-    r"^(?:(?P<registry>[a-zA-Z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
+NAME_RE = BUNDLE_NAME_RE.pattern
 PLATFORM_RE = r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$"
-ELSER_IDS = (
-    "elser_model_2",
-    "elser_model_2_linux-x86_64",
-    "multilingual-e5-small",
-    "multilingual-e5-small_linux-x86_64",
-)
 Product = Literal["elasticsearch", "kibana", "observability", "security"]
 PRODUCTS: tuple[Product, ...] = ("elasticsearch", "kibana", "observability", "security")
 
@@ -57,7 +43,12 @@ class ModelSource(_Strict):
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     path: str | None = None
-    served_name: Annotated[str, Field(pattern=SERVED_NAME_RE)]
+    served_name: str
+
+    @field_validator("served_name")
+    @classmethod
+    def _served_name(cls, v: str) -> str:
+        return check_served_name(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -84,11 +75,7 @@ class Images(_Strict):
     @field_validator("vllm", "nginx")
     @classmethod
     def _ref(cls, v: ImageSource) -> ImageSource:
-        if isinstance(v, str) and not IMAGE_REF_RE.match(v):
-            raise ValueError(
-                f"{v!r} is not an image reference like docker.io/vllm/vllm-openai:v0.9.1"
-            )
-        return v
+        return check_image_ref(v) if isinstance(v, str) else v
 
     def items(self) -> list[tuple[str, ImageSource]]:
         return [("nginx", self.nginx), ("vllm", self.vllm)]

@@ -791,6 +791,18 @@ def _access(kw: dict[str, Any]) -> Any:
     help="CA bundle that signs --registry's TLS certificate.",
 )
 @click.option(
+    "--replace-tags",
+    is_flag=True,
+    help="Let install move an existing image tag (engine) or registry tag that points at "
+    "a different image; refused by default.",
+)
+@click.option(
+    "--tag-source-refs",
+    is_flag=True,
+    help="Also tag loaded images with the references the bundle was built from (e.g. "
+    "docker.io/vllm/vllm-openai:v0.9.1), not only localhost/airgap/<bundle>/<role>:<version>.",
+)
+@click.option(
     "--artifacts-port",
     type=click.IntRange(0, 65535),
     default=8081,
@@ -871,6 +883,8 @@ def install(
     registry: str | None,
     registry_insecure: bool,
     registry_ca: Path | None,
+    replace_tags: bool,
+    tag_source_refs: bool,
     artifacts_port: int,
     kibana_url: str | None,
     kibana_space: str,
@@ -948,6 +962,8 @@ def install(
         registry=registry,
         registry_insecure=registry_insecure,
         registry_ca=registry_ca,
+        replace_tags=replace_tags,
+        tag_source_refs=tag_source_refs,
         no_gpu=no_gpu,
         ports=() if (no_serve or registry) else (port,),
         serve=None

@@ -42,6 +42,7 @@ from bundler.fmt import human
 from bundler.fsutil import atomic_write_bytes, free_space
 from bundler.hashing import FileRange, hash_sources
 from bundler.install import elasticsearch as es_mod
+from bundler.install.contents import check_signed_names
 from bundler.install.elastic_api import Credentials
 from bundler.install.kibana import Kibana, KibanaOptions, register, trust_snippet, unregister
 from bundler.install.registry import Registry, RegistryFeed
@@ -49,6 +50,7 @@ from bundler.install.runtime import ArchiveFeed, Runtime
 from bundler.install.serve import ServeOptions, Server, served_record
 from bundler.install.state import InstallLock, Receipt, VersionRegistry
 from bundler.manifest import parse_manifest
+from bundler.names import IMAGE_REF_RE, image_tag, registry_name
 
 logger = logging.getLogger(__name__)
 DEFAULT_PREFIX = Path("/opt/airgap")
@@ -80,6 +82,8 @@ class InstallOptions:
     registry: str | None = None  # HOST[:PORT][/PREFIX]: push images there instead
     registry_insecure: bool = False
     registry_ca: Path | None = None
+    replace_tags: bool = False  # move an existing tag that names another image
+    tag_source_refs: bool = False  # also tag the signed source refs (engine)
     kibana: KibanaOptions | None = None  # register the connector (needs serve)
     elasticsearch: es_mod.EsOptions | None = None  # create the ELSER inference endpoint
     elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
@@ -138,15 +142,50 @@ class _Stop(Exception):
 
 
 class EngineTarget:
-    """Images go into a local Docker engine or Podman."""
+    """Images go into a local Docker engine or Podman.
+
+    Tags are airgap's own (``localhost/airgap/<bundle>/<role>:<version>``), plus the
+    signed source references only when the operator asks (``--tag-source-refs``). A tag
+    that already names another image is never moved without ``--replace-tags``, and
+    uninstall removes only the tags install created.
+    """
 
     kind = "engine"
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self, runtime: Runtime, *, replace_tags: bool = False, source_refs: bool = False
+    ) -> None:
         self.runtime = runtime
+        self.replace_tags = replace_tags
+        self.source_refs = source_refs
+        self.index: Index | None = None
+        self._created: dict[str, list[str]] = {}  # role -> tags this run created
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "engine", "runtime": self.runtime.kind, "url": self.runtime.url}
+
+    def bind(self, index: Index) -> None:
+        """The bundle whose images this run handles (names its tags)."""
+        self.index = index
+
+    def wanted_tags(self, img: ImageEntry) -> list[str]:
+        assert self.index is not None
+        tags = [image_tag(self.index.name, self.index.version, img.role)]
+        if self.source_refs:
+            for ref in (img.ref, *img.tags):
+                m = IMAGE_REF_RE.match(ref.split("@", 1)[0])
+                if m and m["tag"]:
+                    tags.append(ref.split("@", 1)[0])
+        return list(dict.fromkeys(tags))
+
+    def conflicts(self, img: ImageEntry) -> list[str]:
+        """Wanted tags that name another image now."""
+        out = []
+        for tag in self.wanted_tags(img):
+            have = self.runtime.image_id(tag)
+            if have is not None and have != img.config_digest:
+                out.append(f"{tag} is {have[:19]}")
+        return out
 
     def present(self, img: ImageEntry) -> bool:
         return self.runtime.image_id(img.config_digest) == img.config_digest
@@ -167,10 +206,30 @@ class EngineTarget:
                     f"the signed config digest is {img.config_digest}",
                     hint="The engine did not load what the bundle carries; see its log.",
                 )
-            have = self.runtime.image_tags(img.config_digest)
-            for ref in dict.fromkeys([img.ref, *img.tags]):
-                if ref not in have:
-                    self.runtime.tag(img.config_digest, ref)
+        for img in images:
+            created = self._created.setdefault(img.role, [])
+            for tag in self.wanted_tags(img):
+                have = self.runtime.image_id(tag)
+                if have == img.config_digest:
+                    continue
+                if have is not None and not self.replace_tags:
+                    raise InstallError(
+                        f"tag {tag} names image {have}, not this bundle's {img.role} "
+                        f"({img.config_digest}); airgap does not move it",
+                        hint="Remove or rename that tag, or pass --replace-tags to move it.",
+                    )
+                self.runtime.tag(img.config_digest, tag)
+                created.append(tag)
+
+    def undo_tags(self) -> None:
+        """Remove the tags this run created (a failed run)."""
+        ids = {img.role: img.config_digest for img in (self.index.images if self.index else [])}
+        for role, tags in self._created.items():
+            for tag in tags:
+                with contextlib.suppress(AirgapError):
+                    if self.runtime.image_id(tag) == ids.get(role):
+                        self.runtime.untag(tag)
+        self._created.clear()
 
     def record(self, img: ImageEntry, created: bool) -> dict[str, Any]:
         return {
@@ -179,6 +238,15 @@ class EngineTarget:
             "id": img.config_digest,
             "platform": img.platform,
             "created_by_us": created,
+            "tags": list(self._created.get(img.role, [])),
+        }
+
+    def pending_record(self, img: ImageEntry, loads: bool) -> dict[str, Any]:
+        """What a killed run may have created for ``img``: the image (if this run loads
+        it), and the tags that do not exist yet."""
+        return {
+            **self.record(img, loads),
+            "tags": [t for t in self.wanted_tags(img) if self.runtime.image_id(t) is None],
         }
 
     def pending_id(self, img: ImageEntry) -> str:
@@ -188,19 +256,43 @@ class EngineTarget:
         return self.runtime.image_id(str(record["id"])) == str(record["id"])
 
     def remove(self, record: dict[str, Any]) -> bool:
-        return self.runtime.remove_image(record["id"])
+        """Remove the tags install created for ``record`` (only while they still name its
+        image), then the image itself if install loaded it and no other tag names it.
+        Returns whether the image was removed."""
+        image_id = str(record["id"])
+        existed = self.exists(record)
+        tags = record.get("tags")
+        if tags is None:  # receipts written before tags were recorded: the source ref
+            tags = [record["ref"]]
+        for tag in tags:
+            if self.runtime.image_id(str(tag)) == image_id:
+                self.runtime.untag(str(tag))  # the engine drops an image with its last tag
+        if not record.get("created_by_us", True) or not existed:
+            return False
+        if not self.exists(record):
+            return True
+        others = self.runtime.image_tags(image_id)
+        if others:
+            logger.warning("kept image %s: also tagged %s", image_id, ", ".join(others))
+            return False
+        return self.runtime.remove_image(image_id)
 
     def close(self) -> None:
         self.runtime.close()
 
 
 class RegistryTarget:
-    """Images are pushed to an internal OCI registry (``--registry``)."""
+    """Images are pushed to an internal OCI registry (``--registry HOST[/PREFIX]``),
+    under ``PREFIX/<bundle>/<role>:<version>`` (``airgap/…`` without a prefix), never
+    under a name taken from the index. An existing tag there that names another
+    manifest is not overwritten without ``--replace-tags``."""
 
     kind = "registry"
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, replace_tags: bool = False) -> None:
         self.registry = registry
+        self.replace_tags = replace_tags
+        self.index: Index | None = None
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -209,36 +301,69 @@ class RegistryTarget:
             "insecure": self.registry.scheme == "http",
         }
 
+    def bind(self, index: Index) -> None:
+        self.index = index
+
+    def name_for(self, img: ImageEntry) -> tuple[str, str]:
+        assert self.index is not None
+        return registry_name(self.registry.prefix, self.index.name, self.index.version, img.role)
+
+    def target_ref(self, img: ImageEntry) -> str:
+        name, tag = self.name_for(img)
+        return f"{self.registry.host}/{name}:{tag}"
+
+    def _digest(self, img: ImageEntry) -> str | None:
+        name, tag = self.name_for(img)
+        return self.registry.manifest_digest(name, tag, img.manifest_media_type)
+
+    def conflicts(self, img: ImageEntry) -> list[str]:
+        got = self._digest(img)
+        if got is None or got == img.manifest_digest:
+            return []
+        return [f"{self.target_ref(img)} is {got[:19]}"]
+
     def present(self, img: ImageEntry) -> bool:
-        name, tag = self.registry.name_for(img)
-        got = self.registry.manifest_digest(name, tag, img.manifest_media_type)
-        return got == img.manifest_digest
+        return self._digest(img) == img.manifest_digest
 
     def feed(self, images: list[ImageEntry]) -> RegistryFeed:
-        feed = RegistryFeed(self.registry, images)
+        feed = RegistryFeed(self.registry, images, self.name_for)
         feed.start()
         return feed
 
     def finish(self, feed: Any, images: list[ImageEntry], manifests: dict[str, bytes]) -> None:
+        if not self.replace_tags:
+            for img in images:
+                if self.conflicts(img):
+                    raise InstallError(
+                        f"{self.target_ref(img)} names another manifest than the signed "
+                        f"{img.manifest_digest}; airgap does not overwrite it",
+                        hint="Remove that tag in the registry, or pass --replace-tags.",
+                    )
         if feed is not None:
             feed.finish_with(manifests)
         for img in images:
             if not self.present(img):
                 raise InstallError(
-                    f"{self.registry.target_ref(img)} does not resolve to the "
+                    f"{self.target_ref(img)} does not resolve to the "
                     f"signed manifest {img.manifest_digest} after the push"
                 )
+
+    def undo_tags(self) -> None:
+        """Nothing: a failed push's manifests go with its images (remove)."""
 
     def record(self, img: ImageEntry, created: bool) -> dict[str, Any]:
         return {
             "role": img.role,
-            "ref": self.registry.target_ref(img),
+            "ref": self.target_ref(img),
             "source_ref": img.ref,
             "id": img.manifest_digest,
             "media_type": img.manifest_media_type,
             "platform": img.platform,
             "created_by_us": created,
         }
+
+    def pending_record(self, img: ImageEntry, loads: bool) -> dict[str, Any]:
+        return self.record(img, loads)
 
     def pending_id(self, img: ImageEntry) -> str:
         return img.manifest_digest
@@ -254,6 +379,8 @@ class RegistryTarget:
         return self.registry.manifest_digest(name, tag, str(media)) == str(record["id"])
 
     def remove(self, record: dict[str, Any]) -> bool:
+        if not record.get("created_by_us", True):
+            return False
         name, _ = self._name(record)
         return self.registry.delete_manifest(name, record["id"])
 
@@ -296,6 +423,7 @@ class InstallSink:
         self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes
     ) -> None:
         key = release_key(index)
+        self.target.bind(index)
         self.images = list(index.images)
         self.to_load = [img for img in index.images if not self.target.present(img)]
         self._manifests = {img.manifest_digest for img in index.images}
@@ -305,7 +433,8 @@ class InstallSink:
         self.receipt.data["pending"] = {
             "staging": str(self.staging),
             "target": self.target.spec(),
-            "images": [self.target.record(img, True) for img in self.to_load],
+            # every image: loaded ones may be removed, present ones untagged
+            "images": [self.target.pending_record(img, img in self.to_load) for img in self.images],
         }
         self.receipt.save()
         self.extractor = StagingExtractor(self.staging, oci_layout=False)
@@ -371,6 +500,9 @@ class InstallSink:
         self.remove_loaded()
 
     def remove_loaded(self) -> None:
+        """Undo this run's tags, and remove the images it loaded that no release uses."""
+        with contextlib.suppress(AirgapError):
+            self.target.undo_tags()
         in_use = self.receipt.images_in_use()
         for img in self.to_load:
             record = self.target.record(img, True)
@@ -400,7 +532,9 @@ def recover(layout: Layout, receipt: Receipt, target: ImageTarget | None) -> lis
                 if target is None:
                     break
                 try:
-                    if record["id"] not in in_use and target.remove(record):
+                    # its new tags always go; the image only when no release uses it
+                    mine = record.get("created_by_us", True) and record["id"] not in in_use
+                    if target.remove({**record, "created_by_us": mine}):
                         done.append(f"removed image {record['id']} of an interrupted run")
                 except (AirgapError, OSError) as e:
                     done.append(f"could not remove image {record['id']}: {e}")
@@ -440,6 +574,21 @@ def _our_ports(receipt: Receipt, target: ImageTarget) -> set[int]:
     return ours
 
 
+def _tag_check(target: ImageTarget, index: Index, replace: bool) -> Check:
+    """The tags install will create: none may name another image (unless replacing)."""
+    taken = [c for img in index.images for c in target.conflicts(img)]
+    if taken and not replace:
+        return Check(
+            "tags", False, "already name other images: " + "; ".join(taken) + " (--replace-tags)"
+        )
+    if isinstance(target, EngineTarget):
+        names = [t for img in index.images for t in target.wanted_tags(img)]
+    else:
+        names = [target.target_ref(img) for img in index.images]
+    moved = f"; moving {'; '.join(taken)}" if taken else ""
+    return Check("tags", None if taken else True, ", ".join(names) + moved)
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -471,10 +620,15 @@ def install(
         target: ImageTarget
         if opts.registry:
             target = RegistryTarget(
-                Registry(opts.registry, insecure=opts.registry_insecure, ca=opts.registry_ca)
+                Registry(opts.registry, insecure=opts.registry_insecure, ca=opts.registry_ca),
+                replace_tags=opts.replace_tags,
             )
         else:
-            target = EngineTarget(Runtime(opts.runtime, opts.runtime_url))
+            target = EngineTarget(
+                Runtime(opts.runtime, opts.runtime_url),
+                replace_tags=opts.replace_tags,
+                source_refs=opts.tag_source_refs,
+            )
         try:
             if isinstance(target, EngineTarget):
                 info = target.runtime.info()
@@ -491,6 +645,9 @@ def install(
             def preflight(vr: VerifyResult) -> None:
                 index = vr.index
                 key = release_key(index)
+                # Names become paths, mounts, containers and tags: refused before use.
+                check_signed_names(index, bundle=opts.bundle)
+                target.bind(index)
                 checks.extend(
                     [
                         Check(
@@ -523,6 +680,7 @@ def install(
                     was = f"installed: v{installed}" if installed is not None else "first install"
                     checks.append(Check("version", True, f"v{index.version} ({was})"))
                 checks.append(Check("images to", True, where))
+                checks.append(_tag_check(target, index, opts.replace_tags))
                 files = sum(f.size for f in index.files if not f.path.startswith(BLOB_PREFIX))
                 image_bytes = index.payload_bytes - files
                 free = free_space(layout.prefix)
@@ -1244,17 +1402,24 @@ def uninstall(
             recover(
                 layout, receipt, targets.get(pending["target"]) if pending.get("target") else None
             )
-            done: set[str] = set()
             for rel in receipt.releases.values():
                 target = targets.get(rel.get("target", {}))
                 serve = rel.get("serve") or {}
                 if serve.get("containers") and isinstance(target, EngineTarget):
                     server = Server(target.runtime, layout.prefix, rel["name"])
                     removed += server.remove(serve["containers"])
-                for img in rel.get("images", []):
-                    if img.get("created_by_us") and img["id"] not in done:
+            # First every release's own tags, then the images install loaded (an image
+            # two releases share is removed once neither tag names it).
+            for created in (False, True):
+                done: set[str] = set()
+                for rel in receipt.releases.values():
+                    target = targets.get(rel.get("target", {}))
+                    for img in rel.get("images", []):
+                        if created and (not img.get("created_by_us") or img["id"] in done):
+                            continue
                         done.add(img["id"])
-                        if target.remove(img):
+                        record = {**img, "tags": []} if created else {**img, "created_by_us": False}
+                        if target.remove(record):
                             removed.append(f"image {img['ref']} ({img['id']})")
         finally:
             targets.close()

@@ -4,7 +4,8 @@ For clusters that pull from a registry instead of a local engine. Blobs are
 streamed from the bundle as they are verified (one monolithic, chunked-encoded
 upload each; the registry checks the digest too), blobs another repository
 already has are mounted rather than sent again, and each image manifest is put
-last, under the image's tag, once every blob of the bundle verified.
+last, under the bundle's own name for it (``PREFIX/<bundle>/<role>:<version>``, never a
+name taken from the index), once every blob of the bundle verified.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -25,20 +26,6 @@ from bundler.errors import InstallError, UsageError
 from bundler.fetch.registry import is_loopback
 
 logger = logging.getLogger(__name__)
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    """``[registry/]path[:tag]`` -> (path without registry, tag)."""
-    ref = ref.split("@", 1)[0]
-    first, _, rest = ref.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        ref = rest
-    path, _, tag = ref.rpartition(":")
-    if not path or "/" in tag:
-        path, tag = ref, "latest"
-    if "/" not in path and not rest:
-        path = f"library/{path}"
-    return path, tag
 
 
 class Registry:
@@ -63,14 +50,6 @@ class Registry:
         # Passed on every request: a session-level verify loses to REQUESTS_CA_BUNDLE.
         self.verify: str | bool = str(ca) if ca is not None else True
         self.base = f"{self.scheme}://{host}/v2/"
-
-    def name_for(self, img: ImageEntry) -> tuple[str, str]:
-        path, tag = split_ref(img.ref)
-        return (f"{self.prefix}/{path}" if self.prefix else path), tag
-
-    def target_ref(self, img: ImageEntry) -> str:
-        name, tag = self.name_for(img)
-        return f"{self.host}/{name}:{tag}"
 
     def _req(self, method: str, url: str, **kw: Any) -> requests.Response:
         try:
@@ -152,12 +131,18 @@ class Registry:
 class RegistryFeed:
     """Streams verified blobs of the images to push into the registry, one at a time."""
 
-    def __init__(self, registry: Registry, images: list[ImageEntry]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        images: list[ImageEntry],
+        name_for: Callable[[ImageEntry], tuple[str, str]],
+    ) -> None:
         self.registry = registry
         self.images = images
+        self.name_for = name_for  # (repository, tag) in the bundle's namespace
         self.needed: dict[str, str] = {}  # digest -> repository it is uploaded to
         for img in images:
-            name, _ = registry.name_for(img)
+            name, _ = name_for(img)
             for digest in [img.config_digest, *(la.digest for la in img.layers)]:
                 self.needed.setdefault(digest, name)
         self._q: queue.Queue[Any] = queue.Queue(maxsize=8)
@@ -226,7 +211,8 @@ class RegistryFeed:
         """Mount shared blobs where needed, then put each manifest under its tag."""
         pushed = []
         for img in self.images:
-            name, tag = self.registry.name_for(img)
+            name, tag = self.name_for(img)
+            ref = f"{self.registry.host}/{name}:{tag}"
             for digest in [img.config_digest, *(la.digest for la in img.layers)]:
                 if not self.registry.has_blob(name, digest) and not self.registry.mount(
                     name, digest, self.needed[digest]
@@ -239,10 +225,10 @@ class RegistryFeed:
             )
             if got and got != img.manifest_digest:
                 raise InstallError(
-                    f"{self.registry.target_ref(img)}: registry stored digest "
+                    f"{ref}: registry stored digest "
                     f"{got}, the signed manifest is {img.manifest_digest}"
                 )
-            pushed.append(self.registry.target_ref(img))
+            pushed.append(ref)
         return pushed
 
     def abort(self) -> None:

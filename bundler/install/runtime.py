@@ -143,6 +143,19 @@ class Runtime:
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise InstallError(f"cannot tag {image_id} as {ref}: {e}") from e
 
+    def untag(self, ref: str) -> None:
+        """Remove the tag ``ref`` (the image stays while another tag or an ID names it).
+
+        Raises:
+            InstallError: the engine refused.
+        """
+        try:
+            self.api.remove_image(ref, force=False, noprune=True)
+        except docker.errors.NotFound:
+            return
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise InstallError(f"cannot remove tag {ref}: {e}") from e
+
     def remove_image(self, image_id: str) -> bool:
         """Remove an image by ID (with its tags); False if it was already gone."""
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from bundler.fsutil import atomic_write_bytes
 from bundler.install.runtime import Runtime
 from bundler.install.tlsgen import current_secret, ensure_tls, new_secret
 from bundler.manifest import Manifest
+from bundler.names import contained, container_name, model_mount, slug
 
 logger = logging.getLogger(__name__)
 MANAGED = "airgap.managed"
@@ -226,6 +228,28 @@ def auth_conf(token: str, api_key: str) -> str:
     )
 
 
+def _check_binds(binds: dict[str, dict[str, str]]) -> None:
+    """Every bind source is an absolute path that exists (the engine would create a
+    missing one on the host), and no path holds the ``:`` that separates a bind's fields.
+    Sources are the release's proven model directory (``contained``) or paths the
+    layout names; none is spelled from index content.
+
+    Raises:
+        InstallError: a bind breaks either rule.
+    """
+    for source, spec in binds.items():
+        problem = None
+        if ":" in source or ":" in spec["bind"]:
+            problem = "holds ':'"
+        elif not os.path.isabs(source) or not os.path.lexists(source):
+            problem = "does not exist"
+        if problem:
+            raise InstallError(
+                f"bind mount {source} -> {spec['bind']} {problem}; refusing to start a container",
+                hint="Use an install --prefix without ':' or links in its path.",
+            )
+
+
 class Server:
     """Creates, checks and removes the serving containers for one bundle name."""
 
@@ -238,7 +262,7 @@ class Server:
         self.serve_dir = prefix / "serve"
 
     def container_name(self, role: str) -> str:
-        return f"airgap-{self.name}-{role}"
+        return container_name(self.name, role)
 
     # -- containers ---------------------------------------------------------------------
 
@@ -275,6 +299,7 @@ class Server:
         port: int | None = None,
         ipc_host: bool = False,
     ) -> str:
+        _check_binds(binds)
         device_requests = None
         if gpus != "none":
             if gpus == "all":
@@ -312,6 +337,7 @@ class Server:
 
     def check_nginx(self, image: str, binds: dict[str, dict[str, str]], network: str) -> None:
         """``nginx -t`` of the generated configuration, inside the nginx image."""
+        _check_binds(binds)
         try:
             c = self.api.create_container(
                 image,
@@ -373,9 +399,9 @@ class Server:
         # Per start: containers restored after a failed start keep reading their own
         # configuration and auth file, never the new ones.
         start_id = f"{release}-{new_secret()[:8]}"
-        serve_dir = self.serve_dir / self.name / start_id
+        serve_dir = self.serve_dir / slug(self.name) / start_id
         serve_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        auth_dir = self.secrets / "nginx" / self.name
+        auth_dir = self.secrets / "nginx" / slug(self.name)
         auth_file = auth_dir / f"{start_id}.conf"
         start_tls = auth_dir / f"{start_id}.tls"  # this start's copy of the certificate
         host_net = opts.network == "host"
@@ -409,8 +435,14 @@ class Server:
         if elser or docs:
             nginx_binds[str(elastic_dir)] = {"bind": ARTIFACT_ROOT, "mode": "ro"}
             nginx_binds[str(listing)] = {"bind": LISTING, "mode": "ro"}
-        model_dir = f"/models/{m.model.served_name}"
-        served_from = release_dir / "models" / m.model.served_name
+        model_dir = model_mount(m.model.served_name)
+        try:
+            served_from = contained(release_dir / "models", m.model.served_name)
+        except (ValueError, OSError) as e:
+            raise InstallError(
+                f"the model directory for {m.model.served_name!r} is not inside the release: {e}",
+                hint="The release on disk does not match its signed index; reinstall the bundle.",
+            ) from e
         stopped: dict[str, dict[str, str]] = {}
         started: dict[str, dict[str, str]] = {}
         try:
@@ -474,7 +506,7 @@ class Server:
                 self._remove(c["id"])
             except docker.errors.APIError as e:
                 logger.warning("could not remove the replaced container %s: %s", c["name"], e)
-        self._prune(auth_dir, start_id, (self.serve_dir / self.name), serve_dir)
+        self._prune(auth_dir, start_id, (self.serve_dir / slug(self.name)), serve_dir)
         host = (
             opts.server_names[0]
             if opts.server_names

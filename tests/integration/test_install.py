@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bundler.names import image_tag
+
 import services
 from conftest import Keys, airgap, build_bundle
 
@@ -115,7 +117,9 @@ def test_install_loads_images_with_their_signed_ids(
 
     index = read_head(str(bundle)).index
     for img in index.images:
-        assert inspect_id(clean_engine, img.ref) == img.config_digest
+        # tagged in airgap's own namespace only, never under the ref the index names
+        assert inspect_id(clean_engine, image_tag("demo", 1, img.role)) == img.config_digest
+        assert inspect_id(clean_engine, img.ref) is None
     # files in the release, identical to the sources; the current pointer names it
     release = prefix / "releases" / "demo-1"
     assert os.readlink(prefix / "current") == "releases/demo-1"
@@ -227,9 +231,10 @@ def test_damaged_bundle_changes_nothing(
         json.loads(receipt_before)["releases"]
         == json.loads((prefix / "state/receipt.json").read_text())["releases"]
     )
-    # and the good v2 still installs afterwards
+    # and the good v2 still installs afterwards, leaving the operator's tag where it was
     assert install(v2, key, prefix, clean_engine).returncode == 0
-    assert inspect_id(clean_engine, "example.org/nginx:two") == nginx.config_digest
+    assert inspect_id(clean_engine, image_tag("demo", 2, "nginx")) == nginx.config_digest
+    assert inspect_id(clean_engine, "example.org/nginx:two") == old_id
 
 
 def test_killed_install_leaves_nothing_a_rerun_trusts(
@@ -376,7 +381,7 @@ def test_podman_gets_the_same_images(
     base = podman_engine.env["PODMAN_BASE"].split()
     for img in index.images:
         out = subprocess.run(
-            [*base, "image", "inspect", "--format", "{{.Id}}", img.ref],
+            [*base, "image", "inspect", "--format", "{{.Id}}", image_tag("demo", 1, img.role)],
             capture_output=True,
             text=True,
             check=False,
@@ -417,7 +422,8 @@ def test_registry_mode_pushes_the_signed_images(
 
     index = read_head(str(bundle)).index
     pushed = {i["role"]: i["ref"] for i in result["images"]}
-    assert pushed == {"nginx": f"{target}/nginx:test", "vllm": f"{target}/vllm:test"}
+    # under the operator's prefix, in the bundle's namespace: never a name from the index
+    assert pushed == {"nginx": f"{target}/demo/nginx:1", "vllm": f"{target}/demo/vllm:1"}
     for img in index.images:
         ref = f"docker://{pushed[img.role]}"
         out = subprocess.run(

@@ -8,7 +8,6 @@ import pytest
 
 from bundler.fetch.registry import docker_config_auth, is_loopback, parse_ref
 from bundler.fetch.remote import drift
-from bundler.install.registry import split_ref
 from bundler.lock import lock_path
 
 
@@ -32,12 +31,6 @@ from bundler.lock import lock_path
 def test_parse_ref(ref: str, registry: str, repo: str, tag: str | None, digest: str | None) -> None:
     r = parse_ref(ref)
     assert (r.registry, r.repository, r.tag, r.digest) == (registry, repo, tag, digest)
-
-
-def test_push_names_drop_the_source_registry() -> None:
-    assert split_ref("docker.io/vllm/vllm-openai:v0.9.1") == ("vllm/vllm-openai", "v0.9.1")
-    assert split_ref("example.org/nginx:test") == ("nginx", "test")
-    assert split_ref("nginx") == ("library/nginx", "latest")
 
 
 def test_only_loopback_is_plain_http_by_default() -> None:
