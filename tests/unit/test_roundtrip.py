@@ -190,7 +190,7 @@ def test_existing_staging_dir_is_not_reused(tmp_path: Path, bundle: Path, key: K
 
 
 def test_big_multichunk_file_round_trips(tmp_path: Path, key: Keys) -> None:
-    from helpers import make_demo_sources
+    from devkit.demo_data import make_demo_sources
 
     src = tmp_path / "big"
     src.mkdir()
