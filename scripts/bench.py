@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bundler.demo import Image, make_demo_sources  # noqa: E402
+from devkit.demo_data import Image, make_demo_sources  # noqa: E402
 
 COLD = "airgap build, cold (hashes every file)"
 WARM = "airgap build, warm (digests remembered)"
@@ -197,8 +197,7 @@ def bench_download(work: Path, args: argparse.Namespace, py: str) -> str:
     import hashlib
     import json
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from services import registry
+    from devkit.services import registry
 
     layout = work / "dl-oci"
     blobs = layout / "blobs" / "sha256"
@@ -323,8 +322,7 @@ def bench_download(work: Path, args: argparse.Namespace, py: str) -> str:
 
 def bench_install(work: Path, args: argparse.Namespace, py: str) -> str:
     """`airgap install` (verify + unpack + docker load, one pass) vs `tar xf` + `docker load`."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from services import dockerd
+    from devkit.services import dockerd
 
     src = work / "isrc"
     src.mkdir()

@@ -31,15 +31,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # devkit/ is not installed: this checkout's kit and bundler
 
 import requests  # noqa: E402
 
-from bundler.demo import nginx_image, openai_stub_image  # noqa: E402
-from bundler.standins.elasticsearch import ElasticsearchStandIn  # noqa: E402
-from bundler.standins.kibana import KibanaStandIn  # noqa: E402
-
-import services  # noqa: E402
+from devkit import services  # noqa: E402
+from devkit.demo_data import nginx_image, openai_stub_image  # noqa: E402
+from devkit.standins.elasticsearch import ElasticsearchStandIn  # noqa: E402
+from devkit.standins.kibana import KibanaStandIn  # noqa: E402
 
 STEPS: list[tuple[str, float]] = []
 ENV: dict[str, str] = {}

@@ -14,9 +14,8 @@ from bundler.build import BuildOptions, build
 from bundler.bundle.signing import TrustedKey, generate_keypair, load_signing_key, load_trust
 from bundler.bundle.writer import BuildResult
 from bundler.manifest import load_manifest
-
-import services
-from helpers import make_demo_sources
+from devkit import services
+from devkit.demo_data import make_demo_sources
 
 
 @pytest.fixture(autouse=True)

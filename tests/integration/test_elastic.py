@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from bundler.demo import make_demo_sources
-from bundler.standins.elasticsearch import ElasticsearchStandIn
-from bundler.standins.kibana import KibanaStandIn
+from devkit import services
+from devkit.demo_data import make_demo_sources
+from devkit.standins.elasticsearch import ElasticsearchStandIn
+from devkit.standins.kibana import KibanaStandIn
 
-import services
 from conftest import Keys, airgap, build_bundle
 
 pytestmark = pytest.mark.integration

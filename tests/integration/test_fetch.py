@@ -20,10 +20,10 @@ from bundler.bundle.reader import TrustPolicy, read_bundle
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
 from bundler.fetch.http import Downloader, Expect
+from devkit import services
+from devkit.demo_data import Image, sha
 
-import services
 from conftest import Keys, airgap
-from helpers import Image, sha
 
 pytestmark = pytest.mark.integration
 CHUNK = 64 * 1024

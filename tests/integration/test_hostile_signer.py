@@ -14,11 +14,11 @@ import pytest
 import requests
 
 from bundler.bundle.reader import read_head
-from bundler.demo import Image, make_demo_sources
 from bundler.manifest import Manifest
 from bundler.names import image_tag
+from devkit import services
+from devkit.demo_data import Image, make_demo_sources
 
-import services
 from conftest import Keys, airgap, build_bundle
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from bundler.names import image_tag
+from devkit import services
 
-import services
 from conftest import Keys, airgap, build_bundle
 
 pytestmark = pytest.mark.integration
@@ -199,7 +199,7 @@ def test_damaged_bundle_changes_nothing(
     set_version(demo_manifest, 2, b"two")
     # give v2 an image v1 does not have, so a load really happens
     (demo_manifest.parent / "nginx.tar").unlink()
-    from helpers import Image
+    from devkit.demo_data import Image
 
     Image([{"bin/new": os.urandom(300_000)}], compress=True).docker_archive(
         demo_manifest.parent / "nginx.tar", "example.org/nginx:two"
@@ -240,7 +240,7 @@ def test_damaged_bundle_changes_nothing(
 def test_killed_install_leaves_nothing_a_rerun_trusts(
     tmp_path: Path, demo_manifest: Path, key: Keys, clean_engine: services.Service
 ) -> None:
-    from helpers import Image
+    from devkit.demo_data import Image
 
     Image([{"blob": os.urandom(40 * 1024 * 1024)}]).docker_archive(
         demo_manifest.parent / "vllm.tar", "example.org/vllm:big"
@@ -297,7 +297,7 @@ def test_killed_install_leaves_nothing_a_rerun_trusts(
 def test_uninstall_removes_exactly_what_it_created(
     tmp_path: Path, bundle: Path, key: Keys, clean_engine: services.Service
 ) -> None:
-    from helpers import Image
+    from devkit.demo_data import Image
 
     # an image the operator had before: uninstall must not touch it
     theirs = Image([{"x": b"theirs"}])
@@ -479,8 +479,7 @@ def test_interrupted_run_in_another_engine_is_cleaned_there(
     from bundler.install.installer import EngineTarget, Layout, recover
     from bundler.install.runtime import Runtime
     from bundler.install.state import Receipt
-
-    from helpers import Image
+    from devkit.demo_data import Image
 
     img = Image([{"left-behind": os.urandom(10_000)}])
     archive = img.docker_archive(tmp_path / "i.tar", "example.org/left:1")

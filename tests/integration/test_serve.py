@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from bundler.demo import make_demo_sources
-from bundler.demo_stub import parse as stub_parse
 from bundler.install.serve import vllm_command
 from bundler.manifest import load_manifest
+from devkit import services
+from devkit.demo_data import make_demo_sources
+from devkit.vllm_stub import parse as stub_parse
 
-import services
 from conftest import Keys, airgap, build_bundle
 
 pytestmark = pytest.mark.integration

@@ -36,11 +36,11 @@ import requests
 import yaml
 
 from bundler.bundle.reader import read_head
-from bundler.demo import nginx_image
 from bundler.install.serve import vllm_command
 from bundler.manifest import Manifest, load_manifest, parse_manifest
+from devkit import services
+from devkit.demo_data import nginx_image
 
-import services
 from conftest import Keys, make_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -1,7 +1,7 @@
 """A runnable vLLM (CPU) container image, assembled offline from ``.venv-vllm``.
 
 No registry and no internet: the image is made of this machine's own files, the way
-``bundler.demo`` makes its Nginx and stand-in images, and written as a docker-archive
+``devkit.demo_data`` makes its Nginx and stand-in images, and written as a docker-archive
 (``manifest.json`` + config + one layer) that ``docker load`` and ``airgap build``
 take as they would take ``docker save``'s output.
 

@@ -11,8 +11,7 @@ import pytest
 
 from bundler.errors import SourceError
 from bundler.images import load_image_archive
-
-from helpers import Image, sha, tar_bytes
+from devkit.demo_data import Image, sha, tar_bytes
 
 CHUNK = 64 * 1024
 LAYERS = [{"bin/sh": b"#!shell" * 50}, {"etc/conf": b"x=1\n"}]

@@ -23,7 +23,7 @@ from bundler.install.kibana import (
     unregister,
 )
 from bundler.manifest import parse_manifest
-from bundler.standins.kibana import KibanaStandIn
+from devkit.standins.kibana import KibanaStandIn
 
 KEY = "a2V5LWlkOnNlY3JldA=="
 API_URL = "https://llm.example.internal:8443/v1/chat/completions"

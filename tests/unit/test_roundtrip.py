@@ -129,9 +129,16 @@ def test_rebuilt_part_can_replace_a_damaged_one(
     a.mkdir(), b.mkdir()
     build_bundle(demo_manifest, a / "s.tar", key, split_size=64 * 1024)
     build_bundle(demo_manifest, b / "s.tar", key, split_size=64 * 1024)
-    (a / "s.tar.part-002").write_bytes(b"garbage")
+    policy = TrustPolicy(key.trust(), now=datetime(2026, 9, 1, tzinfo=UTC))
+    damaged = bytearray((a / "s.tar.part-002").read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # same length: only reading the bytes can find it
+    (a / "s.tar.part-002").write_bytes(bytes(damaged))
+    with pytest.raises(BundleError) as e:
+        read_bundle(str(a / "s.tar"), policy)
+    assert e.value.part == "s.tar.part-002"
     (a / "s.tar.part-002").write_bytes((b / "s.tar.part-002").read_bytes())
-    read_bundle(str(a / "s.tar"), TrustPolicy(key.trust(), now=datetime(2026, 9, 1, tzinfo=UTC)))
+    result = read_bundle(str(a / "s.tar"), policy)
+    assert result.signers == (key.keyid,)
 
 
 def test_trust_threshold_and_cosigning(tmp_path: Path, bundle: Path, key: Keys) -> None:
@@ -190,7 +197,7 @@ def test_existing_staging_dir_is_not_reused(tmp_path: Path, bundle: Path, key: K
 
 
 def test_big_multichunk_file_round_trips(tmp_path: Path, key: Keys) -> None:
-    from helpers import make_demo_sources
+    from devkit.demo_data import make_demo_sources
 
     src = tmp_path / "big"
     src.mkdir()

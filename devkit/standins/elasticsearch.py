@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from bundler.standins._http import JsonServer, Request, Response, basic_or_api_key
+from devkit.standins._http import JsonServer, Request, Response, basic_or_api_key
 
 CHUNK = 1 << 20
 STREAMS = 5

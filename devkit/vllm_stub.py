@@ -1,6 +1,6 @@
 """An OpenAI-compatible stand-in for vLLM, for the demo and the tests (standard library only).
 
-It runs inside a small image assembled offline (bundler.demo) and is started by the
+It runs inside a small image assembled offline (devkit.demo_data) and is started by the
 installer exactly as the real vLLM image would be: the same command-line flags (it
 refuses flags vLLM would refuse, and flag combinations vLLM refuses), the same
 ``VLLM_API_KEY`` check on ``/v1``, ``/health``, ``/v1/models`` and

@@ -301,7 +301,7 @@ def nginx_image(out: Path, tag: str = "airgap-demo/nginx:1") -> Path:
 def openai_stub_image(out: Path, tag: str = "airgap-demo/openai-stub:1") -> Path:
     """An image whose entrypoint takes vLLM's flags and serves an OpenAI-compatible API.
 
-    Debian's Python interpreter and standard library plus bundler/demo_stub.py: the
+    Debian's Python interpreter and standard library plus devkit/vllm_stub.py: the
     installer starts it exactly as it starts vllm/vllm-openai.
     """
     python = Path("/usr/bin/python3.11")
@@ -332,7 +332,7 @@ def openai_stub_image(out: Path, tag: str = "airgap-demo/openai-stub:1") -> Path
                 libs.update(_ldd(path))
     for lib in libs:
         files[str(lib)] = lib
-    files["/app/server.py"] = (Path(__file__).parent / "demo_stub.py").read_bytes()
+    files["/app/server.py"] = (Path(__file__).parent / "vllm_stub.py").read_bytes()
     return assemble_image(
         out,
         tag,

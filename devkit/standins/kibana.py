@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from bundler.standins._http import JsonServer, Request, Response, basic_or_api_key
+from devkit.standins._http import JsonServer, Request, Response, basic_or_api_key
 
 
 def _v(text: str) -> tuple[int, int]:
