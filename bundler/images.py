@@ -24,46 +24,23 @@ from bundler.bundle.writer import Payload
 from bundler.errors import SourceError
 from bundler.hashcache import HashCache, hash_with_cache
 from bundler.hashing import Digests, FileRange
+from bundler.oci.media import (
+    IMAGE_INDEXES,
+    IMAGE_MANIFESTS,
+    LAYER_TAR,
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    platform_matches,
+    platform_of,
+    sniff_layer_media_type,
+)
 
 MAX_JSON = 16 * 1024 * 1024
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-IMAGE_MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
-IMAGE_INDEXES = (OCI_INDEX, DOCKER_LIST)
-LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-
 
 @dataclass(frozen=True)
 class LocalImage:
     entry: ImageEntry
     payloads: list[Payload]
-
-
-def sniff_layer_media_type(head: bytes) -> str:
-    if head.startswith(b"\x1f\x8b"):
-        return LAYER_TAR + "+gzip"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return LAYER_TAR + "+zstd"
-    return LAYER_TAR
-
-
-def platform_of(config: dict[str, Any]) -> str:
-    plat = f"{config.get('os', '?')}/{config.get('architecture', '?')}"
-    if config.get("variant"):
-        plat += f"/{config['variant']}"
-    return plat
-
-
-def platform_matches(have: str, want: str) -> bool:
-    if have == want:
-        return True
-    # linux/arm64 and linux/arm64/v8 name the same platform.
-    h, w = have.split("/"), want.split("/")
-    return h[:2] == w[:2] and (len(h) == 2 or len(w) == 2) and "arm64" in h[1]
 
 
 class _Store:

@@ -23,7 +23,8 @@ from pydantic import (
 )
 
 from bundler.errors import ManifestError
-from bundler.names import BUNDLE_NAME_RE, ELSER_IDS, check_image_ref, check_served_name
+from bundler.names import BUNDLE_NAME_RE, ELSER_IDS, check_served_name
+from bundler.oci.ref import check_image_ref
 
 NAME_RE = BUNDLE_NAME_RE.pattern
 PLATFORM_RE = r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$"

@@ -33,13 +33,6 @@ ELSER_FILE_RE = re.compile(
     r"^(?P<id>" + "|".join(re.escape(i) for i in ELSER_IDS) + r")\.(metadata\.json|pt|vocab\.json)$"
 )
 DOC_FILE_RE = re.compile(r"^kb-product-doc-(?P<product>[a-z]+)-(?P<ver>[0-9]+\.[0-9]+)\.zip$")
-# docker reference grammar, simplified: [registry[:port]/]path[:tag][@sha256:hex]
-IMAGE_REF_RE = re.compile(
-    r"^(?:(?P<registry>[a-zA-Z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
 # One path component of an image repository (the strictest of the three grammars a slug
 # must satisfy: repository component, tag, container name).
 _COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
@@ -71,16 +64,6 @@ def check_served_name(name: str) -> str:
     if problem:
         raise ValueError(f"{name!r} is not a served name: {problem}")
     return name
-
-
-def check_image_ref(ref: str) -> str:
-    """Raises:
-    ValueError: ``ref`` is not an image reference."""
-    if not IMAGE_REF_RE.match(ref):
-        raise ValueError(
-            f"{ref!r} is not an image reference like docker.io/vllm/vllm-openai:v0.9.1"
-        )
-    return ref
 
 
 def slug(text: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from bundler.bundle.index import INDEX_MEMBER, SIGNATURE_DIR, SUMS_MEMBER, FileEntry, Index
 from bundler.errors import UsageError
 from bundler.fsutil import fsync_close
+from bundler.oci.media import OCI_INDEX
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -137,7 +138,7 @@ def write_oci_layout(images_dir: Path, index: Index) -> None:
         )
     doc = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": OCI_INDEX,
         "manifests": manifests,
     }
     images_dir.mkdir(parents=True, exist_ok=True)

@@ -27,10 +27,11 @@ from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
 from bundler.fetch.http import Downloader, Expect
 from bundler.fetch.huggingface import auth_headers, resolve_repo
-from bundler.fetch.registry import RegistryClient, parse_ref
 from bundler.fsutil import free_space
 from bundler.hashing import FileRange, hash_sources
 from bundler.manifest import ImageArchive, Manifest
+from bundler.oci.ref import ImageRef, parse_ref
+from bundler.oci.registry import RegistryClient
 
 logger = logging.getLogger(__name__)
 ELSER_URL = "https://ml-models.elastic.co"
@@ -69,14 +70,15 @@ class Fetcher:
         self.downloader = Downloader(cache, chunk_size, progress=progress)
         self._clients: dict[str, RegistryClient] = {}
 
-    def _client(self, ref: str) -> RegistryClient:
+    def _client(self, ref: str) -> tuple[RegistryClient, ImageRef]:
+        parsed = parse_ref(ref)
         if ref not in self._clients:
             self._clients[ref] = RegistryClient(
-                parse_ref(ref),
-                insecure=set(self.opts.insecure_registries),
+                parsed.registry,
+                insecure=parsed.endpoint in self.opts.insecure_registries,
                 ca=self.opts.registry_ca,
             )
-        return self._clients[ref]
+        return self._clients[ref], parsed
 
     # -- resolve ---------------------------------------------------------------------
 
@@ -108,10 +110,10 @@ class Fetcher:
         for role, source in m.images.items():
             if isinstance(source, ImageArchive) or self.opts.images_from == "docker":
                 continue
-            client = self._client(source)
-            img = client.resolve(m.platform)
+            client, ref = self._client(source)
+            img = client.resolve(ref, m.platform)
             # keep the small documents: the build needs them and they are pinned now
-            for data in (img.manifest, client.blob_bytes(img.config_digest)):
+            for data in (img.manifest, client.blob_bytes(ref, img.config_digest)):
                 self._keep(data)
             images[role] = {
                 "source": "registry",
@@ -230,13 +232,13 @@ class Fetcher:
                     )
                 )
         for role, img in (lock.get("images") or {}).items():
-            client = self._client(img["ref"])
+            client, ref = self._client(img["ref"])
             for layer in img["layers"]:
                 digest = layer["digest"]
                 out.append(
                     Download(
                         f"{role} layer {digest[:19]}",
-                        client.blob_url(digest),
+                        client.blob_url(ref.repository, digest),
                         Expect(size=layer["size"], sha256=digest[7:]),
                         digest[7:],
                         session=client.session,

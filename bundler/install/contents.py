@@ -12,7 +12,8 @@ from __future__ import annotations
 from bundler.bundle.index import BLOB_PREFIX, INDEX_MEMBER, Index
 from bundler.errors import AirgapError, BundleError
 from bundler.manifest import Manifest, parse_manifest
-from bundler.names import DOC_FILE_RE, ELSER_FILE_RE, IMAGE_ROLES, check_image_ref
+from bundler.names import DOC_FILE_RE, ELSER_FILE_RE, IMAGE_ROLES
+from bundler.oci.ref import check_image_ref
 
 _HINT = (
     "The bundle is signed by a key you trust, but its builder wrote names install "

@@ -45,12 +45,15 @@ from bundler.install import elasticsearch as es_mod
 from bundler.install.contents import check_signed_names
 from bundler.install.elastic_api import Credentials
 from bundler.install.kibana import Kibana, KibanaOptions, register, trust_snippet, unregister
-from bundler.install.registry import Registry, RegistryFeed
+from bundler.install.registry import RegistryFeed
 from bundler.install.runtime import ArchiveFeed, Runtime
 from bundler.install.serve import ServeOptions, Server, served_record
 from bundler.install.state import InstallLock, Receipt, VersionRegistry
 from bundler.manifest import parse_manifest
-from bundler.names import IMAGE_REF_RE, image_tag, registry_name
+from bundler.names import image_tag, registry_name
+from bundler.oci.media import OCI_MANIFEST
+from bundler.oci.ref import IMAGE_REF_RE
+from bundler.oci.registry import Registry
 
 logger = logging.getLogger(__name__)
 DEFAULT_PREFIX = Path("/opt/airgap")
@@ -375,7 +378,7 @@ class RegistryTarget:
 
     def exists(self, record: dict[str, Any]) -> bool:
         name, tag = self._name(record)
-        media = record.get("media_type", "application/vnd.oci.image.manifest.v1+json")
+        media = record.get("media_type", OCI_MANIFEST)
         return self.registry.manifest_digest(name, tag, str(media)) == str(record["id"])
 
     def remove(self, record: dict[str, Any]) -> bool:

@@ -1,4 +1,4 @@
-"""Push a bundle's images to an internal OCI registry (the distribution spec, with requests).
+"""Feed a bundle's verified image blobs to an internal OCI registry (``oci.registry``).
 
 For clusters that pull from a registry instead of a local engine. Blobs are
 streamed from the bundle as they are verified (one monolithic, chunked-encoded
@@ -15,117 +15,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
-
-import requests
 
 from bundler.bundle.index import ImageEntry
-from bundler.errors import InstallError, UsageError
-from bundler.fetch.registry import is_loopback
+from bundler.errors import InstallError
+from bundler.oci.registry import Registry
 
 logger = logging.getLogger(__name__)
-
-
-class Registry:
-    """One registry, addressed as ``HOST[:PORT][/PREFIX]``."""
-
-    def __init__(
-        self,
-        spec: str,
-        *,
-        insecure: bool = False,
-        ca: Path | None = None,
-        session: requests.Session | None = None,
-    ) -> None:
-        host, _, prefix = spec.partition("/")
-        if not host:
-            raise UsageError(f"--registry {spec!r}: give HOST[:PORT][/PREFIX]")
-        self.spec = spec
-        self.host = host
-        self.prefix = prefix.strip("/")
-        self.scheme = "http" if (insecure or is_loopback(host)) else "https"
-        self.session = session or requests.Session()
-        # Passed on every request: a session-level verify loses to REQUESTS_CA_BUNDLE.
-        self.verify: str | bool = str(ca) if ca is not None else True
-        self.base = f"{self.scheme}://{host}/v2/"
-
-    def _req(self, method: str, url: str, **kw: Any) -> requests.Response:
-        try:
-            return self.session.request(
-                method, url, timeout=kw.pop("timeout", 60), verify=self.verify, **kw
-            )
-        except requests.RequestException as e:
-            raise InstallError(
-                f"{self.host}: registry unreachable ({method} {url}): {e}",
-                hint="Check --registry, and that the registry runs.",
-            ) from e
-
-    def _check(self, r: requests.Response, *ok: int) -> requests.Response:
-        if r.status_code not in ok:
-            raise InstallError(
-                f"{r.request.method} {r.url}: HTTP {r.status_code}: {r.text[:300]}",
-                hint="401/403: the registry needs credentials this install does not have; "
-                "404 on upload: check the repository prefix.",
-            )
-        return r
-
-    def ping(self) -> str:
-        r = self._req("GET", self.base)
-        self._check(r, 200, 401)
-        return r.headers.get("Docker-Distribution-API-Version", "registry/2.0")
-
-    def has_blob(self, name: str, digest: str) -> bool:
-        r = self._req("HEAD", f"{self.base}{name}/blobs/{digest}")
-        return r.status_code == 200
-
-    def manifest_digest(self, name: str, reference: str, media_type: str) -> str | None:
-        r = self._req(
-            "HEAD", f"{self.base}{name}/manifests/{reference}", headers={"Accept": media_type}
-        )
-        if r.status_code != 200:
-            return None
-        return r.headers.get("Docker-Content-Digest")
-
-    def upload(self, name: str, digest: str, chunks: Iterator[bytes]) -> None:
-        r = self._check(self._req("POST", f"{self.base}{name}/blobs/uploads/"), 202)
-        location = urljoin(self.base, r.headers["Location"])
-        sep = "&" if "?" in location else "?"
-        r = self._req(
-            "PUT",
-            f"{location}{sep}digest={digest}",
-            data=chunks,
-            headers={"Content-Type": "application/octet-stream"},
-            timeout=3600,
-        )
-        self._check(r, 201)
-
-    def mount(self, name: str, digest: str, source: str) -> bool:
-        r = self._req(
-            "POST", f"{self.base}{name}/blobs/uploads/", params={"mount": digest, "from": source}
-        )
-        if r.status_code == 201:
-            return True
-        if r.status_code == 202 and "Location" in r.headers:  # mount refused: cancel upload
-            self._req("DELETE", urljoin(self.base, r.headers["Location"]))
-        return False
-
-    def put_manifest(self, name: str, tag: str, media_type: str, data: bytes) -> str:
-        r = self._check(
-            self._req(
-                "PUT",
-                f"{self.base}{name}/manifests/{tag}",
-                data=data,
-                headers={"Content-Type": media_type},
-            ),
-            201,
-        )
-        return r.headers.get("Docker-Content-Digest", "")
-
-    def delete_manifest(self, name: str, digest: str) -> bool:
-        r = self._req("DELETE", f"{self.base}{name}/manifests/{digest}")
-        return r.status_code in (200, 202)
 
 
 class RegistryFeed:

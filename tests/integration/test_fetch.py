@@ -353,11 +353,12 @@ def test_registry_with_basic_auth_uses_docker_config(tmp_path: Path, key: Keys) 
     img = Image([{"x": os.urandom(5000)}])
     with services.registry(htpasswd) as reg:
         push(img.oci_dir(tmp_path / "oci"), reg, "private/app:1", creds="ops:s3cret")
-        from bundler.fetch.registry import RegistryClient, parse_ref
+        from bundler.oci.ref import parse_ref
+        from bundler.oci.registry import RegistryClient
 
         ref = parse_ref(f"{reg.url}/private/app:1")
         with pytest.raises(FetchError, match="registry needs a login|not authorized"):
-            RegistryClient(ref).resolve("linux/amd64")
+            RegistryClient(ref.registry).resolve(ref, "linux/amd64")
         import base64
 
         config = Path(os.environ["HOME"]) / ".docker" / "config.json"
@@ -365,7 +366,7 @@ def test_registry_with_basic_auth_uses_docker_config(tmp_path: Path, key: Keys) 
         config.write_text(
             json.dumps({"auths": {reg.url: {"auth": base64.b64encode(b"ops:s3cret").decode()}}})
         )
-        resolved = RegistryClient(ref).resolve("linux/amd64")
+        resolved = RegistryClient(ref.registry).resolve(ref, "linux/amd64")
         assert resolved.config_digest == img.config_digest
         assert resolved.manifest_digest == "sha256:" + sha(img.manifest)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -503,3 +504,47 @@ def test_interrupted_run_in_another_engine_is_cleaned_there(
     assert f"removed image {img.config_digest} of an interrupted run" in notes
     assert inspect_id(clean_engine, img.config_digest) is None
     assert Receipt.load(layout.state).data["pending"] is None
+
+
+def test_registry_push_logs_in_like_pull(tmp_path: Path, bundle: Path, key: Keys) -> None:
+    """A site registry that requires a login (htpasswd): refused cleanly without
+    credentials, pushed with those in Docker's config.json, pulled back whole."""
+    htpasswd = tmp_path / "htpasswd"
+    subprocess.run(
+        ["htpasswd", "-Bbc", str(htpasswd), "ops", "s3cret"], check=True, capture_output=True
+    )
+    with services.registry(htpasswd) as reg:
+        args = ["install", str(bundle), "--trusted-key", str(key.public), "--registry", reg.url]
+        r = airgap(*args, "--prefix", str(tmp_path / "opt"))
+        err = r.stderr.decode()
+        assert r.returncode == 1, err
+        assert "needs a login" in err and "docker login" in err and "Traceback" not in err
+        assert not (tmp_path / "opt" / "releases" / "demo-1").exists()
+        config = tmp_path / "docker-config"
+        config.mkdir()
+        (config / "config.json").write_text(
+            json.dumps({"auths": {reg.url: {"auth": base64.b64encode(b"ops:s3cret").decode()}}})
+        )
+        env = {"DOCKER_CONFIG": str(config)}
+        r = airgap(*args, "--prefix", str(tmp_path / "opt"), "--json", env=env)
+        assert r.returncode == 0, r.stderr.decode()
+        from bundler.bundle.reader import read_head
+
+        for img in read_head(str(bundle)).index.images:
+            out = subprocess.run(
+                [
+                    "skopeo",
+                    "inspect",
+                    "--tls-verify=false",
+                    "--creds",
+                    "ops:s3cret",
+                    f"docker://{reg.url}/airgap/demo/{img.role}:1",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert out.returncode == 0, out.stderr
+            assert json.loads(out.stdout)["Digest"] == img.manifest_digest
+        r = airgap("uninstall", "--prefix", str(tmp_path / "opt"), env=env)
+        assert r.returncode == 0, r.stderr.decode()

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bundler.fetch.registry import docker_config_auth, is_loopback, parse_ref
 from bundler.fetch.remote import drift
 from bundler.lock import lock_path
+from bundler.oci.ref import is_loopback, parse_ref
+from bundler.oci.registry import docker_config_auth
 
 
 @pytest.mark.parametrize(
