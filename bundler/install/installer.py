@@ -80,6 +80,8 @@ class InstallOptions:
     registry: str | None = None  # HOST[:PORT][/PREFIX]: push images there instead
     registry_insecure: bool = False
     registry_ca: Path | None = None
+    replace_tags: bool = False  # move an existing tag that points at a different image
+    tag_source_refs: bool = False  # also tag images with the references they were built from
     kibana: KibanaOptions | None = None  # register the connector (needs serve)
     elasticsearch: es_mod.EsOptions | None = None  # create the ELSER inference endpoint
     elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
@@ -100,6 +102,22 @@ class InstallResult:
     serving: dict[str, Any] | None = None
     elastic: dict[str, Any] | None = None  # settings to add, connector, endpoint, files
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``airgap install --json`` prints."""
+        return {
+            "status": self.status,
+            "name": self.name,
+            "version": self.version,
+            "release": str(self.release),
+            "index_sha256": self.index_sha256,
+            "images": self.images,
+            "serving": self.serving,
+            "elastic": self.elastic,
+            "bytes": self.bytes_read,
+            "seconds": round(self.seconds, 3),
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
 
 class Layout:
     """Paths under an install prefix."""
@@ -112,6 +130,11 @@ class Layout:
 
     def release(self, key: str) -> Path:
         return self.releases / key
+
+    @property
+    def token_file(self) -> Path:
+        """The bearer token Kibana's connector sends (0600)."""
+        return self.prefix / "secrets" / "bearer-token"
 
     def switch_current(self, key: str | None) -> None:
         """Point ``current`` at ``releases/<key>`` atomically (or remove it)."""
@@ -1006,6 +1029,15 @@ class StatusReport:
     current: str | None
     ok: bool
     releases: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``airgap status --json`` prints."""
+        return {
+            "prefix": str(self.prefix),
+            "current": self.current,
+            "ok": self.ok,
+            "releases": self.releases,
+        }
 
 
 def status(
