@@ -93,11 +93,19 @@ def option_group(
     return decorate
 
 
+def file_option(*decls: str, help: str, exists: bool = False, multiple: bool = False) -> Decorator:
+    kind = click.Path(path_type=Path, dir_okay=False, exists=exists)
+    return click.option(*decls, type=kind, multiple=multiple, help=help)
+
+
+def dir_option(name: str, help: str) -> Decorator:
+    return click.option(name, type=click.Path(path_type=Path, file_okay=False), help=help)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
-passphrase_option = click.option(
+passphrase_option = file_option(
     "--passphrase-file",
-    type=click.Path(path_type=Path, dir_okay=False),
     help="File holding the key passphrase (else AIRGAP_KEY_PASSPHRASE; never on the command line).",
 )
 
@@ -134,12 +142,7 @@ def _fetch_inputs(kw: dict[str, Any]) -> FetchInputs:
 fetch_options = option_group(
     "fetch",
     _fetch_inputs,
-    click.option(
-        "--cache-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="Cache directory (default: AIRGAP_CACHE_DIR or ~/.cache/airgap).",
-    ),
+    dir_option("--cache-dir", "Cache directory (default: AIRGAP_CACHE_DIR or ~/.cache/airgap)."),
     click.option(
         "--insecure-registry",
         "insecure_registries",
@@ -147,12 +150,8 @@ fetch_options = option_group(
         metavar="HOST[:PORT]",
         help="Registry to reach over plain HTTP (loopback ones always are).",
     ),
-    click.option(
-        "--registry-ca",
-        "fetch_registry_ca",
-        default=None,
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="CA bundle for registries with a private CA.",
+    file_option(
+        "--registry-ca", "fetch_registry_ca", help="CA bundle for registries with a private CA."
     ),
     click.option(
         "--jobs",
@@ -212,18 +211,8 @@ def _trust_group(key_help: str, threshold_help: str, *extra: Decorator) -> Decor
         "trust",
         _trust_inputs,
         *extra,
-        click.option(
-            "--trusted-key",
-            "trusted_keys",
-            multiple=True,
-            type=click.Path(path_type=Path, dir_okay=False),
-            help=key_help,
-        ),
-        click.option(
-            "--trust-dir",
-            type=click.Path(path_type=Path, file_okay=False),
-            help="Directory of trusted *.pub keys.",
-        ),
+        file_option("--trusted-key", "trusted_keys", multiple=True, help=key_help),
+        dir_option("--trust-dir", "Directory of trusted *.pub keys."),
         click.option(
             "--require-signatures",
             type=click.IntRange(1, 64),
@@ -237,11 +226,10 @@ def _trust_group(key_help: str, threshold_help: str, *extra: Decorator) -> Decor
 trust_options = _trust_group(
     "A trusted public key (repeatable).",
     "Distinct trusted signers required.",
-    click.option(
+    file_option(
         "--signature",
         "signatures",
         multiple=True,
-        type=click.Path(path_type=Path, dir_okay=False),
         help="Extra detached signature <name>.<keyid>.sig (for stdin input).",
     ),
 )
@@ -323,25 +311,19 @@ def _elastic_access(kw: dict[str, Any]) -> ElasticAccess:
 
 def _access_flags(product: str, env_name: str) -> list[Decorator]:
     name = "Elasticsearch" if product == "es" else "Kibana"
-    existing = click.Path(path_type=Path, dir_okay=False, exists=True)
     return [
-        click.option(
+        file_option(
             f"--{product}-api-key-file",
-            type=existing,
-            default=None,
+            exists=True,
             help=f"File with a {name} API key (encoded form). Or set {env_name}.",
         ),
-        click.option(
+        file_option(
             f"--{product}-credentials-file",
-            type=existing,
-            default=None,
+            exists=True,
             help=f"File with one line user:password for {name} (mode 0600).",
         ),
-        click.option(
-            f"--{product}-ca",
-            type=existing,
-            default=None,
-            help=f"CA bundle that signs {name}'s TLS certificate.",
+        file_option(
+            f"--{product}-ca", exists=True, help=f"CA bundle that signs {name}'s TLS certificate."
         ),
         click.option(
             f"--{product}-insecure",
