@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from bundler.cli.options import dir_option, file_option, option_group
+from bundler.cli.options import Decorator, dir_option, file_option, option_group
 
 if TYPE_CHECKING:
     from bundler.install.elasticsearch import EsOptions
@@ -52,7 +52,7 @@ def _serve_options(kw: dict[str, Any]) -> ServeOptions | None:
     return None if kw.pop("no_serve") else opts
 
 
-def _port(name: str, default: int, help: str, low: int = 1) -> Any:
+def _port(name: str, default: int, help: str, low: int = 1) -> Decorator:
     return click.option(
         name, type=click.IntRange(low, 65535), default=default, show_default=True, help=help
     )

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from bundler.install.installer import ElasticAccess
     from bundler.progress import Reporter
 
-Command = Callable[..., Any]
+Command = Callable[..., object]
 Decorator = Callable[[Command], Command]
 RuntimeKind = Literal["docker", "podman"]
 
@@ -81,7 +81,7 @@ def option_group(
 
     def decorate(f: Command) -> Command:
         @functools.wraps(f)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> object:
             kwargs[name] = build(kwargs)
             return f(*args, **kwargs)
 
