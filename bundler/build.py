@@ -59,10 +59,33 @@ class RemotePart:
 
 @dataclass
 class DryRun:
+    """``build --dry-run``: what a build would download, and how the lock would change."""
+
     lock_file: Path
     lock_changes: list[str]
     to_fetch: list[tuple[str, int]]  # what, bytes
     cached: int  # number of pinned files already in the cache
+
+    @property
+    def bytes(self) -> int:
+        return sum(n for _, n in self.to_fetch)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lock": str(self.lock_file),
+            "lock_changes": self.lock_changes,
+            "to_fetch": [{"what": w, "bytes": n} for w, n in self.to_fetch],
+            "bytes": self.bytes,
+            "cached": self.cached,
+        }
+
+
+@dataclass(frozen=True)
+class LockWritten:
+    """``airgap lock``: the pins just resolved and the file they were written to."""
+
+    path: Path
+    pins: dict[str, Any]
 
 
 def walk_files(root: Path) -> list[tuple[str, Path]]:
@@ -230,15 +253,51 @@ def resolve_lock(
     return (pins_of(old) if old is not None and not changes else fresh), path, changes
 
 
+def plan_fetch(m: Manifest, opts: BuildOptions) -> DryRun:
+    """Resolve and compare with the lock; list what a build would download (nothing big).
+
+    Raises:
+        FetchError: an upstream cannot be reached or does not have what is named.
+    """
+    cache = Cache(opts.cache_dir or env.cache_dir())
+    try:
+        fetcher = _fetcher(opts, cache, NullReporter())
+        pins, path, changes = resolve_lock(m, opts, cache, None, fetcher)
+        downloads = fetcher.downloads(m, pins)
+        missing = fetcher.missing(downloads)
+    finally:
+        cache.close()
+    return DryRun(
+        path,
+        changes,
+        [(d.what, d.expect.size or 0) for d in missing],
+        len(downloads) - len(missing),
+    )
+
+
+def write_lock(m: Manifest, fetch: FetchOptions, cache_dir: Path | None = None) -> LockWritten:
+    """Resolve ``m``'s remote sources afresh and write ``<manifest>.lock.json`` (pins only).
+
+    Raises:
+        FetchError: an upstream cannot be reached or does not have what is named.
+    """
+    cache = Cache(cache_dir or env.cache_dir())
+    try:
+        pins = Fetcher(cache, 64 * 1024 * 1024, fetch).resolve(m)
+    finally:
+        cache.close()
+    path = lock_path(Path(m.source))
+    save_lock(path, pins, name=m.name, platform=m.platform)
+    return LockWritten(path, pins)
+
+
 def fetch_remote(
     m: Manifest,
     opts: BuildOptions,
     cache: Cache,
     reporter: Reporter | None = None,
-    *,
-    dry_run: bool = False,
-) -> RemotePart | DryRun:
-    """Resolve, check against the lock, fetch. ``dry_run``: report, download nothing big.
+) -> RemotePart:
+    """Resolve, check against the lock, fetch (:func:`plan_fetch` only lists).
 
     Raises:
         FetchError: upstream moved since the lock (without ``update_lock``), or a fetch failed.
@@ -248,14 +307,6 @@ def fetch_remote(
     fetcher = _fetcher(opts, cache, reporter)
     pins, path, changes = resolve_lock(m, opts, cache, reporter, fetcher)
     downloads = fetcher.downloads(m, pins)
-    if dry_run:
-        missing = fetcher.missing(downloads)
-        return DryRun(
-            path,
-            changes,
-            [(d.what, d.expect.size or 0) for d in missing],
-            len(downloads) - len(missing),
-        )
     if changes and not opts.update_lock:
         raise FetchError(
             f"{path.name}: upstream changed since the lock was written: " + "; ".join(changes),
@@ -351,9 +402,7 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
         remote = None
         if remote_needed:
             assert cache is not None
-            part = fetch_remote(m, opts, cache, reporter)
-            assert isinstance(part, RemotePart)
-            remote = part
+            remote = fetch_remote(m, opts, cache, reporter)
         hashes = None if (cache is None or opts.no_hash_cache) else cache.hashes
         exported = None
         if opts.fetch.images_from == "docker":

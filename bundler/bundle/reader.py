@@ -95,6 +95,23 @@ class VerifyResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``airgap verify --json`` prints."""
+        loc = self.location
+        return {
+            "ok": True,
+            "name": self.index.name,
+            "version": self.index.version,
+            "expires": self.index.expires,
+            "index_sha256": self.index_sha256,
+            "signers": list(self.signers),
+            "untrusted_signers": list(self.untrusted_signers),
+            "files": len(self.index.files),
+            "bytes": self.bytes_read,
+            "seconds": round(self.seconds, 3),
+            "parts": [p.path.name for p in loc.parts] if loc.split else [],
+        }
+
 
 def find_detached_signatures(loc: BundleLocation) -> list[Path]:
     """Co-signatures beside the bundle: ``<bundle>.<keyid>.sig``."""
@@ -125,6 +142,17 @@ def read_detached(paths: list[Path]) -> list[tuple[str, bytes]]:
             raise UsageError(f"{p}: cannot read signature: {e.strerror}") from e
         out.append((parts[1], data))
     return out
+
+
+def collect_signatures(
+    loc: BundleLocation, extra: list[Path] | tuple[Path, ...] = ()
+) -> list[tuple[str, bytes]]:
+    """Every detached signature for ``loc``: those beside the bundle, then ``extra``.
+
+    Raises:
+        UsageError: a signature file is unreadable or misnamed.
+    """
+    return read_detached(find_detached_signatures(loc) + list(extra))
 
 
 class _Reader:

@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from bundler import __version__, canonical
 from bundler.bundle import tarfmt
@@ -84,6 +85,19 @@ class BuildResult:
     outputs: tuple[Path, ...]  # the bundle file, or every part then the parts list
     size: int
     signers: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``airgap build --json`` prints."""
+        return {
+            "name": self.index.name,
+            "version": self.index.version,
+            "outputs": [str(p) for p in self.outputs],
+            "bytes": self.size,
+            "files": len(self.index.files),
+            "index_sha256": self.index_sha256,
+            "signers": list(self.signers),
+            "expires": self.index.expires,
+        }
 
 
 ProgressFn = Callable[[int], None]

@@ -107,6 +107,22 @@ class InstallResult:
     serving: dict[str, Any] | None = None
     elastic: dict[str, Any] | None = None  # settings to add, connector, endpoint, files
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``airgap install --json`` prints."""
+        return {
+            "status": self.status,
+            "name": self.name,
+            "version": self.version,
+            "release": str(self.release),
+            "index_sha256": self.index_sha256,
+            "images": self.images,
+            "serving": self.serving,
+            "elastic": self.elastic,
+            "bytes": self.bytes_read,
+            "seconds": round(self.seconds, 3),
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
 
 class Layout:
     """Paths under an install prefix."""
@@ -119,6 +135,11 @@ class Layout:
 
     def release(self, key: str) -> Path:
         return self.releases / key
+
+    @property
+    def token_file(self) -> Path:
+        """The bearer token Kibana's connector sends (0600)."""
+        return self.prefix / "secrets" / "bearer-token"
 
     def switch_current(self, key: str | None) -> None:
         """Point ``current`` at ``releases/<key>`` atomically (or remove it)."""
@@ -1167,6 +1188,15 @@ class StatusReport:
     current: str | None
     ok: bool
     releases: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``airgap status --json`` prints."""
+        return {
+            "prefix": str(self.prefix),
+            "current": self.current,
+            "ok": self.ok,
+            "releases": self.releases,
+        }
 
 
 def status(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import airgap
+from conftest import Keys, airgap
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +216,79 @@ def test_schema_is_json(tmp_path: Path) -> None:
     r = airgap("schema")
     assert r.returncode == 0
     assert json.loads(r.stdout)["title"].startswith("airgap manifest")
+
+
+def test_inspect_index_prints_the_exact_signed_index(
+    tmp_path: Path, demo_manifest: Path, keys: Path
+) -> None:
+    out = tmp_path / "b.tar"
+    r = airgap("build", str(demo_manifest), "-o", str(out), "--key", str(keys), "--json")
+    assert r.returncode == 0, r.stderr
+    built = json.loads(r.stdout)
+    r = airgap("verify", str(out), "--trusted-key", f"{keys}.pub", "--json")
+    assert r.returncode == 0, r.stderr
+    verified = json.loads(r.stdout)
+    with tarfile.open(out) as tar:
+        member = tar.extractfile("airgap/index.json")
+        assert member is not None
+        signed = member.read()
+
+    r = airgap("inspect", str(out), "--index")
+    assert r.returncode == 0 and r.stderr == b""
+    assert r.stdout == signed
+    assert hashlib.sha256(r.stdout).hexdigest() == verified["index_sha256"]
+    assert verified["index_sha256"] == built["index_sha256"]
+    r = airgap("inspect", "-", "--index", input=out.read_bytes())
+    assert r.returncode == 0 and r.stdout == signed
+
+    # a split bundle, read from its first part
+    split = tmp_path / "s.tar"
+    r = airgap(
+        "build", str(demo_manifest), "-o", str(split), "--key", str(keys), "--split-size", "100K"
+    )
+    assert r.returncode == 0, r.stderr
+    r = airgap("inspect", f"{split}.part-000", "--index")
+    assert r.returncode == 0 and r.stdout == signed  # same sources, same build time
+
+    # it does not verify: damaged payload, the index still prints; verify refuses
+    damaged = tmp_path / "damaged.tar"
+    data = bytearray(out.read_bytes())
+    data[-20000] ^= 1
+    damaged.write_bytes(bytes(data))
+    r = airgap("inspect", str(damaged), "--index")
+    assert r.returncode == 0 and r.stdout == signed
+    assert airgap("verify", str(damaged), "--trusted-key", f"{keys}.pub").returncode == 3
+
+    r = airgap("inspect", str(out), "--index", "--json")
+    assert r.returncode == 2 and b"drop --json" in r.stderr and r.stdout == b""
+
+
+def test_install_target_is_explicit_and_misuse_is_a_usage_error(
+    tmp_path: Path, bundle: Path, key: Keys
+) -> None:
+    prefix = tmp_path / "opt"
+    base = (
+        "install",
+        str(bundle),
+        "--trusted-key",
+        str(key.public),
+        "--prefix",
+        str(prefix),
+        "--runtime-url",
+        f"unix://{tmp_path / 'no-engine.sock'}",
+    )
+    r = airgap(*base, "--target", "registry")
+    assert r.returncode == 2, r.stderr
+    assert b"--target registry needs --registry HOST[:PORT][/PREFIX]" in r.stderr
+    r = airgap(*base, "--target", "kubernetes")
+    assert r.returncode == 2, r.stderr
+    assert b"--target kubernetes is not available in this version yet" in r.stderr
+    assert b"Traceback" not in r.stderr
+    r = airgap(*base, "--target", "engine", "--registry", "127.0.0.1:5000/x")
+    assert r.returncode == 2 and b"use --target registry" in r.stderr
+    r = airgap(*base, "--target", "cloud")
+    assert r.returncode == 2 and b"'cloud' is not one of" in r.stderr
+    assert not prefix.exists()
+    # the same options without the misuse get past the checks, to the (absent) engine
+    r = airgap(*base, "--target", "engine")
+    assert r.returncode == 1 and b"cannot reach the docker engine" in r.stderr

@@ -272,6 +272,22 @@ def test_elser_and_product_docs_served_by_nginx(site: dict, key: Keys) -> None:
     assert requests.get(f"{docs}/", timeout=5).content == listing.content
 
 
+def test_elser_endpoint_id_under_its_new_and_its_old_name(site: dict, key: Keys) -> None:
+    repo = f"http://127.0.0.1:{site['artifacts']}/elser"
+    es = ElasticsearchStandIn(api_keys={ES_KEY}, model_repository=repo)
+    with es.running():
+        r = install(site, key, "--es-url", es.url, "--elser-endpoint-id", "elser-new-name")
+        assert r.returncode == 0, r.stderr.decode()
+        assert json.loads(r.stdout)["elastic"]["elasticsearch"]["endpoint_id"] == "elser-new-name"
+        assert "elser-new-name" in es.endpoints
+        # the old spelling still works: the same install again, another endpoint id
+        r = install(site, key, "--es-url", es.url, "--es-inference-id", "elser-old-name")
+        assert r.returncode == 0, r.stderr.decode()
+        assert json.loads(r.stdout)["elastic"]["elasticsearch"]["endpoint_id"] == "elser-old-name"
+        assert "elser-old-name" in es.endpoints
+        assert "airgap-elser" not in es.endpoints  # the default was never used
+
+
 def test_elser_and_docs_copied_for_file_repositories(site: dict, key: Keys, tmp_path: Path) -> None:
     models = tmp_path / "es-config" / "models"
     docs = tmp_path / "kibana-docs"

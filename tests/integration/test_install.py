@@ -472,6 +472,46 @@ def test_registry_mode_pushes_the_signed_images(
     assert not prefix.exists()
 
 
+def test_target_registry_is_what_registry_alone_means(
+    tmp_path: Path, bundle: Path, key: Keys, oci_registry: services.Service
+) -> None:
+    prefix = tmp_path / "opt"
+    target = f"{oci_registry.url}/explicit"
+    r = airgap(
+        "install",
+        str(bundle),
+        "--trusted-key",
+        str(key.public),
+        "--prefix",
+        str(prefix),
+        "--target",
+        "registry",
+        "--registry",
+        target,
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    result = json.loads(r.stdout)
+    from bundler.bundle.reader import read_head
+
+    index = read_head(str(bundle)).index
+    pushed = {i["role"]: i["ref"] for i in result["images"]}
+    assert pushed == {"nginx": f"{target}/nginx:test", "vllm": f"{target}/vllm:test"}
+    for img in index.images:
+        out = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", f"docker://{pushed[img.role]}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["Digest"] == img.manifest_digest
+    assert result["serving"] is None  # pushed only: nothing runs on this host
+    r = airgap("uninstall", "--prefix", str(prefix))
+    assert r.returncode == 0, r.stderr.decode()
+    assert not prefix.exists()
+
+
 def test_interrupted_run_in_another_engine_is_cleaned_there(
     tmp_path: Path, clean_engine: services.Service, podman_engine: services.Service
 ) -> None:

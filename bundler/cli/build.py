@@ -1,0 +1,194 @@
+"""The connected side: ``validate``, ``schema``, ``lock``, ``fetch``, ``build``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from bundler.cli.options import (
+    fetch_options,
+    json_option,
+    parse_size,
+    passphrase_option,
+    read_passphrase,
+    reporter,
+)
+from bundler.cli.output import print_json, show_build, show_dry_run, show_fetched, show_lock
+
+if TYPE_CHECKING:
+    from bundler.cli.options import FetchInputs
+
+manifest_argument = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+
+
+@click.command()
+@manifest_argument
+def validate(manifest: Path) -> None:
+    """Check a manifest without fetching anything."""
+    from bundler.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    click.echo(f"{manifest}: ok ({m.name} v{m.version}, model {m.model.served_name})")
+
+
+@click.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema."""
+    from bundler.manifest import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+
+
+@click.command()
+@manifest_argument
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Bundle file to write (split parts get .part-NNN appended).",
+)
+@click.option(
+    "--key",
+    "keys",
+    type=click.Path(path_type=Path, dir_okay=False),
+    multiple=True,
+    required=True,
+    help="Signing key (repeat for several signers).",
+)
+@click.option("--split-size", type=str, default=None, help="Cut the bundle into parts, e.g. 4G.")
+@click.option(
+    "--expires-days",
+    type=click.IntRange(1, 3650),
+    default=None,
+    help="Validity of the signed index (overrides the manifest).",
+)
+@click.option(
+    "--chunk-size",
+    type=str,
+    default="64M",
+    show_default=True,
+    help="Verification chunk (power of two, 64K..1G).",
+)
+@fetch_options
+@click.option(
+    "--no-hash-cache",
+    is_flag=True,
+    help="Hash every local source again instead of reusing remembered digests.",
+)
+@click.option(
+    "--update-lock",
+    is_flag=True,
+    help="Accept upstream changes since the lock (a moved tag or branch) and rewrite it.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Resolve and list what would be downloaded, with sizes; build nothing.",
+)
+@passphrase_option
+@json_option
+def build(
+    manifest: Path,
+    output: Path,
+    keys: tuple[Path, ...],
+    split_size: str | None,
+    expires_days: int | None,
+    chunk_size: str,
+    fetch: FetchInputs,
+    no_hash_cache: bool,
+    update_lock: bool,
+    dry_run: bool,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Build a signed bundle from MANIFEST (SOURCE_DATE_EPOCH sets its creation time).
+
+    Remote sources are resolved against MANIFEST's lock (<name>.lock.json, written on
+    first use), fetched into the cache (resumable, verified), then bundled.
+    """
+    import dataclasses
+
+    from bundler.build import BuildOptions, has_remote, plan_fetch
+    from bundler.build import build as run_build
+    from bundler.bundle.signing import load_signing_key
+    from bundler.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    opts = BuildOptions(
+        output=output,
+        keys=(),
+        split_size=parse_size(split_size) if split_size else None,
+        expires_days=expires_days,
+        chunk_size=parse_size(chunk_size),
+        cache_dir=fetch.cache_dir,
+        no_hash_cache=no_hash_cache,
+        update_lock=update_lock,
+        fetch=fetch.options,
+    )
+    if dry_run:
+        if not has_remote(m):
+            click.echo("all sources are local: nothing to download")
+            return
+        plan = plan_fetch(m, opts)
+        if as_json:
+            print_json(plan.to_json())
+        else:
+            show_dry_run(plan)
+        return
+    pw = read_passphrase(passphrase_file)
+    opts = dataclasses.replace(opts, keys=tuple(load_signing_key(k, pw) for k in keys))
+    with reporter(as_json) as r:
+        result = run_build(m, opts, r)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        show_build(result)
+
+
+@click.command()
+@manifest_argument
+@fetch_options
+def lock(manifest: Path, fetch: FetchInputs) -> None:
+    """Resolve MANIFEST's remote sources and write <manifest>.lock.json (pins only)."""
+    from bundler.build import has_remote, write_lock
+    from bundler.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    if not has_remote(m):
+        click.echo("all sources are local: no lock needed")
+        return
+    show_lock(write_lock(m, fetch.options, fetch.cache_dir))
+
+
+@click.command()
+@manifest_argument
+@fetch_options
+@click.option("--update-lock", is_flag=True, help="Accept upstream changes since the lock.")
+def fetch(manifest: Path, fetch: FetchInputs, update_lock: bool) -> None:
+    """Download MANIFEST's remote sources into the cache (verified), without bundling."""
+    from bundler.build import BuildOptions, fetch_remote, has_remote
+    from bundler.fetch.cache import Cache
+    from bundler.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    if not has_remote(m):
+        click.echo("all sources are local: nothing to fetch")
+        return
+    opts = BuildOptions(
+        output=Path("unused"),
+        keys=(),
+        cache_dir=fetch.cache_dir,
+        update_lock=update_lock,
+        fetch=fetch.options,
+    )
+    cache = Cache(fetch.cache_dir)
+    try:
+        with reporter() as r:
+            part = fetch_remote(m, opts, cache, r)
+    finally:
+        cache.close()
+    show_fetched(part)

@@ -1,0 +1,103 @@
+"""The air-gapped side: ``install`` (its option groups are in ``cli/install_options.py``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from bundler.cli.install_options import elastic_options, image_options, serve_options
+from bundler.cli.options import (
+    elastic_access_options,
+    host_options,
+    json_option,
+    reporter,
+    state,
+    trust_options,
+)
+from bundler.cli.output import note, print_json, render_checks, show_install
+
+if TYPE_CHECKING:
+    from bundler.cli.install_options import ElasticRequest, ImageDestination
+    from bundler.cli.options import HostInputs, TrustInputs
+    from bundler.install.installer import Check, ElasticAccess
+    from bundler.install.serve import ServeOptions
+
+
+@click.command()
+@click.argument("bundle", type=str)
+@trust_options
+@host_options
+@click.option("--dry-run", is_flag=True, help="Verify trust and run the preflight; change nothing.")
+@click.option("--allow-downgrade", is_flag=True, help="Install a lower version on purpose.")
+@click.option("--no-gpu", is_flag=True, help="Do not expect a GPU (CPU images, tests).")
+@serve_options
+@image_options
+@elastic_options
+@elastic_access_options
+@json_option
+def install(
+    bundle: str,
+    trust: TrustInputs,
+    host: HostInputs,
+    dry_run: bool,
+    allow_downgrade: bool,
+    no_gpu: bool,
+    serve: ServeOptions | None,
+    images: ImageDestination,
+    elastic: ElasticRequest,
+    access: ElasticAccess,
+    as_json: bool,
+) -> None:
+    """Verify BUNDLE and install it: files into a release, images into the engine, then
+    serve the model and register it with Kibana (and ELSER with Elasticsearch)."""
+    from bundler.bundle.parts import locate_bundle
+    from bundler.bundle.reader import collect_signatures
+    from bundler.install.installer import InstallOptions
+    from bundler.install.installer import install as run_install
+
+    if images.kind == "registry":
+        serve = None  # the images are only pushed: nothing runs here
+    if elastic.wants_kibana and serve is None:
+        raise click.UsageError(
+            "the Kibana connector needs the served endpoint: drop --no-serve/--registry"
+        )
+    kibana = elastic.kibana(access)
+    es = elastic.elasticsearch(access)
+    trusted = trust.load()
+    loc = locate_bundle(bundle)
+    opts = InstallOptions(
+        bundle=bundle,
+        trusted=trusted,
+        threshold=trust.threshold,
+        detached=tuple(collect_signatures(loc, trust.signatures)),
+        prefix=host.prefix,
+        runtime=host.runtime,
+        runtime_url=host.runtime_url,
+        dry_run=dry_run,
+        allow_downgrade=allow_downgrade,
+        registry=images.registry,
+        registry_insecure=images.registry_insecure,
+        registry_ca=images.registry_ca,
+        replace_tags=images.replace_tags,
+        tag_source_refs=images.tag_source_refs,
+        no_gpu=no_gpu,
+        ports=() if serve is None else (serve.port,),
+        serve=serve,
+        kibana=kibana,
+        elasticsearch=es,
+        elser_dir=elastic.elser_dir,
+        product_docs_dir=elastic.product_docs_dir,
+    )
+    with reporter(as_json) as r:
+
+        def on_preflight(checks: list[Check]) -> None:
+            if not as_json and not state().quiet:
+                render_checks(checks)
+            r.stage("installing", sum(p.size for p in loc.parts) or None)
+
+        result = run_install(opts, on_preflight=on_preflight, progress=r.advance, notes=note)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        show_install(result)

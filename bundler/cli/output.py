@@ -1,0 +1,333 @@
+"""Everything the CLI shows: results for humans and ``--json``, progress bars, the preflight.
+
+Results go to stdout, notes and progress to stderr. ``--json`` prints a result's own
+``to_json()``. rich is imported only where a table or a bar is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from bundler.fmt import human
+from bundler.progress import NullReporter, Reporter
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from bundler.build import DryRun, LockWritten, RemotePart
+    from bundler.bundle.reader import VerifyResult
+    from bundler.bundle.writer import BuildResult
+    from bundler.describe import BundleInfo
+    from bundler.install.installer import Check, InstallResult, StatusReport
+
+
+def print_json(doc: object) -> None:
+    click.echo(json.dumps(doc, indent=2))
+
+
+# -- progress and notes (stderr) -----------------------------------------------------------
+
+
+class RichReporter:
+    """A progress bar per stage, on stderr; thread-safe ``advance``."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: TaskID | None = None
+        self._lock = threading.Lock()
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        with self._lock:
+            if self._task is not None:
+                self._progress.update(self._task, visible=True)
+                self._progress.stop_task(self._task)
+            self._task = self._progress.add_task(name, total=total)
+
+    def advance(self, n: int) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def note(self, message: str) -> None:
+        self._progress.console.print(message)
+
+
+@contextmanager
+def make_reporter(quiet: bool) -> Iterator[Reporter]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    stderr = Console(stderr=True)
+    if quiet or not sys.stderr.isatty() or os.environ.get("TERM") == "dumb":
+        yield NullReporter()
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        yield RichReporter(progress)
+
+
+def note(message: str) -> None:
+    click.echo(f"note: {message}", err=True)
+
+
+def show_warnings(warnings: Sequence[str]) -> None:
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+def show_keygen(keyfile: Path) -> None:
+    click.echo(f"private key: {keyfile} (keep it on the connected side)", err=True)
+    click.echo(f"public key:  {keyfile}.pub (give it to the air-gapped host)", err=True)
+
+
+def render_checks(checks: Sequence[Check]) -> None:
+    """The preflight table, on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("check", "result", "detail", title="preflight")
+    for c in checks:
+        mark = {True: "[green]ok[/green]", False: "[red]FAIL[/red]", None: "[yellow]warn[/yellow]"}
+        table.add_row(c.name, mark[c.ok], c.detail)
+    Console(stderr=True).print(table)
+
+
+# -- build, lock, fetch --------------------------------------------------------------------
+
+
+def show_build(result: BuildResult) -> None:
+    click.echo(
+        f"built {result.index.name} v{result.index.version}: {len(result.index.files)} files, "
+        f"{human(result.size)}, expires {result.index.expires}"
+    )
+    for p in result.outputs:
+        click.echo(f"  {p}")
+    click.echo(
+        f"index sha256 {result.index_sha256}; signed by "
+        + ", ".join(k[:16] for k in result.signers)
+    )
+
+
+def show_dry_run(plan: DryRun) -> None:
+    for line in plan.lock_changes:
+        click.echo(f"lock change: {line}")
+    for what, n in plan.to_fetch:
+        click.echo(f"  {human(n):>10}  {what}")
+    click.echo(
+        f"would download {len(plan.to_fetch)} files, {human(plan.bytes)}; "
+        f"{plan.cached} already cached"
+    )
+
+
+def show_lock(written: LockWritten) -> None:
+    pins = written.pins
+    model = pins.get("model", {})
+    if model:
+        click.echo(
+            f"model {model['repo']}@{model['revision']} = {model['commit']} "
+            f"({len(model['files'])} files)"
+        )
+    for role, img in (pins.get("images") or {}).items():
+        click.echo(f"image {role} {img['ref']} = {img['manifest_digest']} ({img['platform']})")
+    for f in (pins.get("elastic") or {}).get("files", []):
+        click.echo(f"elastic {f['name']} sha256 {f['sha256']}")
+    click.echo(f"wrote {written.path}")
+
+
+def show_fetched(part: RemotePart) -> None:
+    total = sum(p.size for p in part.payloads)
+    click.echo(
+        f"{len(part.payloads)} files ({human(total)}) verified in the cache; "
+        f"{human(part.downloaded)} downloaded now"
+        + (f"; wrote {part.lock_file}" if part.lock_written else "")
+    )
+
+
+# -- verify, sign, inspect -----------------------------------------------------------------
+
+
+def show_verified(result: VerifyResult) -> None:
+    rate = result.bytes_read / result.seconds / 1e6 if result.seconds else 0.0
+    click.echo(
+        f"OK {result.index.name} v{result.index.version}: signed by {len(result.signers)} "
+        f"trusted key(s) ({', '.join(k[:16] for k in result.signers)}); "
+        f"{len(result.index.files)} files, {human(result.bytes_read)} verified in "
+        f"{result.seconds:.1f}s ({rate:.0f} MB/s); expires {result.index.expires}"
+    )
+
+
+def show_checked_before_signing(result: VerifyResult) -> None:
+    click.echo(
+        f"verified {result.index.name} v{result.index.version}: signed by "
+        f"{', '.join(k[:16] for k in result.signers)}; {human(result.bytes_read)} checked",
+        err=True,
+    )
+
+
+def render_inspect(info: BundleInfo) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{info.name}[/bold] v{info.version}  ({info.format}, {info.tool})")
+    console.print(f"created {info.created}  expires {info.expires}")
+    console.print(f"index sha256 {info.index_sha256}")
+    console.print(
+        "signers (not verified here; use `airgap verify`): " + (", ".join(info.signers) or "none")
+    )
+    m = info.model
+    src = (
+        f"{m.get('repo')}@{m.get('commit', m.get('revision'))}" if m.get("repo") else m.get("path")
+    )
+    console.print(
+        f"model {m.get('served_name')} from {src}: {m['files']} files, {human(m['bytes'])}"
+    )
+    if info.images:
+        t = Table("role", "ref", "digest", "platform", "layers", "size")
+        for img in info.images:
+            t.add_row(
+                img["role"],
+                img["ref"],
+                img["digest"][:19],
+                img["platform"],
+                str(img["layers"]),
+                human(img["bytes"]),
+            )
+        console.print(t)
+    for e in info.elastic:
+        console.print(f"elastic {e['path']} {human(e['bytes'])}")
+    console.print(f"total: {info.files} files, {human(info.total_bytes)}")
+
+
+# -- install, status, rollback, uninstall --------------------------------------------------
+
+
+def show_install(result: InstallResult) -> None:
+    if result.status == "dry-run":
+        click.echo(
+            f"dry run: {result.name} v{result.version} would install into "
+            f"{result.release}; nothing was changed"
+        )
+    elif result.status == "unchanged":
+        click.echo(
+            f"{result.name} v{result.version} is already installed and current; nothing changed"
+        )
+    elif result.status == "reactivated":
+        click.echo(f"{result.name} v{result.version} was installed already; it is current again")
+    else:
+        click.echo(
+            f"installed {result.name} v{result.version} into {result.release} "
+            f"({human(result.bytes_read)} in {result.seconds:.1f}s)"
+        )
+        for img in result.images:
+            click.echo(f"  image {img['role']}: {img['ref']} = {img['id']}")
+    if result.serving and result.status != "dry-run":
+        s = result.serving
+        click.echo(f"serving {s['model']} at {s['url']} (answered a chat completion)")
+        click.echo(f"  trust this CA in Kibana: {s['ca_cert']}")
+        click.echo("  bearer token: `airgap status --show-token` (stored 0600 under the prefix)")
+    if result.elastic and result.status != "dry-run":
+        _show_elastic(result.elastic)
+
+
+def _show_elastic(el: dict[str, Any]) -> None:
+    k = el.get("kibana")
+    if k and k.get("mode") == "api":
+        verb = k.get("action", "updated")
+        click.echo(
+            f"kibana: connector {k['name']!r} ({k['connector_id']}) {verb} in "
+            f"{k['url']} space {k['space']} (Kibana {k['kibana_version']})"
+        )
+        if "test_reply" in k:
+            click.echo(f"  Kibana's own test call answered: {k['test_reply']!r}")
+    elif k:
+        click.echo(f"kibana: preconfigured connector written to {k['snippet']} (0600)")
+        click.echo("  add it to kibana.yml and restart Kibana")
+    e = el.get("elasticsearch")
+    if e:
+        click.echo(
+            f"elasticsearch: inference endpoint {e['endpoint_id']} ({e['model_id']}) "
+            f"{e.get('action', 'kept')}, deployment {e['state']}, in {e['url']}"
+        )
+    for key in ("elser_dir", "product_docs_dir"):
+        if el.get(key):
+            click.echo(f"copied {len(el[key]['files'])} verified file(s) into {el[key]['path']}")
+    if el.get("settings"):
+        click.echo("settings for Elastic (also in " + str(el.get("settings_file")) + "):")
+        for target, line in el["settings"]:
+            first = line.splitlines()[0]
+            more = " ..." if "\n" in line.rstrip("\n") else ""
+            click.echo(f"  {target}: {first}{more}")
+
+
+def show_status(report: StatusReport) -> None:
+    click.echo(
+        f"{report.prefix}: current {report.current or '(none)'} - "
+        + ("healthy" if report.ok else "NOT healthy")
+    )
+    for rel in report.releases:
+        mark = "*" if rel["active"] else " "
+        state = "ok" if rel["healthy"] else "damaged"
+        click.echo(f" {mark} {rel['release']}  {state}  installed {rel['installed_at']}")
+        for img in rel["images"]:
+            click.echo(
+                f"      {img['role']}: {img['ref']} {'present' if img['present'] else 'MISSING'}"
+            )
+        serving = rel.get("serving")
+        if serving:
+            running = ", ".join(
+                f"{k} {'running' if v else 'STOPPED'}" for k, v in serving["containers"].items()
+            )
+            click.echo(
+                f"      serving {serving['url']}: {running}; /health through nginx: "
+                f"{serving['health']}"
+            )
+        _show_release_elastic(rel.get("elastic") or {})
+
+
+def _show_release_elastic(el: dict[str, Any]) -> None:
+    k = el.get("kibana") or {}
+    if k.get("mode") == "api":
+        click.echo(
+            f"      kibana connector {k['connector_id']} in {k['url']} "
+            f"space {k.get('space', 'default')}"
+        )
+    elif k:
+        click.echo(f"      kibana preconfigured snippet {k['snippet']}")
+    e = el.get("elasticsearch") or {}
+    if e:
+        click.echo(f"      inference endpoint {e['endpoint_id']} in {e['url']}")
+    if el.get("settings_file"):
+        click.echo(f"      Elastic settings to add: {el['settings_file']}")
+
+
+def show_rollback(key: str, notes: Sequence[str]) -> None:
+    click.echo(f"current is now {key}")
+    for line in notes:
+        click.echo(f"  {line}")
+
+
+def show_removed(lines: Sequence[str]) -> None:
+    for line in lines:
+        click.echo(line if line.startswith("note:") else f"removed {line}")
