@@ -496,7 +496,7 @@ def test_target_registry_is_what_registry_alone_means(
 
     index = read_head(str(bundle)).index
     pushed = {i["role"]: i["ref"] for i in result["images"]}
-    assert pushed == {"nginx": f"{target}/nginx:test", "vllm": f"{target}/vllm:test"}
+    assert pushed == {"nginx": f"{target}/demo/nginx:1", "vllm": f"{target}/demo/vllm:1"}
     for img in index.images:
         out = subprocess.run(
             ["skopeo", "inspect", "--tls-verify=false", f"docker://{pushed[img.role]}"],
