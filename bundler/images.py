@@ -37,6 +37,7 @@ from bundler.oci.media import (
 
 MAX_JSON = 16 * 1024 * 1024
 
+
 @dataclass(frozen=True)
 class LocalImage:
     entry: ImageEntry

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.errors import ManifestError
+from bundler.formats import UPGRADE_HINT, newer_format
 from bundler.fsutil import atomic_write_bytes
 
 LOCK_FORMAT = "airgap-lock/1"
@@ -42,6 +43,10 @@ def load_lock(path: Path) -> dict[str, Any] | None:
         raise ManifestError(
             f"unreadable lock: {e}", path=str(path), hint="Delete it and run `airgap lock` again."
         ) from e
+    if isinstance(doc, dict) and (
+        msg := newer_format(doc.get("format"), LOCK_FORMAT, requires=doc.get("requires"))
+    ):
+        raise ManifestError(msg, path=str(path), hint=UPGRADE_HINT)
     if not isinstance(doc, dict) or doc.get("format") != LOCK_FORMAT:
         raise ManifestError(
             "not an airgap lock", path=str(path), hint="Delete it and run `airgap lock` again."

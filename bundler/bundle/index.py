@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bundler import canonical
 from bundler.errors import BundleError
+from bundler.formats import UPGRADE_HINT, newer_format
 
 FORMAT = "airgap-bundle/1"
 INDEX_MEMBER = "airgap/index.json"
@@ -199,6 +200,12 @@ def parse_index(data: bytes, *, bundle: str | None = None) -> Index:
         raise BundleError(
             f"index is not canonical JSON: {e}", bundle=bundle, member=INDEX_MEMBER
         ) from e
+    if isinstance(doc, dict) and (
+        msg := newer_format(
+            doc.get("format"), FORMAT, requires=doc.get("requires"), tool=doc.get("tool")
+        )
+    ):
+        raise BundleError(msg, bundle=bundle, member=INDEX_MEMBER, hint=UPGRADE_HINT)
     if isinstance(doc, dict) and doc.get("format") != FORMAT:
         raise BundleError(
             f"unsupported bundle format {doc.get('format')!r} (this airgap reads {FORMAT})",

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from bundler import canonical
 from bundler.bundle.signing import TrustedKey, verify_threshold
 from bundler.errors import BundleError, UsageError
+from bundler.formats import UPGRADE_HINT, newer_format
 
 PARTS_FORMAT = "airgap-parts/1"
 _PART_RE = re.compile(r"^(?P<base>.+)\.part-(?P<num>[0-9]{3,})$")
@@ -103,6 +104,8 @@ def _split_location(base: Path) -> BundleLocation:
         try:
             doc = canonical.loads(list_path.read_bytes().rstrip(b"\n"))
             signed = doc["signed"]
+            if msg := newer_format(signed.get("format"), PARTS_FORMAT):
+                raise BundleError(msg, bundle=str(list_path), hint=UPGRADE_HINT)
             if signed.get("format") != PARTS_FORMAT:
                 raise ValueError(f"unknown format {signed.get('format')!r}")
             sigs = tuple((k, bytes.fromhex(v)) for k, v in sorted(doc["signatures"].items()))
