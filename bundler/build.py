@@ -198,7 +198,7 @@ def export_from_docker(m: Manifest, opts: BuildOptions, cache: Cache) -> dict[st
     Raises:
         FetchError: the engine is unreachable or does not have the image.
     """
-    from bundler.install.runtime import Runtime
+    from bundler.oci.engine import Runtime
 
     out: dict[str, Path] = {}
     refs = [(role, src) for role, src in m.images.items() if not isinstance(src, ImageArchive)]

@@ -44,13 +44,13 @@ from bundler.hashing import FileRange, hash_sources
 from bundler.install import elasticsearch as es_mod
 from bundler.install.contents import check_signed_names
 from bundler.install.elastic_api import Credentials
+from bundler.install.feeds import ArchiveFeed, RegistryFeed
 from bundler.install.kibana import Kibana, KibanaOptions, register, trust_snippet, unregister
-from bundler.install.registry import RegistryFeed
-from bundler.install.runtime import ArchiveFeed, Runtime
 from bundler.install.serve import ServeOptions, Server, served_record
 from bundler.install.state import InstallLock, Receipt, VersionRegistry
 from bundler.manifest import parse_manifest
 from bundler.names import image_tag, registry_name
+from bundler.oci.engine import Runtime
 from bundler.oci.media import OCI_MANIFEST
 from bundler.oci.ref import IMAGE_REF_RE
 from bundler.oci.registry import Registry

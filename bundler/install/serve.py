@@ -37,10 +37,10 @@ import requests
 
 from bundler.errors import InstallError
 from bundler.fsutil import atomic_write_bytes
-from bundler.install.runtime import Runtime
 from bundler.install.tlsgen import current_secret, ensure_tls, new_secret
 from bundler.manifest import Manifest
 from bundler.names import contained, container_name, model_mount, slug
+from bundler.oci.engine import Runtime
 
 logger = logging.getLogger(__name__)
 MANAGED = "airgap.managed"

@@ -518,8 +518,8 @@ def test_interrupted_run_in_another_engine_is_cleaned_there(
     """A run killed while loading into Docker, then a run into Podman: the Docker images
     the killed run loaded are removed from Docker (the receipt names where they went)."""
     from bundler.install.installer import EngineTarget, Layout, recover
-    from bundler.install.runtime import Runtime
     from bundler.install.state import Receipt
+    from bundler.oci.engine import Runtime
     from devkit.demo_data import Image
 
     img = Image([{"left-behind": os.urandom(10_000)}])

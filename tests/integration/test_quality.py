@@ -48,3 +48,18 @@ def test_nothing_in_bundler_imports_the_devkit() -> None:
     assert offenders == []
     # the check sees imports: the test kit's own files import devkit and bundler
     assert "devkit.standins._http" in imported_modules(REPO / "devkit/standins/kibana.py")
+
+
+def test_the_connected_side_never_imports_the_installer() -> None:
+    """The two wings meet only in bundle/, oci/ and the ground floor: building a bundle
+    never needs the air-gapped side's code (and its imports of it would hide a cycle)."""
+    offenders = [
+        f"{path.relative_to(REPO)}: {name}"
+        for path in sorted((REPO / "bundler").rglob("*.py"))
+        if not {"install", "cli"} & set(path.relative_to(REPO / "bundler").parts)
+        for name in sorted(imported_modules(path))
+        if name == "bundler.install" or name.startswith("bundler.install.")
+    ]
+    assert offenders == []
+    # the check sees imports, lazy ones too
+    assert "bundler.oci.engine" in imported_modules(REPO / "bundler/build.py")

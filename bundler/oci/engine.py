@@ -7,23 +7,16 @@ Every ``docker.errors`` / ``requests`` exception is translated here into ours.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import queue
 import shutil
-import tarfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import docker
 import docker.errors
 import requests
 
 from bundler import env
-from bundler.bundle.index import ImageEntry
 from bundler.errors import InstallError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -168,130 +161,3 @@ class Runtime:
 
     def close(self) -> None:
         self.api.close()
-
-
-class ArchiveFeed:
-    """A docker-archive tar built on the fly and streamed into ``Runtime.load``.
-
-    ``manifest.json`` goes first, then each config and layer blob as it is
-    delivered (already verified) from the bundle, under ``blobs/sha256/<hex>``.
-    Layers stay the original (possibly compressed) blobs: the engine accepts them
-    and checks them against the config's diff IDs. The queue is bounded, so the
-    reader waits for the engine instead of buffering.
-    """
-
-    _ABORT = object()
-
-    def __init__(self, runtime: Runtime, images: list[ImageEntry]) -> None:
-        self.runtime = runtime
-        manifest = []
-        self.needed: set[str] = set()
-        for img in images:
-            # Loaded untagged: a tag is moved only in EngineTarget.finish, after the whole
-            # bundle verified, so a failed install never repoints an existing tag.
-            manifest.append(
-                {
-                    "Config": _blob(img.config_digest),
-                    "RepoTags": [],
-                    "Layers": [_blob(la.digest) for la in img.layers],
-                }
-            )
-            self.needed.add(img.config_digest)
-            self.needed.update(la.digest for la in img.layers)
-        self._manifest = json.dumps(manifest, sort_keys=True).encode()
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=2)
-        self._messages: list[str] = []
-        self._error: BaseException | None = None
-        self._remaining = set(self.needed)
-        self._current = ""
-        self._ended = False
-        self._thread = threading.Thread(target=self._run, name="image-load", daemon=True)
-        self._started = False
-
-    def start(self) -> None:
-        self._started = True
-        self._thread.start()
-        self._member("manifest.json", len(self._manifest))
-        self._put(self._manifest + b"\0" * (-len(self._manifest) % 512))
-
-    def _run(self) -> None:
-        try:
-            self._messages = self.runtime.load(self._chunks())
-        except BaseException as e:
-            self._error = e
-            # unblock a producer waiting on a full queue
-            while True:
-                try:
-                    self._q.get_nowait()
-                except queue.Empty:
-                    break
-
-    def _chunks(self) -> Iterator[bytes]:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            if item is self._ABORT:
-                raise InstallError("image load aborted: the bundle failed verification")
-            yield item
-
-    def _put(self, data: object) -> None:
-        while self._error is None:
-            try:
-                self._q.put(data, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-        raise self._error
-
-    def _member(self, name: str, size: int) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = size
-        info.mode = 0o644
-        self._put(info.tobuf(tarfile.USTAR_FORMAT))
-
-    def wants(self, digest: str) -> bool:
-        return digest in self.needed
-
-    def open_blob(self, digest: str, size: int) -> None:
-        self._member(_blob(digest), size)
-        self._current = digest
-
-    def write(self, data: memoryview) -> None:
-        self._put(bytes(data))
-
-    def close_blob(self, size: int) -> None:
-        pad = -size % 512
-        if pad:
-            self._put(b"\0" * pad)
-        self._remaining.discard(self._current)
-        if not self._remaining:
-            # Every blob is in: end the archive now, so the engine unpacks the layers
-            # while the rest of the bundle (model files) is still being written.
-            self._end()
-
-    def _end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            self._put(b"\0" * 1024)
-            self._put(None)
-
-    def finish(self) -> list[str]:
-        """End the archive (if not yet) and wait for the engine to finish loading it."""
-        self._end()
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._messages
-
-    def abort(self) -> None:
-        if not self._started:
-            return
-        if self._thread.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._q.put(self._ABORT, timeout=5)
-            self._thread.join(timeout=60)
-
-
-def _blob(digest: str) -> str:
-    return "blobs/sha256/" + digest.removeprefix("sha256:")
