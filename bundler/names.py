@@ -45,7 +45,7 @@ TAG_NAMESPACE = "localhost/airgap"
 
 def served_name_problem(name: str) -> str | None:
     """Why ``name`` is not an acceptable ``served_name``, or None."""
-    if SERVED_NAME_RE.match(name):
+    if SERVED_NAME_RE.fullmatch(name):
         return None
     if re.search(r"[\x00-\x1f\x7f\\]", name):
         return "no control characters or backslashes"
@@ -68,14 +68,17 @@ def check_served_name(name: str) -> str:
 
 def slug(text: str) -> str:
     """A name safe as a path component, a container name, an image repository component
-    and a tag: ``text`` itself when it already is one (so every valid bundle name keeps
-    its containers and paths), otherwise a lower-case rendering plus a short hash of the
-    original, so two different names never share a slug.
+    and a tag: ``text`` itself when it already is one without ``--`` (so every usual
+    bundle name keeps its containers and paths), otherwise a lower-case rendering, ``--``
+    and a hash of the original, so two different names never share a slug.
     """
-    if _COMPONENT_RE.match(text) and len(text) <= _SLUG_MAX:
+    if _COMPONENT_RE.fullmatch(text) and len(text) <= _SLUG_MAX and "--" not in text:
         return text
-    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[: _SLUG_MAX - 9] or "x"
-    return f"{base}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+    # The derived form always holds "--" and a plain one never does, so the two cannot
+    # meet; 64 bits of hash keep a signer from grinding a name onto another's slug.
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[: _SLUG_MAX - 18] or "x"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{base}--{digest}"
 
 
 def container_name(bundle: str, role: str) -> str:

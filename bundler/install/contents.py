@@ -12,7 +12,7 @@ from __future__ import annotations
 from bundler.bundle.index import BLOB_PREFIX, INDEX_MEMBER, Index
 from bundler.errors import AirgapError, BundleError
 from bundler.manifest import Manifest, parse_manifest
-from bundler.names import DOC_FILE_RE, ELSER_FILE_RE, IMAGE_ROLES
+from bundler.names import DOC_FILE_RE, ELSER_FILE_RE, IMAGE_ROLES, TAG_NAMESPACE
 from bundler.oci.ref import check_image_ref
 
 _HINT = (
@@ -51,6 +51,8 @@ def check_signed_names(index: Index, *, bundle: str | None = None) -> Manifest:
                 check_image_ref(ref)
             except ValueError as e:
                 raise refuse(f"image {img.role}: {e}") from e
+            if ref.startswith(TAG_NAMESPACE + "/"):  # install's own names, never the signer's
+                raise refuse(f"image {img.role}: {ref!r} is in airgap's tag namespace")
     model_root = f"models/{m.model.served_name}/"
     for f in index.files:
         if f.path.startswith(BLOB_PREFIX):

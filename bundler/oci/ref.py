@@ -44,7 +44,7 @@ class ImageRef:
 def check_image_ref(ref: str) -> str:
     """Raises:
     ValueError: ``ref`` is not an image reference."""
-    if not IMAGE_REF_RE.match(ref):
+    if not IMAGE_REF_RE.fullmatch(ref):
         raise ValueError(
             f"{ref!r} is not an image reference like docker.io/vllm/vllm-openai:v0.9.1"
         )

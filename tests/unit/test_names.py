@@ -38,6 +38,7 @@ BAD = [
     ".hidden",
     "",
     "x" * 129,
+    "tiny\n",
 ]
 
 
@@ -55,7 +56,8 @@ def test_served_names_that_could_escape_are_refused(name: str) -> None:
 def test_slug_is_identity_for_safe_names_and_injective_otherwise() -> None:
     for name in ("demo", "demo-tiny", "llama-3.3-70b-elastic", "qwen2.5-72b-elastic", "vllm"):
         assert slug(name) == name
-    odd = ["Org/Name", "org-name", "org/name", "a..b", "a_", "x" * 80, "../etc"]
+    odd = ["Org/Name", "org-name", "org/name", "a..b", "a_", "x" * 80, "../etc", "a--b"]
+    odd.append(slug("a..b"))  # a plain name that spells another's derived form
     slugs = [slug(n) for n in odd]
     assert len(set(slugs)) == len(odd)
     for s in slugs:
@@ -102,6 +104,19 @@ def test_signed_index_names_are_checked_again_before_install(bundle: Path) -> No
         (
             {"images": [index.images[0].model_copy(update={"ref": "a/../b"}), index.images[1]]},
             "not an image reference",
+        ),
+        (
+            {"images": [index.images[0].model_copy(update={"ref": "x/y:1\n"}), index.images[1]]},
+            "not an image reference",
+        ),
+        (
+            {
+                "images": [
+                    index.images[0].model_copy(update={"ref": "localhost/airgap/prod/nginx:7"}),
+                    index.images[1],
+                ]
+            },
+            "in airgap's tag namespace",
         ),
         (
             {
