@@ -679,8 +679,8 @@ def elastic_access_options(f: F) -> F:
 
 def _access(kw: dict[str, Any]) -> Any:
     from bundler import env
-    from bundler.install.elastic_api import load_credentials
-    from bundler.install.installer import ElasticAccess
+    from bundler.install.elastic.api import load_credentials
+    from bundler.install.elastic.steps import ElasticAccess
 
     return ElasticAccess(
         kibana=load_credentials(
@@ -905,11 +905,11 @@ def install(
     from bundler.bundle.parts import locate_bundle
     from bundler.bundle.reader import find_detached_signatures, read_detached
     from bundler.bundle.signing import load_trust
-    from bundler.install.elasticsearch import EsOptions
-    from bundler.install.installer import InstallOptions
+    from bundler.install.elastic.elasticsearch import EsOptions
+    from bundler.install.elastic.kibana import KibanaOptions
     from bundler.install.installer import install as run_install
-    from bundler.install.kibana import KibanaOptions
-    from bundler.install.serve import ServeOptions
+    from bundler.install.options import InstallOptions
+    from bundler.install.records import ServeOptions
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -921,7 +921,7 @@ def install(
         )
     kibana = None
     if kibana_version:
-        from bundler.install.kibana import parse_version
+        from bundler.install.elastic.connector import parse_version
 
         parse_version(kibana_version)  # a typo is refused now, not after the install
     if kibana_url or kibana_mode == "preconfigured":
@@ -1089,11 +1089,12 @@ def status(
     as_json: bool,
 ) -> None:
     """What is installed under --prefix, checked against what is really there."""
-    from bundler.install.installer import status as run_status
+    from bundler.install.layout import Layout
+    from bundler.install.manage import status as run_status
 
     report = run_status(prefix, runtime, runtime_url, deep=deep)
     if show_token:
-        token_file = prefix / "secrets" / "bearer-token"
+        token_file = Layout(prefix).token_file
         if not token_file.exists():
             raise click.UsageError(f"{token_file}: no token (nothing is served here)")
         click.echo(token_file.read_text().strip())
@@ -1166,7 +1167,7 @@ def uninstall(
     connector and inference endpoint it created."""
     import dataclasses
 
-    from bundler.install.installer import uninstall as run_uninstall
+    from bundler.install.manage import uninstall as run_uninstall
 
     access = dataclasses.replace(_access(access_kw), keep=keep_elastic)
     for line in run_uninstall(prefix, runtime, runtime_url, access):
@@ -1183,7 +1184,7 @@ def uninstall(
 @click.option("--runtime-url", default=None, help="Engine API socket (default: as installed).")
 def rollback(prefix: Path, runtime_url: str | None) -> None:
     """Make the previously active release current again, serving it as it was served."""
-    from bundler.install.installer import rollback as run_rollback
+    from bundler.install.manage import rollback as run_rollback
 
     key, notes = run_rollback(prefix, runtime_url)
     click.echo(f"current is now {key}")
