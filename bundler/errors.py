@@ -151,3 +151,11 @@ class RollbackError(VerificationError):
 
 class InstallError(AirgapError):
     """An install step failed; the host was left as it was."""
+
+
+class ElasticStepError(InstallError):
+    """The release is installed and serving, but an Elastic step after it failed.
+
+    Unlike its parent, this does not mean the host was left as it was: the new release
+    stays current, and running the same install again repeats only the Elastic steps.
+    """

@@ -80,8 +80,10 @@ class TrustPolicy:
     threshold: int = 1
     now: datetime | None = None
     # Called after the signature and expiry checks, before any payload byte is
-    # used (install passes its rollback check here).
-    before_payload: Callable[[VerifyResult], None] | None = None
+    # used (install passes its preflight here). Returning True ends the pass there:
+    # nothing of the payload is read, the sink is not begun, and the result says
+    # ``ended_early``. Raising refuses the bundle.
+    before_payload: Callable[[VerifyResult], bool | None] | None = None
 
 
 @dataclass
@@ -94,6 +96,7 @@ class VerifyResult:
     bytes_read: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    ended_early: bool = False  # the before_payload hook ended the pass (payload unread)
 
     def to_json(self) -> dict[str, Any]:
         """What ``airgap verify --json`` prints."""
@@ -395,8 +398,9 @@ def read_bundle(
             result.warnings.append(
                 f"bundle was created at {index.created}, later than this host's clock"
             )
-        if policy.before_payload:
-            policy.before_payload(result)
+        if policy.before_payload and policy.before_payload(result):
+            result.ended_early = True
+            return result
 
         # 3. every header so far must be the exact bytes the writer makes.
         mtime = int(index.created_at.timestamp())

@@ -20,8 +20,9 @@ from bundler.cli.output import note, print_json, render_checks, show_install
 if TYPE_CHECKING:
     from bundler.cli.install_options import ElasticRequest, ImageDestination
     from bundler.cli.options import HostInputs, TrustInputs
-    from bundler.install.installer import Check, ElasticAccess
-    from bundler.install.serve import ServeOptions
+    from bundler.install.elastic.steps import ElasticAccess
+    from bundler.install.options import Check
+    from bundler.install.records import ServeOptions
 
 
 @click.command()
@@ -53,8 +54,8 @@ def install(
     serve the model and register it with Kibana (and ELSER with Elasticsearch)."""
     from bundler.bundle.parts import locate_bundle
     from bundler.bundle.reader import collect_signatures
-    from bundler.install.installer import InstallOptions
     from bundler.install.installer import install as run_install
+    from bundler.install.options import InstallOptions
 
     if images.kind == "registry":
         serve = None  # the images are only pushed: nothing runs here

@@ -18,10 +18,11 @@ import click
 from bundler.cli.options import Decorator, dir_option, file_option, option_group
 
 if TYPE_CHECKING:
-    from bundler.install.elasticsearch import EsOptions
-    from bundler.install.installer import ElasticAccess
-    from bundler.install.kibana import KibanaOptions, Verification
-    from bundler.install.serve import ServeOptions
+    from bundler.install.elastic.connector import Verification
+    from bundler.install.elastic.elasticsearch import EsOptions
+    from bundler.install.elastic.kibana import KibanaOptions
+    from bundler.install.elastic.steps import ElasticAccess
+    from bundler.install.records import ServeOptions
 
 TargetKind = Literal["engine", "registry"]
 
@@ -30,7 +31,7 @@ TargetKind = Literal["engine", "registry"]
 
 
 def _serve_options(kw: dict[str, Any]) -> ServeOptions | None:
-    from bundler.install.serve import ServeOptions
+    from bundler.install.records import ServeOptions
 
     tls_cert, tls_key = kw.pop("tls_cert"), kw.pop("tls_key")
     if (tls_cert is None) != (tls_key is None):
@@ -211,7 +212,8 @@ class ElasticRequest:
 
     def kibana(self, access: ElasticAccess) -> KibanaOptions | None:
         """Raises: UsageError: ``--kibana-version`` is not a version (refused before install)."""
-        from bundler.install.kibana import KibanaOptions, parse_version
+        from bundler.install.elastic.connector import parse_version
+        from bundler.install.elastic.kibana import KibanaOptions
 
         if self.kibana_version:
             parse_version(self.kibana_version)
@@ -230,7 +232,7 @@ class ElasticRequest:
         )
 
     def elasticsearch(self, access: ElasticAccess) -> EsOptions | None:
-        from bundler.install.elasticsearch import EsOptions
+        from bundler.install.elastic.elasticsearch import EsOptions
 
         if not self.es_url:
             return None

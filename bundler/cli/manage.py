@@ -15,7 +15,7 @@ from bundler.errors import EXIT_FAILURE
 
 if TYPE_CHECKING:
     from bundler.cli.options import HostInputs
-    from bundler.install.installer import ElasticAccess
+    from bundler.install.elastic.steps import ElasticAccess
 
 
 @click.command()
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def status(host: HostInputs, deep: bool, show_token: bool, as_json: bool) -> None:
     """What is installed under --prefix, checked against what is really there."""
-    from bundler.install.installer import Layout
-    from bundler.install.installer import status as run_status
+    from bundler.install.layout import Layout
+    from bundler.install.manage import status as run_status
 
     report = run_status(host.prefix, host.runtime, host.runtime_url, deep=deep)
     if show_token:
@@ -53,7 +53,7 @@ def status(host: HostInputs, deep: bool, show_token: bool, as_json: bool) -> Non
 @click.option("--runtime-url", default=None, help="Engine API socket (default: as installed).")
 def rollback(prefix: Path, runtime_url: str | None) -> None:
     """Make the previously active release current again, serving it as it was served."""
-    from bundler.install.installer import rollback as run_rollback
+    from bundler.install.manage import rollback as run_rollback
 
     key, notes = run_rollback(prefix, runtime_url)
     show_rollback(key, notes)
@@ -70,7 +70,7 @@ def rollback(prefix: Path, runtime_url: str | None) -> None:
 def uninstall(host: HostInputs, access: ElasticAccess, keep_elastic: bool) -> None:
     """Remove what airgap installed under --prefix (and only that), including the Kibana
     connector and inference endpoint it created."""
-    from bundler.install.installer import uninstall as run_uninstall
+    from bundler.install.manage import uninstall as run_uninstall
 
     access = dataclasses.replace(access, keep=keep_elastic)
     show_removed(run_uninstall(host.prefix, host.runtime, host.runtime_url, access))

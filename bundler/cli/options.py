@@ -26,7 +26,7 @@ from bundler.progress import NullReporter
 if TYPE_CHECKING:
     from bundler.bundle.signing import TrustedKey
     from bundler.fetch.remote import FetchOptions
-    from bundler.install.installer import ElasticAccess
+    from bundler.install.elastic.steps import ElasticAccess
     from bundler.progress import Reporter
 
 Command = Callable[..., object]
@@ -284,8 +284,8 @@ host_options = option_group(
 
 
 def _elastic_access(kw: dict[str, Any]) -> ElasticAccess:
-    from bundler.install.elastic_api import load_credentials
-    from bundler.install.installer import ElasticAccess
+    from bundler.install.elastic.api import load_credentials
+    from bundler.install.elastic.steps import ElasticAccess
 
     return ElasticAccess(
         kibana=load_credentials(

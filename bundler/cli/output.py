@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from bundler.bundle.reader import VerifyResult
     from bundler.bundle.writer import BuildResult
     from bundler.describe import BundleInfo
-    from bundler.install.installer import Check, InstallResult, StatusReport
+    from bundler.install.manage import StatusReport
+    from bundler.install.options import Check, InstallResult
 
 
 def print_json(doc: object) -> None:

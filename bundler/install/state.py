@@ -1,8 +1,11 @@
-"""Install state that outlives one run. For now: rollback protection.
+"""Install state that outlives one run, on disk: I/O only (the models are in
+:mod:`bundler.install.records`).
 
-The highest version installed per bundle name is kept in ``versions.json``
-under the state directory; an install of a lower version is refused unless the
-operator asks for a downgrade on purpose. Writes are atomic.
+* the receipt (:class:`ReceiptFile`), written atomically, 0600;
+* rollback protection (:class:`VersionRegistry`): the highest version installed per
+  bundle name is kept in ``versions.json`` under the state directory; an install of a
+  lower version is refused unless the operator asks for a downgrade on purpose;
+* :class:`InstallLock`: one install/uninstall/rollback at a time.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any
 
+from pydantic import ValidationError
+
+from bundler import __version__
 from bundler.errors import InstallError, RollbackError
 from bundler.fsutil import atomic_write_bytes
-
-VERSIONS_FILE = "versions.json"
+from bundler.install.layout import LOCK_FILE, RECEIPT_FILE, VERSIONS_FILE
+from bundler.install.records import FORMAT_PREFIX, PREVIOUS_FORMAT, RECEIPT_FORMAT, Receipt
 
 
 class VersionRegistry:
@@ -66,87 +71,91 @@ class VersionRegistry:
         atomic_write_bytes(self.path, (json.dumps(data, sort_keys=True, indent=2) + "\n").encode())
 
 
-RECEIPT_FILE = "receipt.json"
-RECEIPT_FORMAT = "airgap-receipt/1"
+_CURRENT = int(RECEIPT_FORMAT.removeprefix(FORMAT_PREFIX))
 
 
-class Receipt:
-    """What this tool created under a prefix, so status/uninstall/rollback touch only that.
-
-    ``releases`` maps ``<name>-<version>`` to what that release brought (index sha256,
-    signers, images with ``created_by_us``); ``history`` is the activation order;
-    ``pending`` is written *before* images are loaded and cleared after, so a run
-    that was killed can be cleaned up by the next one.
-    """
+class ReceiptFile:
+    """The receipt on disk: :meth:`load` reads (and migrates) it, :meth:`save` writes it
+    atomically, 0600. ``receipt`` is the value last loaded or saved."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / RECEIPT_FILE
-        self.data: dict[str, Any] = {
-            "format": RECEIPT_FORMAT,
-            "current": None,
-            "releases": {},
-            "history": [],
-            "pending": None,
-        }
+        self.receipt = Receipt()
 
     @classmethod
-    def load(cls, state_dir: Path) -> Receipt:
-        r = cls(state_dir)
+    def load(cls, state_dir: Path) -> ReceiptFile:
+        """Read the receipt under ``state_dir`` (an empty one when there is none).
+
+        Raises:
+            InstallError: it is unreadable, not a receipt, malformed, or written by a
+                newer airgap.
+        """
+        f = cls(state_dir)
         try:
-            data = json.loads(r.path.read_text())
+            data = json.loads(f.path.read_text())
         except FileNotFoundError:
-            return r
+            return f
         except (OSError, ValueError) as e:
             raise InstallError(
-                f"{r.path}: unreadable receipt: {e}",
+                f"{f.path}: unreadable receipt: {e}",
                 hint="Restore it from backup; without it airgap cannot tell what it created.",
             ) from e
-        if not isinstance(data, dict) or data.get("format") != RECEIPT_FORMAT:
-            raise InstallError(f"{r.path}: not an airgap receipt")
-        r.data = data
-        return r
+        f.receipt = parse_receipt(data, f.path)
+        return f
 
     @property
     def exists(self) -> bool:
         return self.path.exists()
 
-    @property
-    def current(self) -> str | None:
-        value = self.data.get("current")
-        return str(value) if value else None
-
-    @property
-    def releases(self) -> dict[str, dict[str, Any]]:
-        releases: dict[str, dict[str, Any]] = self.data["releases"]
-        return releases
-
-    def save(self) -> None:
+    def save(self, receipt: Receipt | None = None) -> None:
+        """Write ``receipt`` (default: the one held) and hold it."""
+        if receipt is not None:
+            self.receipt = receipt
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
+        body = json.dumps(self.receipt.to_json(), indent=2, sort_keys=True) + "\n"
         atomic_write_bytes(self.path, body.encode(), mode=0o600)
 
-    def our_images(self, exclude: str | None = None) -> set[str]:
-        """Image IDs that some release (other than ``exclude``) says this tool loaded."""
-        ids: set[str] = set()
-        for key, rel in self.releases.items():
-            if key == exclude:
-                continue
-            ids.update(i["id"] for i in rel.get("images", []) if i.get("created_by_us"))
-        return ids
 
-    def images_in_use(self, exclude: str | None = None) -> set[str]:
-        ids: set[str] = set()
-        for key, rel in self.releases.items():
-            if key != exclude:
-                ids.update(i["id"] for i in rel.get("images", []))
-        return ids
+def parse_receipt(data: object, path: Path) -> Receipt:
+    """The receipt in ``data``; the previous format is migrated (every value kept).
+
+    Raises:
+        InstallError: not a receipt, a newer format, or a malformed one.
+    """
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(fmt, str):
+        raise InstallError(f"{path}: not an airgap receipt")
+    if fmt == PREVIOUS_FORMAT:
+        data = {**data, "format": RECEIPT_FORMAT}  # same shape: only the version changes
+    elif fmt != RECEIPT_FORMAT:
+        number = fmt.removeprefix(FORMAT_PREFIX)
+        if fmt.startswith(FORMAT_PREFIX) and number.isdigit() and int(number) > _CURRENT:
+            needs = data.get("needs")
+            raise InstallError(
+                f"{path}: written by a newer airgap (receipt format {number}): needs airgap "
+                + (f">= {needs}" if isinstance(needs, str) else f"that reads {fmt}")
+                + f"; this is airgap {__version__}, which reads {PREVIOUS_FORMAT} and "
+                f"{RECEIPT_FORMAT}",
+                hint="Install the newer airgap again to manage this prefix; an older one "
+                "cannot tell what the newer one created.",
+            )
+        raise InstallError(f"{path}: not an airgap receipt")
+    try:
+        return Receipt.model_validate(data)
+    except ValidationError as e:
+        raise InstallError(
+            f"{path}: malformed receipt: {e.error_count()} problem(s), first at "
+            + ".".join(map(str, e.errors()[0]["loc"]))
+            + f": {e.errors()[0]['msg']}",
+            hint="Restore it from backup; without it airgap cannot tell what it created.",
+        ) from e
 
 
 class InstallLock:
     """An exclusive lock on a prefix: one install/uninstall/rollback at a time."""
 
     def __init__(self, prefix: Path) -> None:
-        self.path = Path(prefix) / ".airgap.lock"
+        self.path = Path(prefix) / LOCK_FILE
         self._fd = -1
 
     def __enter__(self) -> InstallLock:

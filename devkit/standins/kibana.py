@@ -1,7 +1,7 @@
 """A Kibana stand-in: the connectors API as Kibana enforces it, for ``.gen-ai`` connectors.
 
 Enforced (from Kibana's behaviour and pull requests, see the module docs of
-:mod:`bundler.install.kibana`):
+:mod:`bundler.install.elastic.connector`):
 
 * every ``/api`` request needs ``Authorization`` (ApiKey or Basic), else 401;
   ``POST``/``PUT``/``DELETE`` need ``kbn-xsrf``, else 400;

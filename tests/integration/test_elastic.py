@@ -318,8 +318,8 @@ def test_failed_elser_deployment_is_recorded_then_recreated(tmp_path: Path) -> N
     """The endpoint exists before its deployment is known to fail: it is recorded as ours
     at once, and the next run deletes and creates it again instead of keeping a corpse."""
     from bundler.errors import InstallError
-    from bundler.install.elastic_api import Credentials
-    from bundler.install.elasticsearch import EsOptions, deploy_elser
+    from bundler.install.elastic.api import Credentials
+    from bundler.install.elastic.elasticsearch import EsOptions, deploy_elser
 
     www = tmp_path / "www"
     make_demo_sources(tmp_path / "src", elser_bytes=3 * 1024 * 1024)

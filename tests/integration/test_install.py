@@ -517,8 +517,11 @@ def test_interrupted_run_in_another_engine_is_cleaned_there(
 ) -> None:
     """A run killed while loading into Docker, then a run into Podman: the Docker images
     the killed run loaded are removed from Docker (the receipt names where they went)."""
-    from bundler.install.installer import EngineTarget, Layout, recover
-    from bundler.install.state import Receipt
+    from bundler.install.layout import Layout
+    from bundler.install.records import ImageRecord, PendingRun
+    from bundler.install.sink import recover
+    from bundler.install.state import ReceiptFile
+    from bundler.install.targets import EngineTarget
     from bundler.oci.engine import Runtime
     from devkit.demo_data import Image
 
@@ -527,23 +530,23 @@ def test_interrupted_run_in_another_engine_is_cleaned_there(
     subprocess.run(["docker", "-H", clean_engine.url, "load", "-i", str(archive)], check=True)
     assert inspect_id(clean_engine, img.config_digest) == img.config_digest
     layout = Layout(tmp_path / "opt")
-    receipt = Receipt.load(layout.state)
+    receipt = ReceiptFile.load(layout.state)
     docker_target = EngineTarget(Runtime("docker", clean_engine.url))
-    receipt.data["pending"] = {
-        "staging": str(layout.releases / ".staging-x"),
-        "target": docker_target.spec(),
-        "images": [{"role": "vllm", "ref": "example.org/left:1", "id": img.config_digest}],
-    }
-    receipt.save()
+    pending = PendingRun(
+        staging=str(layout.releases / ".staging-x"),
+        target=docker_target.spec(),
+        images=[ImageRecord(role="vllm", ref="example.org/left:1", id=img.config_digest)],
+    )
+    receipt.save(receipt.receipt.with_pending(pending))
     docker_target.close()
     podman_target = EngineTarget(Runtime("podman", podman_engine.url))
     try:
-        notes = recover(layout, Receipt.load(layout.state), podman_target)
+        notes = recover(layout, ReceiptFile.load(layout.state), podman_target)
     finally:
         podman_target.close()
     assert f"removed image {img.config_digest} of an interrupted run" in notes
     assert inspect_id(clean_engine, img.config_digest) is None
-    assert Receipt.load(layout.state).data["pending"] is None
+    assert ReceiptFile.load(layout.state).receipt.pending is None
 
 
 def test_registry_push_logs_in_like_pull(tmp_path: Path, bundle: Path, key: Keys) -> None:

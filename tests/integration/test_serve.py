@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bundler.install.serve import vllm_command
+from bundler.install.serveconf import vllm_command
 from bundler.manifest import load_manifest
 from devkit import services
 from devkit.demo_data import make_demo_sources

@@ -36,7 +36,7 @@ import requests
 import yaml
 
 from bundler.bundle.reader import read_head
-from bundler.install.serve import vllm_command
+from bundler.install.serveconf import vllm_command
 from bundler.manifest import Manifest, load_manifest, parse_manifest
 from devkit import services
 from devkit.demo_data import nginx_image

@@ -17,45 +17,55 @@ from bundler.bundle.index import parse_index
 from bundler.bundle.reader import TrustPolicy, read_bundle
 from bundler.bundle.signing import load_trust
 from bundler.errors import BundleError
-from bundler.install.state import Receipt, VersionRegistry
+from bundler.install.records import EngineSpec, Receipt
+from bundler.install.state import ReceiptFile, VersionRegistry
 from bundler.lock import load_lock, pins_of
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 
 
 def receipt(tmp_path: Path, name: str) -> Receipt:
+    """The golden receipt read through the typed records (format 1, migrated)."""
     state = tmp_path / "opt" / "state"
     state.mkdir(parents=True)
     shutil.copy(GOLDEN / name, state / "receipt.json")
-    loaded = Receipt.load(state)
+    loaded = ReceiptFile.load(state)
     assert loaded.exists
-    return loaded
+    # written again and read back, every value of the old receipt is kept
+    before = json.loads((GOLDEN / name).read_text())
+    loaded.save()
+    after = json.loads(loaded.path.read_text())
+    assert after.pop("format") == "airgap-receipt/2" and before.pop("format") == "airgap-receipt/1"
+    assert after == before
+    return ReceiptFile.load(state).receipt
 
 
 def test_installed_receipt_loads_with_its_served_release(tmp_path: Path) -> None:
     r = receipt(tmp_path, "receipt-installed.json")
     assert r.current == "demo-1"
     assert list(r.releases) == ["demo-1"]
-    assert r.data["history"] == ["demo-1"] and r.data["pending"] is None
+    assert r.history == ["demo-1"] and r.pending is None
     release = r.releases["demo-1"]
-    assert release["name"] == "demo" and release["version"] == 1
-    assert release["path"] == "/opt/airgap/releases/demo-1"
-    assert release["target"] == {
-        "kind": "engine",
-        "runtime": "docker",
-        "url": "unix:///var/run/docker.sock",
-    }
-    serve = release["serve"]
-    assert sorted(serve["containers"]) == ["nginx", "vllm"]
-    assert serve["containers"]["vllm"]["name"] == "airgap-demo-vllm"
-    assert serve["options"]["server_names"] == ["llm.example.internal"]
-    assert serve["options"]["no_gpu"] is True
-    ids = {i["id"] for i in release["images"]}
+    assert release.name == "demo" and release.version == 1
+    assert release.path == "/opt/airgap/releases/demo-1"
+    assert release.target == EngineSpec(
+        kind="engine",
+        runtime="docker",
+        url="unix:///var/run/docker.sock",
+    )
+    serve = release.serve
+    assert serve is not None and serve.options is not None
+    assert sorted(serve.containers) == ["nginx", "vllm"]
+    assert serve.containers["vllm"].name == "airgap-demo-vllm"
+    assert serve.options.server_names == ("llm.example.internal",)
+    assert serve.options.no_gpu is True
+    ids = {i.id for i in release.images}
     assert len(ids) == 2 and r.our_images() == ids == r.images_in_use()
     assert r.our_images(exclude="demo-1") == set()
 
-    shutil.copy(GOLDEN / "versions.json", r.path.parent / "versions.json")
-    versions = VersionRegistry(r.path.parent)
+    state = tmp_path / "opt" / "state"
+    shutil.copy(GOLDEN / "versions.json", state / "versions.json")
+    versions = VersionRegistry(state)
     assert versions.load() == {"demo": 1}
     versions.check("demo", 1)
 
@@ -63,12 +73,13 @@ def test_installed_receipt_loads_with_its_served_release(tmp_path: Path) -> None
 def test_rolled_back_receipt_loads_with_both_releases(tmp_path: Path) -> None:
     r = receipt(tmp_path, "receipt-rollback.json")
     assert r.current == "demo-1"
-    assert r.data["history"] == ["demo-1", "demo-2", "demo-1"]
+    assert r.history == ["demo-1", "demo-2", "demo-1"]
     assert sorted(r.releases) == ["demo-1", "demo-2"]
-    assert r.data["pending"] is None
-    assert r.releases["demo-2"]["version"] == 2
+    assert r.pending is None
+    assert r.releases["demo-2"].version == 2
     # rollback served demo-1 again: its record names the containers it started
-    assert sorted(r.releases["demo-1"]["serve"]["containers"]) == ["nginx", "vllm"]
+    serve = r.releases["demo-1"].serve
+    assert serve is not None and sorted(serve.containers) == ["nginx", "vllm"]
     # v2 came with the same images, already loaded by v1: only v1's record owns them
     ours = r.our_images()
     assert len(ours) == 2 and r.our_images(exclude="demo-1") == set()
@@ -78,12 +89,13 @@ def test_rolled_back_receipt_loads_with_both_releases(tmp_path: Path) -> None:
 def test_receipt_of_an_interrupted_run_loads_with_its_pending_record(tmp_path: Path) -> None:
     r = receipt(tmp_path, "receipt-pending.json")
     assert r.current == "demo-1" and list(r.releases) == ["demo-1"]
-    pending = r.data["pending"]
-    assert pending["staging"].startswith("/opt/airgap/releases/.staging-demo-2-")
-    assert pending["target"]["kind"] == "engine"
-    (image,) = pending["images"]
-    assert image["role"] == "vllm" and image["created_by_us"] is True
-    assert image["id"] not in r.images_in_use()
+    pending = r.pending
+    assert pending is not None
+    assert pending.staging.startswith("/opt/airgap/releases/.staging-demo-2-")
+    assert pending.target.kind == "engine"
+    (image,) = pending.images
+    assert image.role == "vllm" and image.created_by_us is True
+    assert image.id not in r.images_in_use()
 
 
 def test_receipt_reader_refuses_what_is_not_a_receipt(tmp_path: Path) -> None:
@@ -94,7 +106,7 @@ def test_receipt_reader_refuses_what_is_not_a_receipt(tmp_path: Path) -> None:
     state.mkdir()
     (state / "receipt.json").write_text(json.dumps(doc))
     with pytest.raises(Exception, match="not an airgap receipt"):
-        Receipt.load(state)
+        ReceiptFile.load(state)
 
 
 def test_signed_bundle_verifies_with_its_key() -> None:

@@ -84,23 +84,30 @@ def test_install_lock_admits_one_run_at_a_time(tmp_path: Path) -> None:
 
 def test_receipt_round_trip_is_private(tmp_path: Path) -> None:
     from bundler.errors import InstallError
-    from bundler.install.state import Receipt
+    from bundler.install.records import EngineSpec, ImageRecord, Release
+    from bundler.install.state import ReceiptFile
 
-    r = Receipt.load(tmp_path / "state")
-    assert not r.exists and r.current is None
-    r.data["releases"]["demo-1"] = {
-        "images": [
-            {"id": "sha256:a", "created_by_us": True},
-            {"id": "sha256:b", "created_by_us": False},
-        ]
-    }
-    r.data["current"] = "demo-1"
-    r.save()
+    r = ReceiptFile.load(tmp_path / "state")
+    assert not r.exists and r.receipt.current is None
+    release = Release(
+        name="demo",
+        version=1,
+        index_sha256="0" * 64,
+        signers=[],
+        installed_at="2026-01-01T00:00:00Z",
+        path=str(tmp_path / "releases/demo-1"),
+        target=EngineSpec(url="unix:///var/run/docker.sock"),
+        images=[
+            ImageRecord(role="vllm", ref="r:1", id="sha256:a", created_by_us=True),
+            ImageRecord(role="nginx", ref="r:2", id="sha256:b", created_by_us=False),
+        ],
+    )
+    r.save(r.receipt.with_release("demo-1", release).model_copy(update={"current": "demo-1"}))
     assert stat.S_IMODE(r.path.stat().st_mode) == 0o600
-    again = Receipt.load(tmp_path / "state")
+    again = ReceiptFile.load(tmp_path / "state").receipt
     assert again.current == "demo-1"
     assert again.our_images() == {"sha256:a"}
     assert again.images_in_use() == {"sha256:a", "sha256:b"}
     r.path.write_text("{not json")
     with pytest.raises(InstallError, match="unreadable receipt"):
-        Receipt.load(tmp_path / "state")
+        ReceiptFile.load(tmp_path / "state")

@@ -13,15 +13,9 @@ import requests
 import yaml
 
 from bundler.errors import InstallError
-from bundler.install.elastic_api import Credentials, load_credentials
-from bundler.install.kibana import (
-    KibanaOptions,
-    connector_config,
-    connector_id,
-    parse_version,
-    register,
-    unregister,
-)
+from bundler.install.elastic.api import Credentials, load_credentials
+from bundler.install.elastic.connector import connector_config, connector_id, parse_version
+from bundler.install.elastic.kibana import KibanaOptions, register, unregister
 from bundler.manifest import parse_manifest
 from devkit.standins.kibana import KibanaStandIn
 
@@ -264,7 +258,7 @@ def _file(path: Path, text: str) -> Path:
 
 def test_bad_inputs_are_refused_before_any_request(tmp_path: Path) -> None:
     from bundler.errors import UsageError
-    from bundler.install.elastic_api import ApiClient
+    from bundler.install.elastic.api import ApiClient
 
     # a Windows line end is trimmed; a control character inside is refused, unquoted
     trimmed = load_credentials("Kibana", "AIRGAP_KIBANA_API_KEY", "c2VjcmV0S2V5\r", None, None)

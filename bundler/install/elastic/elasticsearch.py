@@ -1,9 +1,6 @@
-"""Elastic artifacts on the air-gapped side: ELSER for Elasticsearch, product docs for Kibana.
+"""ELSER on Elasticsearch: the inference endpoint (the files are :mod:`.artifacts`).
 
-Served by the endpoint's Nginx (see :mod:`bundler.install.serve`) or copied into a
-directory (``--elser-dir`` into Elasticsearch's ``config/models``, ``--product-docs-dir``
-for a ``file://`` repository), every byte checked against the signed index on the
-way. With ``--es-url`` the ELSER inference endpoint is created and polled until the
+With ``--es-url`` the ELSER inference endpoint is created and polled until the
 model is deployed; Elasticsearch downloads the model itself from the repository named
 by ``xpack.ml.model_repository`` (a static node setting that only the operator can
 set), so that setting is checked first and quoted when missing.
@@ -11,120 +8,17 @@ set), so that setting is checked first and quoted when missing.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundler.bundle.index import Index
 from bundler.errors import InstallError, UsageError
-from bundler.fsutil import atomic_write_bytes, fsync_dir
-from bundler.install.elastic_api import ApiClient, Credentials, json_object
-from bundler.install.serve import product_docs_listing
+from bundler.install.elastic.api import ApiClient, Credentials, json_object
 
 logger = logging.getLogger(__name__)
-ELSER_DIR = "elastic/elser"
-DOCS_DIR = "elastic/product-docs"
-
-
-def elser_ids(index: Index) -> list[str]:
-    """ELSER model ids the bundle carries (``elser_model_2_linux-x86_64`` first)."""
-    ids = sorted(
-        f.path.rsplit("/", 1)[1].removesuffix(".metadata.json")
-        for f in index.files
-        if f.path.startswith(ELSER_DIR + "/") and f.path.endswith(".metadata.json")
-    )
-    return sorted((i for i in ids if i.startswith("elser")), key=lambda i: "linux" not in i) + [
-        i for i in ids if not i.startswith("elser")
-    ]
-
-
-def _copy_verified(release: Path, index: Index, prefix: str, dest: Path) -> list[Path]:
-    """Copy the signed files under ``prefix`` into ``dest``, hashing as they are read.
-
-    All files are first written and checked as hidden partial files; only when every one
-    matched are they renamed into place, so a failure leaves ``dest`` as it was.
-    """
-    entries = [f for f in index.files if f.path.startswith(prefix + "/")]
-    staged: list[tuple[Path, Path]] = []
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in entries:
-            name = f.path.rsplit("/", 1)[1]
-            tmp = dest / f".{name}.airgap-partial"
-            staged.append((tmp, dest / name))
-            h = hashlib.sha256()
-            with open(release / f.path, "rb") as src, open(tmp, "wb") as dst:
-                while block := src.read(8 << 20):
-                    h.update(block)
-                    dst.write(block)
-                dst.flush()
-                os.fsync(dst.fileno())
-            if h.hexdigest() != f.sha256:
-                raise InstallError(
-                    f"{release / f.path}: content differs from the signed index "
-                    f"(sha256 {h.hexdigest()}, signed {f.sha256})",
-                    hint="The installed release was changed on disk: `airgap status --deep`, "
-                    "then install the bundle again.",
-                )
-            os.chmod(tmp, 0o644)
-        for tmp, target in staged:
-            os.replace(tmp, target)
-        fsync_dir(dest)
-    except OSError as e:
-        raise InstallError(
-            f"cannot copy {prefix}/ into {dest}: {e}",
-            hint="Check the directory is writable and has space.",
-        ) from e
-    finally:
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-    return [target for _, target in staged]
-
-
-def copy_elser(release: Path, index: Index, dest: Path) -> list[Path]:
-    if not elser_ids(index):
-        raise UsageError("--elser-dir: this bundle carries no ELSER model")
-    return _copy_verified(release, index, ELSER_DIR, dest)
-
-
-def copy_product_docs(release: Path, index: Index, dest: Path) -> list[Path]:
-    files = _copy_verified(release, index, DOCS_DIR, dest)
-    if not files:
-        raise UsageError("--product-docs-dir: this bundle carries no product documentation")
-    listing = dest / "index.xml"
-    try:
-        atomic_write_bytes(listing, product_docs_listing(sorted(files)).encode(), mode=0o644)
-    except OSError as e:
-        raise InstallError(f"cannot write {listing}: {e}") from e
-    return [*files, listing]
-
-
-def settings_lines(elser_repo: str | None, docs_repo: str | None) -> list[tuple[str, str]]:
-    """(file, line) pairs an operator adds to elasticsearch.yml / kibana.yml."""
-    out = []
-    if elser_repo:
-        out.append(("elasticsearch.yml", f"xpack.ml.model_repository: {elser_repo}"))
-    if docs_repo:
-        out.append(("kibana.yml", f"xpack.productDocBase.artifactRepositoryUrl: {docs_repo}"))
-    return out
-
-
-def settings_text(settings: list[tuple[str, str]]) -> str:
-    """The settings file an install leaves for the operator, grouped by target file."""
-    out = ["# Generated by airgap: add these to the named files, then restart that service."]
-    for target in ("elasticsearch.yml", "kibana.yml"):
-        lines = [line for f, line in settings if f == target]
-        if lines:
-            out.append(f"\n# --- {target} ---")
-            out += [line.rstrip("\n") for line in lines]
-    return "\n".join(out) + "\n"
 
 
 @dataclass(frozen=True)
@@ -360,14 +254,3 @@ def deploy_elser(
         es.close()
     record["state"] = dep.get("state")
     return record
-
-
-def remove_dir_files(files: list[str]) -> list[str]:
-    """Remove files this tool copied (``--elser-dir``/``--product-docs-dir``)."""
-    removed = []
-    for f in files:
-        p = Path(f)
-        if p.is_file():
-            p.unlink()
-            removed.append(f"file {p}")
-    return removed

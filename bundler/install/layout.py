@@ -1,0 +1,88 @@
+"""Every path under an install prefix, named once.
+
+Under ``--prefix`` (default ``/opt/airgap``)::
+
+    .airgap.lock                      one run at a time
+    state/receipt.json                what this tool created (0600)
+    state/versions.json               highest version installed per name (rollback protection)
+    releases/<name>-<version>/        models/, elastic/, airgap/ (signed index), image manifests
+    releases/.staging-…               a run in progress (removed on failure, or by the next run)
+    current -> releases/<name>-<version>
+    secrets/                          bearer-token, vllm-api-key, tls/, tls-user/,
+                                      nginx/<name>/ (per-start auth file and TLS copy) (0600)
+    serve/<name>/<start>/             per-start nginx.conf and product-docs listing
+    serve/elastic-settings.txt        the Elastic settings an operator adds
+
+No other module spells these names; ``tlsgen`` names the files inside ``tls/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+from bundler.names import slug
+
+DEFAULT_PREFIX = Path("/opt/airgap")
+LOCK_FILE = ".airgap.lock"
+RECEIPT_FILE = "receipt.json"
+VERSIONS_FILE = "versions.json"
+STAGING_PREFIX = ".staging-"
+
+
+class Layout:
+    """Paths under an install prefix (nothing is created by naming them)."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = Path(prefix)
+        self.releases = self.prefix / "releases"
+        self.state = self.prefix / "state"
+        self.current = self.prefix / "current"
+        self.lock_file = self.prefix / LOCK_FILE
+        self.receipt_file = self.state / RECEIPT_FILE
+        self.versions_file = self.state / VERSIONS_FILE
+        self.secrets = self.prefix / "secrets"
+        self.token_file = self.secrets / "bearer-token"  # what Kibana sends to Nginx
+        self.api_key_file = self.secrets / "vllm-api-key"  # what Nginx sends to vLLM
+        self.tls_dir = self.secrets / "tls"  # the CA and server certificate made here
+        self.user_tls_dir = self.secrets / "tls-user"  # a copy of --tls-cert/--tls-key
+        self.legacy_auth_file = self.secrets / "nginx-auth.conf"  # older airgap's one file
+        self.serve = self.prefix / "serve"
+        self.elastic_settings = self.serve / "elastic-settings.txt"
+
+    def release(self, key: str) -> Path:
+        return self.releases / key
+
+    def index_file(self, release_dir: Path) -> Path:
+        """The signed index a release keeps."""
+        return release_dir / "airgap" / "index.json"
+
+    def staging(self, key: str) -> Path:
+        """A fresh staging directory name for a run that installs ``key``."""
+        return self.releases / f"{STAGING_PREFIX}{key}-{secrets.token_hex(6)}"
+
+    def stale_staging(self) -> list[Path]:
+        """Staging directories left by runs that did not finish."""
+        if not self.releases.is_dir():
+            return []
+        return sorted(self.releases.glob(STAGING_PREFIX + "*"))
+
+    def auth_dir(self, name: str) -> Path:
+        """Per-start Nginx auth files and TLS copies of bundle ``name``."""
+        return self.secrets / "nginx" / slug(name)
+
+    def serve_dir(self, name: str) -> Path:
+        """Per-start Nginx configurations of bundle ``name``."""
+        return self.serve / slug(name)
+
+    def switch_current(self, key: str | None) -> None:
+        """Point ``current`` at ``releases/<key>`` atomically (or remove it)."""
+        if key is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.current.unlink()
+            return
+        tmp = self.prefix / f".current.{os.getpid()}.{secrets.token_hex(4)}"
+        os.symlink(os.path.relpath(self.release(key), self.prefix), tmp)
+        os.replace(tmp, self.current)

@@ -1,0 +1,288 @@
+"""After install: ``status`` (the receipt against what is really there), ``rollback`` (the
+release active before, served as it was served) and ``uninstall`` (exactly what the
+receipt says airgap created, and nothing else)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bundler.bundle.index import BLOB_PREFIX, parse_index
+from bundler.errors import InstallError
+from bundler.hashing import FileRange, hash_sources
+from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
+from bundler.install.layout import Layout
+from bundler.install.records import RegistrySpec, ServeRecord
+from bundler.install.serve import Server, serve_release
+from bundler.install.sink import recover
+from bundler.install.state import InstallLock, ReceiptFile
+from bundler.install.targets import EngineTarget, TargetPool, target_from_spec
+
+
+@dataclass
+class StatusReport:
+    prefix: Path
+    current: str | None
+    ok: bool
+    releases: list[dict[str, Any]]  # one row per release, as ``status --json`` prints it
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``airgap status --json`` document."""
+        return {
+            "prefix": str(self.prefix),
+            "current": self.current,
+            "ok": self.ok,
+            "releases": self.releases,
+        }
+
+
+def _no_receipt(prefix: Path, hint: str) -> InstallError:
+    return InstallError(f"{prefix}: nothing installed here (no receipt)", hint=hint)
+
+
+def status(
+    prefix: Path,
+    runtime_kind: str = "docker",
+    runtime_url: str | None = None,
+    *,
+    deep: bool = False,
+) -> StatusReport:
+    """The receipt, checked against what is really there (files, images).
+
+    Raises:
+        InstallError: no receipt under ``prefix``, or the engine is unreachable.
+    """
+    layout = Layout(prefix)
+    store = ReceiptFile.load(layout.state)
+    if not store.exists:
+        raise _no_receipt(prefix, "Check --prefix, or run `airgap install` first.")
+    receipt = store.receipt
+    targets = TargetPool(runtime_kind, runtime_url)
+    ok = True
+    rows = []
+    try:
+        for key, rel in receipt.releases.items():
+            path = layout.release(key)
+            index_file = layout.index_file(path)
+            index_ok = (
+                index_file.is_file()
+                and hashlib.sha256(index_file.read_bytes()).hexdigest() == rel.index_sha256
+            )
+            files_ok = None
+            if deep and index_ok:
+                files_ok = _deep_check(path, index_file)
+            target = targets.get(rel.target)
+            images = [{**img.to_json(), "present": target.exists(img)} for img in rel.images]
+            serving = None
+            if rel.serve and key == receipt.current and isinstance(target, EngineTarget):
+                serving = _probe(Server(target.runtime, layout, rel.name), rel.serve)
+            healthy = (
+                index_ok
+                and files_ok is not False
+                and all(i["present"] for i in images)
+                and (serving is None or serving["ok"])
+            )
+            if key == receipt.current:
+                ok = ok and healthy
+            rows.append(
+                {
+                    "release": key,
+                    "version": rel.version,
+                    "active": key == receipt.current,
+                    "path": str(path),
+                    "index_ok": index_ok,
+                    "files_ok": files_ok,
+                    "images": images,
+                    "serving": serving,
+                    "elastic": rel.elastic.to_json() if rel.elastic else None,
+                    "healthy": healthy,
+                    "installed_at": rel.installed_at,
+                }
+            )
+    finally:
+        targets.close()
+    current_link = layout.current.resolve() if layout.current.is_symlink() else None
+    if receipt.current and current_link != layout.release(receipt.current).resolve():
+        ok = False
+    return StatusReport(layout.prefix, receipt.current, ok and receipt.current is not None, rows)
+
+
+def _probe(server: Server, serve: ServeRecord) -> dict[str, Any]:
+    """Are the containers running, and does /health answer through nginx over TLS?"""
+    running = server.running(serve.containers)
+    health: int | str | None = None
+    try:
+        r = requests.get(f"https://127.0.0.1:{serve.port}/health", timeout=5, verify=serve.ca_cert)
+        health = r.status_code
+    except requests.RequestException as e:
+        health = str(e)[:120]
+    return {
+        "url": serve.url,
+        "ca_cert": serve.ca_cert,
+        "containers": running,
+        "health": health,
+        "ok": all(running.values()) and health == 200,
+    }
+
+
+def _deep_check(path: Path, index_file: Path) -> bool:
+    index = parse_index(index_file.read_bytes())
+    files = [
+        f for f in index.files if not f.path.startswith(BLOB_PREFIX) or (path / f.path).exists()
+    ]
+    sources = [FileRange(path / f.path, 0, f.size) for f in files]
+    try:
+        digests = hash_sources(sources, index.chunk_size)
+    except (OSError, EOFError):
+        return False
+    return all(d.sha256 == f.sha256 for d, f in zip(digests, files, strict=True))
+
+
+def uninstall(
+    prefix: Path,
+    runtime_kind: str = "docker",
+    runtime_url: str | None = None,
+    access: ElasticAccess | None = None,
+) -> list[str]:
+    """Remove exactly what the receipt says this tool created: the Kibana connector and
+    ELSER endpoint, containers, images, releases, secrets, state.
+
+    Raises:
+        InstallError: no receipt under ``prefix``; or Kibana/Elasticsearch objects to
+            delete without credentials (then nothing is removed).
+    """
+    layout = Layout(prefix)
+    removed: list[str] = []
+    with InstallLock(layout.prefix):
+        store = ReceiptFile.load(layout.state)
+        if not store.exists:
+            raise _no_receipt(prefix, "Check --prefix.")
+        removed += undo(store.receipt, access or ElasticAccess())
+        targets = TargetPool(runtime_kind, runtime_url)
+        try:
+            pending = store.receipt.pending
+            recover(layout, store, targets.get(pending.target) if pending else None)
+            releases = store.receipt.releases
+            for rel in releases.values():
+                target = targets.get(rel.target)
+                if rel.serve and rel.serve.containers and isinstance(target, EngineTarget):
+                    removed += Server(target.runtime, layout, rel.name).remove(rel.serve.containers)
+            # First every release's own tags, then the images install loaded (an image
+            # two releases share is removed once neither tag names it).
+            for created in (False, True):
+                done: set[str] = set()
+                for rel in releases.values():
+                    target = targets.get(rel.target)
+                    for img in rel.images:
+                        if created and (not img.created_by_us or img.id in done):
+                            continue
+                        done.add(img.id)
+                        record = img.model_copy(
+                            update={"tags": []} if created else {"created_by_us": False}
+                        )
+                        if target.remove(record):
+                            removed.append(f"image {img.ref} ({img.id})")
+        finally:
+            targets.close()
+        layout.switch_current(None)
+        for key in list(releases):
+            shutil.rmtree(layout.release(key), ignore_errors=True)
+            removed.append(f"release {key}")
+        for d, what in (
+            (layout.secrets, "tokens, TLS keys"),
+            (layout.serve, "nginx configuration"),
+        ):
+            if d.exists():
+                shutil.rmtree(d)
+                removed.append(f"{d.name}/ ({what})")
+        for p in (layout.receipt_file, layout.versions_file):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        for d in (layout.state, layout.releases):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+    with contextlib.suppress(OSError):
+        layout.lock_file.unlink()
+        layout.prefix.rmdir()
+    return removed
+
+
+def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[str]]:
+    """Make the release that was active before the current one current again, and serve it.
+
+    When the releases were served, the earlier release's containers are started the way
+    it was served before (same ports, names, flags) and proven healthy before ``current``
+    moves; if that fails, the current containers serve again and nothing changes.
+
+    Returns:
+        The release now current, and notes for the operator.
+
+    Raises:
+        InstallError: there is no earlier release still on disk, or it failed to serve.
+    """
+    layout = Layout(prefix)
+    notes: list[str] = []
+    with InstallLock(layout.prefix):
+        store = ReceiptFile.load(layout.state)
+        receipt = store.receipt
+        current = receipt.current
+        history = [k for k in receipt.history if k in receipt.releases]
+        earlier = [k for k in reversed(history) if k != current and layout.release(k).is_dir()]
+        if not earlier:
+            raise InstallError(
+                f"{prefix}: no earlier release to roll back to",
+                hint="`airgap status` lists the releases on this host.",
+            )
+        key = earlier[0]
+        rel = receipt.releases[key]
+        now = receipt.releases.get(current or "")
+        if current and now and now.serve and now.serve.containers:
+            if rel.name != now.name:
+                raise InstallError(
+                    f"{key} is another bundle than the current {current}; rollback stays "
+                    "within one bundle name",
+                    hint=f"Install {key}'s bundle again to serve it.",
+                )
+            if not rel.serve:
+                raise InstallError(
+                    f"{key} was installed without serving (--no-serve or --registry), so "
+                    f"there is nothing to switch {current}'s containers back to",
+                    hint=f"Install {key}'s bundle again with --allow-downgrade to serve it.",
+                )
+            if not rel.serve.options:
+                raise InstallError(
+                    f"{key} was served by an older airgap that did not record how",
+                    hint=f"Install {key}'s bundle again with --allow-downgrade to serve it.",
+                )
+            if isinstance(rel.target, RegistrySpec):
+                raise InstallError(f"{key}'s images are in a registry; nothing to serve here")
+            serve, no_gpu = rel.serve.options.split()
+            if serve.tls_cert and not serve.tls_cert.is_file():
+                raise InstallError(
+                    f"{key} was served with --tls-cert {serve.tls_cert}, which is gone",
+                    hint=f"Install {key}'s bundle again with --allow-downgrade and the "
+                    "certificate to use now.",
+                )
+            target = target_from_spec(rel.target, runtime_url=runtime_url)
+            try:
+                assert isinstance(target, EngineTarget)
+                server = Server(target.runtime, layout, rel.name)
+                served = serve_release(server, layout.release(key), key, serve, no_gpu)
+            finally:
+                target.close()
+            receipt = receipt.with_release(key, rel.model_copy(update={"serve": served}))
+            # the current release's containers were replaced by the earlier release's
+            stopped = now.serve.model_copy(update={"containers": {}})
+            receipt = receipt.with_release(current, now.model_copy(update={"serve": stopped}))
+            notes.append(f"{key} serves {served.model} (proven healthy)")
+            if served.model != now.serve.model:
+                notes += connector_note(receipt, key, served)
+        layout.switch_current(key)
+        store.save(receipt.activated(key))
+        return key, notes

@@ -1,0 +1,83 @@
+"""What ``airgap install`` is asked to do, and what it reports back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bundler.bundle.signing import TrustedKey
+from bundler.install.elastic.elasticsearch import EsOptions
+from bundler.install.elastic.kibana import KibanaOptions
+from bundler.install.layout import DEFAULT_PREFIX
+from bundler.install.records import ServeOptions
+
+InstallStatus = Literal["installed", "unchanged", "reactivated", "dry-run"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the preflight table. ``ok`` None means a warning or a skipped check."""
+
+    name: str
+    ok: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    bundle: str
+    trusted: dict[str, TrustedKey]
+    threshold: int = 1
+    detached: tuple[tuple[str, bytes], ...] = ()
+    prefix: Path = DEFAULT_PREFIX
+    runtime: str = "docker"
+    runtime_url: str | None = None
+    dry_run: bool = False
+    allow_downgrade: bool = False
+    no_gpu: bool = False
+    ports: tuple[int, ...] = ()
+    serve: ServeOptions | None = None  # None: put files and images in place, start nothing
+    registry: str | None = None  # HOST[:PORT][/PREFIX]: push images there instead
+    registry_insecure: bool = False
+    registry_ca: Path | None = None
+    replace_tags: bool = False  # move an existing tag that names another image
+    tag_source_refs: bool = False  # also tag the signed source refs (engine)
+    kibana: KibanaOptions | None = None  # register the connector (needs serve)
+    elasticsearch: EsOptions | None = None  # create the ELSER inference endpoint
+    elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
+    product_docs_dir: Path | None = None  # copy product docs (+ index.xml) for file://
+
+
+@dataclass
+class InstallResult:
+    """What a run did. ``images``, ``serving`` and ``elastic`` are the receipt's records
+    in their JSON form (as the CLI prints them)."""
+
+    status: InstallStatus
+    name: str
+    version: int
+    release: Path
+    index_sha256: str
+    checks: list[Check] = field(default_factory=list)
+    images: list[dict[str, Any]] = field(default_factory=list)
+    bytes_read: int = 0
+    seconds: float = 0.0
+    serving: dict[str, Any] | None = None
+    elastic: dict[str, Any] | None = None  # settings to add, connector, endpoint, files
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``airgap install --json`` document."""
+        return {
+            "status": self.status,
+            "name": self.name,
+            "version": self.version,
+            "release": str(self.release),
+            "index_sha256": self.index_sha256,
+            "images": self.images,
+            "serving": self.serving,
+            "elastic": self.elastic,
+            "bytes": self.bytes_read,
+            "seconds": round(self.seconds, 3),
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
