@@ -10,7 +10,7 @@ import time
 import requests
 
 from bundler.errors import InstallError
-from bundler.install.containers import Containers
+from bundler.oci.engine import Containers
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from bundler.bundle.index import BLOB_PREFIX, parse_index
-from bundler.errors import InstallError
+from bundler.errors import AirgapError, InstallError
 from bundler.hashing import FileRange, hash_sources
 from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
 from bundler.install.layout import Layout
@@ -186,8 +186,11 @@ def uninstall(
                         record = img.model_copy(
                             update={"tags": []} if created else {"created_by_us": False}
                         )
-                        if target.remove(record):
-                            removed.append(f"image {img.ref} ({img.id})")
+                        try:
+                            if target.remove(record):
+                                removed.append(f"image {img.ref} ({img.id})")
+                        except AirgapError as e:  # e.g. in use by another install's container
+                            removed.append(f"kept image {img.ref} ({img.id}): {e.message}")
         finally:
             targets.close()
         layout.switch_current(None)

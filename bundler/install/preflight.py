@@ -13,7 +13,6 @@ The signed names are checked (``check_signed_names``) before anything else is as
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import socket
 from dataclasses import dataclass, field
@@ -94,12 +93,7 @@ def _our_ports(receipt: Receipt, target: ImageTarget) -> set[int]:
     for rel in receipt.releases.values():
         if rel.serve is None:
             continue
-        alive = False
-        for c in rel.serve.containers.values():
-            with contextlib.suppress(Exception):
-                target.runtime.api.inspect_container(c.id)
-                alive = True
-        if alive:
+        if any(target.runtime.container_exists(c.id) for c in rel.serve.containers.values()):
             ours.update(rel.serve.ports())
     return ours
 

@@ -25,12 +25,9 @@ import logging
 import shutil
 from pathlib import Path
 
-import docker.errors
-
 from bundler.bundle.index import parse_index
-from bundler.errors import InstallError
+from bundler.errors import AirgapError, InstallError
 from bundler.fsutil import atomic_write_bytes
-from bundler.install.containers import MANAGED, Containers
 from bundler.install.health import prove, wait_healthy
 from bundler.install.layout import Layout
 from bundler.install.records import ContainerRef, ServedWith, ServeOptions, ServeRecord
@@ -45,7 +42,7 @@ from bundler.install.serveconf import (
 from bundler.install.tlsgen import current_secret, ensure_tls, new_secret
 from bundler.manifest import Manifest, parse_manifest
 from bundler.names import contained, model_mount
-from bundler.oci.engine import Runtime
+from bundler.oci.engine import Containers, Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +67,7 @@ class Server:
     def __init__(self, runtime: Runtime, layout: Layout, name: str) -> None:
         self.layout = layout
         self.name = name
-        self.containers = Containers(runtime, name)
+        self.containers = Containers(runtime, name, owner=str(layout.prefix.resolve()))
 
     def remove(self, containers: dict[str, ContainerRef]) -> list[str]:
         return self.containers.remove({r: c.model_dump() for r, c in containers.items()})
@@ -167,10 +164,7 @@ class Server:
             for name, mode in (("server.crt", 0o644), ("server.key", 0o600)):
                 atomic_write_bytes(start_tls / name, (tls_dir / name).read_bytes(), mode=mode)
             if not host_net:
-                with contextlib.suppress(docker.errors.APIError):
-                    self.containers.api.create_network(
-                        opts.network, driver="bridge", labels={MANAGED: "true"}
-                    )
+                self.containers.ensure_network(opts.network)
             self.containers.check_nginx(images["nginx"], nginx_binds, opts.network)
             self.containers.check_ours()  # both names, before either container is stopped
             self.containers.stop_previous(stopped)
@@ -215,7 +209,7 @@ class Server:
                 atomic_write_bytes(path, value.encode() + b"\n", mode=0o600)
         except BaseException:
             for c in started.values():
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(AirgapError):
                     self.containers.remove_one(c["id"])
             with contextlib.suppress(OSError):
                 auth_file.unlink()
@@ -229,7 +223,7 @@ class Server:
         for c in stopped.values():
             try:
                 self.containers.remove_one(c["id"])
-            except docker.errors.APIError as e:
+            except AirgapError as e:
                 logger.warning("could not remove the replaced container %s: %s", c["name"], e)
         self._prune(auth_dir, start_id, self.layout.serve_dir(self.name), serve_dir)
         base = opts.artifacts_base

@@ -264,9 +264,20 @@ class RegistryTarget:
         return self.registry.manifest_digest(name, tag, media) == record.id
 
     def remove(self, record: ImageRecord) -> bool:
+        """Delete the manifest install pushed, unless another tag in its repository names
+        it too (a delete by digest would take that tag with it)."""
         if not record.created_by_us:
             return False
-        name, _ = self._name(record)
+        name, tag = self._name(record)
+        media = record.media_type or OCI_MANIFEST
+        others = [
+            t
+            for t in self.registry.tags(name)
+            if t != tag and self.registry.manifest_digest(name, t, media) == record.id
+        ]
+        if others:
+            logger.warning("kept %s in %s: also tagged %s", record.id, name, ", ".join(others))
+            return False
         return self.registry.delete_manifest(name, record.id)
 
     def close(self) -> None:

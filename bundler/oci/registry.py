@@ -360,6 +360,24 @@ class RegistryClient:
         )
         return self._check(r, 201).headers.get("Docker-Content-Digest", "")
 
+    def tags(self, repository: str, limit: int = 10_000) -> list[str]:
+        """The repository's tags (pages followed, at most ``limit``); [] if it has none."""
+        out: list[str] = []
+        url: str | None = self._url(repository, "tags", "list") + "?n=1000"
+        while url and len(out) < limit:
+            r = self.request("GET", url)
+            if r.status_code == 404:
+                return out
+            self._check(r, 200)
+            try:
+                got = r.json().get("tags") or []
+            except (ValueError, AttributeError) as e:
+                raise self._fail("tag list is not JSON", url=url) from e
+            out += [str(t) for t in got if isinstance(t, str)]
+            link = re.match(r'\s*<([^>]+)>\s*;\s*rel="next"', r.headers.get("Link", ""))
+            url = urljoin(self.base, link[1]) if link else None
+        return out[:limit]
+
     def delete_manifest(self, repository: str, digest: str) -> bool:
         r = self.request("DELETE", self._url(repository, "manifests", digest))
         return r.status_code in (200, 202)

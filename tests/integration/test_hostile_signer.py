@@ -248,3 +248,85 @@ def test_org_slash_name_served_names_still_build_and_serve(
         assert not model["RW"]
     finally:
         airgap("uninstall", "--prefix", str(prefix), "--runtime-url", engine.url)
+
+
+def serve_args(port: int) -> list[str]:
+    return [
+        "--port",
+        str(port),
+        "--internal-port",
+        str(services.free_port()),
+        "--artifacts-port",
+        str(services.free_port()),
+        "--health-timeout",
+        "60",
+    ]
+
+
+def healthy(prefix: Path, svc: services.Service) -> bool:
+    r = airgap("status", "--prefix", str(prefix), "--runtime-url", svc.url)
+    return r.returncode == 0
+
+
+def test_an_install_under_another_prefix_never_takes_over_serving_containers(
+    tmp_path: Path, runnable: Path, key: Keys, engine: services.Service
+) -> None:
+    """Same bundle name, two prefixes: the second may not stop the first's containers
+    (and a no-serve install that shares images uninstalls without breaking the other)."""
+    bundle = tmp_path / "b.tar"
+    build_bundle(runnable, bundle, key)
+    prod, test, side = tmp_path / "prod", tmp_path / "test", tmp_path / "side"
+    try:
+        r = install(bundle, key, prod, engine, *serve_args(services.free_port()))
+        assert r.returncode == 0, r.stderr.decode()
+        ids = docker(engine, "ps", "-q", "--no-trunc").split()
+        r = install(bundle, key, test, engine, *serve_args(services.free_port()))
+        err = r.stderr.decode()
+        assert r.returncode == 1, err
+        assert "serves the airgap install under" in err and str(prod.resolve()) in err
+        assert docker(engine, "ps", "-q", "--no-trunc").split() == ids
+        assert healthy(prod, engine)
+        # images only, under a third prefix; its uninstall keeps what prod runs on
+        r = install(bundle, key, side, engine, "--no-serve")
+        assert r.returncode == 0, r.stderr.decode()
+        r = airgap("uninstall", "--prefix", str(side), "--runtime-url", engine.url)
+        assert r.returncode == 0, r.stderr.decode()
+        assert healthy(prod, engine)
+    finally:
+        for p in (prod, test, side):
+            airgap("uninstall", "--prefix", str(p), "--runtime-url", engine.url)
+
+
+def test_registry_uninstall_keeps_a_tag_the_site_added(
+    tmp_path: Path, bundle: Path, key: Keys, oci_registry: services.Service
+) -> None:
+    target = f"{oci_registry.url}/keep"
+    prefix = tmp_path / "opt"
+    r = airgap(
+        "install", str(bundle), "--trusted-key", str(key.public), "--registry", target,
+        "--prefix", str(prefix),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    subprocess.run(
+        [
+            "skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+            "--preserve-digests", f"docker://{target}/demo/nginx:1", f"docker://{target}/demo/nginx:prod",
+        ],
+        capture_output=True,
+        check=True,
+    )  # fmt: skip
+    r = airgap("uninstall", "--prefix", str(prefix))
+    assert r.returncode == 0, r.stderr.decode()
+
+    def resolves(ref: str) -> bool:
+        return (
+            subprocess.run(
+                ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
+
+    assert resolves(f"{target}/demo/nginx:prod")  # the site's tag survives
+    assert not resolves(f"{target}/demo/vllm:1")  # what only install named is gone

@@ -63,3 +63,16 @@ def test_the_connected_side_never_imports_the_installer() -> None:
     assert offenders == []
     # the check sees imports, lazy ones too
     assert "bundler.oci.engine" in imported_modules(REPO / "bundler/build.py")
+
+
+def test_only_the_engine_seam_imports_docker() -> None:
+    """Every docker-py call and error translation lives in bundler/oci/engine.py."""
+    offenders = [
+        f"{path.relative_to(REPO)}: {name}"
+        for path in sorted((REPO / "bundler").rglob("*.py"))
+        if path != REPO / "bundler/oci/engine.py"
+        for name in sorted(imported_modules(path))
+        if name == "docker" or name.startswith("docker.")
+    ]
+    assert offenders == []
+    assert "docker.errors" in imported_modules(REPO / "bundler/oci/engine.py")
