@@ -15,8 +15,9 @@ from typing import Any
 
 from bundler import env
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry
+from bundler.bundle.plan import BuildPlan, BuildResult, Payload
 from bundler.bundle.signing import SigningKey
-from bundler.bundle.writer import BuildPlan, BuildResult, Payload, write_bundle
+from bundler.bundle.writer import write_bundle
 from bundler.errors import AirgapError, FetchError, SourceError
 from bundler.fetch.cache import Cache
 from bundler.fetch.remote import Fetcher, FetchOptions, drift

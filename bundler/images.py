@@ -20,7 +20,7 @@ from typing import Any
 
 from bundler import canonical
 from bundler.bundle.index import BLOB_PREFIX, ImageEntry, Layer
-from bundler.bundle.writer import Payload
+from bundler.bundle.plan import Payload
 from bundler.errors import SourceError
 from bundler.hashcache import HashCache, hash_with_cache
 from bundler.hashing import Digests, FileRange

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build
+from bundler.bundle.plan import BuildResult
 from bundler.bundle.signing import TrustedKey, generate_keypair, load_signing_key, load_trust
-from bundler.bundle.writer import BuildResult
 from bundler.manifest import load_manifest
 from devkit import services
 from devkit.demo_data import make_demo_sources

@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import cast
 
 from bundler.bundle import tarfmt
+from bundler.bundle.delivery import Delivery
 from bundler.bundle.index import (
     INDEX_MEMBER,
     SIGNATURE_DIR,
     SUMS_MEMBER,
-    FileEntry,
     Index,
     parse_index,
     path_problem,
@@ -43,119 +40,14 @@ from bundler.bundle.parts import (
     check_parts_list,
     locate_bundle,
 )
-from bundler.bundle.signing import KEYID_RE, SIGNATURE_SIZE, TrustedKey, verify_threshold
-from bundler.errors import BundleError, ExpiredError, UsageError
+from bundler.bundle.policy import Sink, TrustPolicy, VerifyResult
+from bundler.bundle.signing import KEYID_RE, SIGNATURE_SIZE, verify_threshold
+from bundler.errors import BundleError, ExpiredError
 from bundler.hashing import BLOCK_SIZE, StreamHasher
 
 logger = logging.getLogger(__name__)
 MAX_INDEX_SIZE = 64 * 1024 * 1024
 MAX_SIGNATURES = 64
-
-
-class Sink(Protocol):
-    """Receives payload as it streams; keeps it provisional until ``commit``.
-
-    For members where ``verified_only(entry)`` is true, ``open_member``, ``write``
-    and ``close_member`` are called from a delivery thread, and each chunk's bytes
-    arrive only after that chunk matched its signed hash (for data handed straight
-    to another program, such as an image load). Other members are written as they
-    stream, from the reading thread, and are checked before ``commit``.
-    """
-
-    def verified_only(self, entry: FileEntry) -> bool: ...
-
-    def begin(
-        self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes
-    ) -> None: ...
-    def open_member(self, entry: FileEntry) -> None: ...
-    def write(self, data: memoryview) -> None: ...
-    def close_member(self, entry: FileEntry) -> None: ...
-    def commit(self) -> None: ...
-    def abort(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class TrustPolicy:
-    trusted: dict[str, TrustedKey]
-    threshold: int = 1
-    now: datetime | None = None
-    # Called after the signature and expiry checks, before any payload byte is
-    # used (install passes its preflight here). Returning True ends the pass there:
-    # nothing of the payload is read, the sink is not begun, and the result says
-    # ``ended_early``. Raising refuses the bundle.
-    before_payload: Callable[[VerifyResult], bool | None] | None = None
-
-
-@dataclass
-class VerifyResult:
-    location: BundleLocation
-    index: Index
-    index_sha256: str
-    signers: tuple[str, ...]
-    untrusted_signers: tuple[str, ...]
-    bytes_read: int = 0
-    seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
-    ended_early: bool = False  # the before_payload hook ended the pass (payload unread)
-
-    def to_json(self) -> dict[str, Any]:
-        """What ``airgap verify --json`` prints."""
-        loc = self.location
-        return {
-            "ok": True,
-            "name": self.index.name,
-            "version": self.index.version,
-            "expires": self.index.expires,
-            "index_sha256": self.index_sha256,
-            "signers": list(self.signers),
-            "untrusted_signers": list(self.untrusted_signers),
-            "files": len(self.index.files),
-            "bytes": self.bytes_read,
-            "seconds": round(self.seconds, 3),
-            "parts": [p.path.name for p in loc.parts] if loc.split else [],
-        }
-
-
-def find_detached_signatures(loc: BundleLocation) -> list[Path]:
-    """Co-signatures beside the bundle: ``<bundle>.<keyid>.sig``."""
-    if loc.base is None:
-        return []
-    found = []
-    for p in sorted(loc.base.parent.glob(f"{loc.base.name}.*.sig")):
-        keyid = p.name[len(loc.base.name) + 1 : -len(".sig")]
-        if KEYID_RE.match(keyid):
-            found.append(p)
-    return found
-
-
-def read_detached(paths: list[Path]) -> list[tuple[str, bytes]]:
-    """Read ``<anything>.<keyid>.sig`` files as (keyid, signature) pairs.
-
-    Raises:
-        UsageError: a file is unreadable or its name does not end in ``.<keyid>.sig``.
-    """
-    out = []
-    for p in paths:
-        parts = p.name.rsplit(".", 2)
-        if len(parts) != 3 or parts[2] != "sig" or not KEYID_RE.match(parts[1]):
-            raise UsageError(f"{p}: a detached signature must be named <bundle>.<keyid>.sig")
-        try:
-            data = p.read_bytes()
-        except OSError as e:
-            raise UsageError(f"{p}: cannot read signature: {e.strerror}") from e
-        out.append((parts[1], data))
-    return out
-
-
-def collect_signatures(
-    loc: BundleLocation, extra: list[Path] | tuple[Path, ...] = ()
-) -> list[tuple[str, bytes]]:
-    """Every detached signature for ``loc``: those beside the bundle, then ``extra``.
-
-    Raises:
-        UsageError: a signature file is unreadable or misnamed.
-    """
-    return read_detached(find_detached_signatures(loc) + list(extra))
 
 
 class _Reader:
@@ -447,66 +339,6 @@ def read_bundle(
     return result
 
 
-class _Delivery:
-    """Hands verified chunks of ``verified_only`` members to the sink, in order."""
-
-    def __init__(self, sink: Sink, hasher: StreamHasher) -> None:
-        self.sink = sink
-        self.hasher = hasher
-        self.error: BaseException | None = None
-        self.cancelled = False  # after a failure: drain without handing anything on
-        self._q: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=3)
-        self._thread = threading.Thread(target=self._run, name="deliver", daemon=True)
-        self._thread.start()
-
-    def put(self, item: tuple[Any, ...]) -> None:
-        self._q.put(item)
-
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            kind = item[0]
-            if kind == "chunk":
-                _, result, held = item
-                ok = self.error is None and result.wait()
-                for view, buf in held:
-                    if ok and not self.cancelled:
-                        try:
-                            self.sink.write(view)
-                        except BaseException as e:
-                            self.error, ok = e, False
-                    del view
-                    if buf is not None:
-                        self.hasher.release(buf)
-                held.clear()
-                if not ok and self.error is None:
-                    self.error = _Undelivered()
-            elif self.error is None and not self.cancelled:
-                try:
-                    if kind == "open":
-                        self.sink.open_member(item[1])
-                    else:
-                        self.sink.close_member(item[1])
-                except BaseException as e:
-                    self.error = e
-
-    def finish(self) -> None:
-        """Wait until everything queued is delivered; raise the sink's error, if any."""
-        self._q.put(None)
-        self._thread.join()
-        if self.error is not None and not isinstance(self.error, _Undelivered):
-            raise self.error
-
-    def stop(self) -> None:
-        self.cancelled = True
-        if self._thread.is_alive():
-            self._q.put(None)
-            self._thread.join()
-
-
-class _Undelivered(Exception):
-    """A chunk failed verification; the reader reports the mismatch itself."""
-
-
 def _stream_payload(
     r: _Reader,
     index: Index,
@@ -520,7 +352,7 @@ def _stream_payload(
     listed = {f.path for f in index.files}
     seen: set[str] = set()
     hasher = StreamHasher(block, chunk_size, workers)
-    delivery = _Delivery(sink, hasher) if sink is not None else None
+    delivery = Delivery(sink, hasher) if sink is not None else None
     chunk_id = 0
     try:
         for entry in index.files:

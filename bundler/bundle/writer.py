@@ -17,10 +17,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bundler import __version__, canonical
 from bundler.bundle import tarfmt
@@ -29,13 +26,13 @@ from bundler.bundle.index import (
     SIGNATURE_DIR,
     SUMS_MEMBER,
     FileEntry,
-    ImageEntry,
     Index,
     chunk_count,
     format_time,
     render_sha256sums,
 )
 from bundler.bundle.parts import PARTS_FORMAT, part_name, parts_list_path, parts_sums_path
+from bundler.bundle.plan import BuildPlan, BuildResult, Payload
 from bundler.bundle.signing import SigningKey
 from bundler.errors import SourceError, UsageError
 from bundler.fsutil import atomic_write_bytes, fsync_close, fsync_dir
@@ -44,60 +41,6 @@ from bundler.hashing import Digests, FileRange
 
 logger = logging.getLogger(__name__)
 COPY_BLOCK = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Payload:
-    """One file to carry: where it goes in the bundle and where its bytes are now.
-
-    ``expected_sha256`` is the upstream identity to check (an OCI digest, an LFS
-    oid); ``digests`` may be given when they were computed earlier (download cache).
-    """
-
-    path: str
-    source: FileRange | bytes
-    expected_sha256: str | None = None
-    digests: Digests | None = None
-    origin: str = ""  # for error messages: where the bytes came from
-
-    @property
-    def size(self) -> int:
-        return len(self.source) if isinstance(self.source, bytes) else self.source.size
-
-
-@dataclass
-class BuildPlan:
-    name: str
-    version: int
-    created: datetime
-    expires: datetime
-    manifest: dict[str, object]
-    lock: dict[str, object]
-    payloads: list[Payload]
-    images: list[ImageEntry] = field(default_factory=list)
-    chunk_size: int = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    index: Index
-    index_sha256: str
-    outputs: tuple[Path, ...]  # the bundle file, or every part then the parts list
-    size: int
-    signers: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """What ``airgap build --json`` prints."""
-        return {
-            "name": self.index.name,
-            "version": self.index.version,
-            "outputs": [str(p) for p in self.outputs],
-            "bytes": self.size,
-            "files": len(self.index.files),
-            "index_sha256": self.index_sha256,
-            "signers": list(self.signers),
-            "expires": self.index.expires,
-        }
 
 
 ProgressFn = Callable[[int], None]

@@ -52,8 +52,8 @@ def install(
 ) -> None:
     """Verify BUNDLE and install it: files into a release, images into the engine, then
     serve the model and register it with Kibana (and ELSER with Elasticsearch)."""
+    from bundler.bundle.detached import collect_signatures
     from bundler.bundle.parts import locate_bundle
-    from bundler.bundle.reader import collect_signatures
     from bundler.install.installer import install as run_install
     from bundler.install.options import InstallOptions
 

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from bundler.build import DryRun, LockWritten, RemotePart
-    from bundler.bundle.reader import VerifyResult
-    from bundler.bundle.writer import BuildResult
+    from bundler.bundle.plan import BuildResult
+    from bundler.bundle.policy import VerifyResult
     from bundler.describe import BundleInfo
     from bundler.install.manage import StatusReport
     from bundler.install.options import Check, InstallResult

@@ -27,7 +27,7 @@ from bundler.cli.output import (
 )
 
 if TYPE_CHECKING:
-    from bundler.bundle.reader import VerifyResult
+    from bundler.bundle.policy import VerifyResult
     from bundler.cli.options import TrustInputs
 
 bundle_argument = click.argument("bundle", type=str)
@@ -48,8 +48,10 @@ def keygen(keyfile: Path, passphrase_file: Path | None) -> None:
 
 def verify_bundle(bundle: str, trust: TrustInputs, *, as_json: bool) -> VerifyResult:
     """One verifying pass (signatures, threshold, every byte) with a progress bar."""
+    from bundler.bundle.detached import collect_signatures
     from bundler.bundle.parts import locate_bundle
-    from bundler.bundle.reader import TrustPolicy, collect_signatures, read_bundle
+    from bundler.bundle.policy import TrustPolicy
+    from bundler.bundle.reader import read_bundle
 
     trusted = trust.load()
     loc = locate_bundle(bundle)
@@ -131,8 +133,9 @@ def verify(bundle: str, trust: TrustInputs, as_json: bool) -> None:
 )
 def inspect(bundle: str, as_json: bool, raw_index: bool) -> None:
     """Show what BUNDLE carries (reads only its index; `airgap verify` proves it)."""
+    from bundler.bundle.detached import collect_signatures
     from bundler.bundle.parts import locate_bundle
-    from bundler.bundle.reader import collect_signatures, read_head
+    from bundler.bundle.reader import read_head
     from bundler.describe import describe
 
     if raw_index and as_json:

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import requests
 
 from bundler.bundle.index import BLOB_PREFIX, ImageEntry, Layer
-from bundler.bundle.writer import Payload
+from bundler.bundle.plan import Payload
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
 from bundler.fetch.http import Downloader, Expect

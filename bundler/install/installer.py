@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bundler.bundle.index import Index
-from bundler.bundle.reader import TrustPolicy, VerifyResult, read_bundle
+from bundler.bundle.policy import TrustPolicy, VerifyResult
+from bundler.bundle.reader import read_bundle
 from bundler.install.elastic import steps as elastic_steps
 from bundler.install.layout import Layout
 from bundler.install.options import Check, InstallOptions, InstallResult, InstallStatus

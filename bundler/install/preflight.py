@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from bundler.bundle.index import BLOB_PREFIX
-from bundler.bundle.reader import VerifyResult
+from bundler.bundle.policy import VerifyResult
 from bundler.errors import AirgapError, InstallError, RollbackError
 from bundler.fmt import human
 from bundler.fsutil import free_space

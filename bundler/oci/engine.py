@@ -338,9 +338,10 @@ class Containers:
         (Containers made before the prefix label existed count as this install's.)"""
         for role in ("nginx", "vllm"):
             name = self.container_name(role)
-            labels = (self.find(name) or {}).get("Config", {}).get("Labels") or {}
-            if not labels:
+            info = self.find(name)
+            if info is None:
                 continue
+            labels = info.get("Config", {}).get("Labels") or {}
             if labels.get(MANAGED) != "true":
                 raise InstallError(
                     f"a container named {name} exists and was not created by airgap",

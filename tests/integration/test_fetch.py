@@ -16,7 +16,8 @@ from typing import ClassVar
 import pytest
 import yaml
 
-from bundler.bundle.reader import TrustPolicy, read_bundle
+from bundler.bundle.policy import TrustPolicy
+from bundler.bundle.reader import read_bundle
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
 from bundler.fetch.http import Downloader, Expect

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bundler.bundle.extract import StagingExtractor
-from bundler.bundle.reader import TrustPolicy, read_bundle
+from bundler.bundle.policy import TrustPolicy
+from bundler.bundle.reader import read_bundle
 
 from conftest import Keys, build_bundle
 

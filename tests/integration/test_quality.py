@@ -76,3 +76,15 @@ def test_only_the_engine_seam_imports_docker() -> None:
     ]
     assert offenders == []
     assert "docker.errors" in imported_modules(REPO / "bundler/oci/engine.py")
+
+
+def test_no_file_outgrows_its_room() -> None:
+    """The standing rule: at most 500 lines in bundler/, 350 in install/ and cli/."""
+    offenders = []
+    for path in sorted((REPO / "bundler").rglob("*.py")):
+        room = path.relative_to(REPO / "bundler").parts[0]
+        limit = 350 if room in ("install", "cli") else 500
+        lines = len(path.read_text().splitlines())
+        if lines > limit:
+            offenders.append(f"{path.relative_to(REPO)}: {lines} > {limit}")
+    assert offenders == []

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bundler.bundle.index import FileEntry, Index
-from bundler.bundle.reader import TrustPolicy, read_bundle
+from bundler.bundle.policy import TrustPolicy
+from bundler.bundle.reader import read_bundle
 from bundler.errors import BundleError
 
 from conftest import Keys

@@ -11,7 +11,8 @@ from test_malicious import craft
 
 from bundler import canonical
 from bundler.bundle.index import parse_index
-from bundler.bundle.reader import TrustPolicy, read_bundle
+from bundler.bundle.policy import TrustPolicy
+from bundler.bundle.reader import read_bundle
 from bundler.errors import BundleError, ManifestError
 from bundler.formats import newer_format
 from bundler.lock import load_lock

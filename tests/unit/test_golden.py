@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from bundler.bundle.index import parse_index
-from bundler.bundle.reader import TrustPolicy, read_bundle
+from bundler.bundle.policy import TrustPolicy
+from bundler.bundle.reader import read_bundle
 from bundler.bundle.signing import load_trust
 from bundler.errors import BundleError
 from bundler.install.records import EngineSpec, Receipt

@@ -16,7 +16,8 @@ import pytest
 from bundler import canonical
 from bundler.bundle import tarfmt
 from bundler.bundle.extract import StagingExtractor
-from bundler.bundle.reader import TrustPolicy, read_bundle
+from bundler.bundle.policy import TrustPolicy
+from bundler.bundle.reader import read_bundle
 from bundler.bundle.signing import load_signing_key
 from bundler.errors import BundleError
 

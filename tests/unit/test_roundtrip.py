@@ -11,15 +11,11 @@ from pathlib import Path
 import pytest
 
 from bundler.bundle.cosign import cosign
+from bundler.bundle.detached import find_detached_signatures, read_detached
 from bundler.bundle.extract import StagingExtractor
 from bundler.bundle.parts import locate_bundle, parts_list_path
-from bundler.bundle.reader import (
-    TrustPolicy,
-    find_detached_signatures,
-    read_bundle,
-    read_detached,
-    read_head,
-)
+from bundler.bundle.policy import TrustPolicy
+from bundler.bundle.reader import read_bundle, read_head
 from bundler.bundle.signing import load_signing_key, load_trust
 from bundler.errors import BundleError, ExpiredError, TrustError, UsageError
 
