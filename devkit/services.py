@@ -8,6 +8,7 @@ and stopped by the PID we started. A service that does not come up is an error
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -306,3 +307,15 @@ def git_commit_repo(
         text=True,
         env=env,
     ).stdout.strip()
+
+
+def registry_digest(ref: str, creds: str | None = None) -> str | None:
+    """The manifest digest ``ref`` resolves to in a plain-HTTP test registry (asked with
+    skopeo, an independent client), or None when it does not resolve."""
+    cmd = ["skopeo", "inspect", "--tls-verify=false"]
+    if creds:
+        cmd += ["--creds", creds]
+    r = subprocess.run([*cmd, f"docker://{ref}"], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        return None
+    return str(json.loads(r.stdout)["Digest"])

@@ -175,28 +175,19 @@ def test_registry_push_stays_in_the_bundles_namespace(
         check=True,
     )
 
-    def digest(ref: str) -> str | None:
-        r = subprocess.run(
-            ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return json.loads(r.stdout)["Digest"] if r.returncode == 0 else None
-
-    site = digest(f"{target}/demo/nginx:1")
+    site = services.registry_digest(f"{target}/demo/nginx:1")
     assert site and site != nginx.manifest_digest
     args = ["install", str(bundle), "--trusted-key", str(key.public), "--registry", target]
     r = airgap(*args, "--prefix", str(tmp_path / "opt"))
     assert r.returncode == 1, r.stderr.decode()
     assert f"{target}/demo/nginx:1" in r.stderr.decode()
-    assert digest(f"{target}/demo/nginx:1") == site
-    assert digest(f"{target}/demo/vllm:1") is None  # nothing pushed
+    assert services.registry_digest(f"{target}/demo/nginx:1") == site
+    assert services.registry_digest(f"{target}/demo/vllm:1") is None  # nothing pushed
     r = airgap(*args, "--prefix", str(tmp_path / "opt"), "--replace-tags", "--json")
     assert r.returncode == 0, r.stderr.decode()
-    assert digest(f"{target}/demo/nginx:1") == nginx.manifest_digest
+    assert services.registry_digest(f"{target}/demo/nginx:1") == nginx.manifest_digest
     for img in index.images:  # never under a name the index chose
-        assert digest(f"{target}/{img.ref.split('/', 1)[1]}") is None
+        assert services.registry_digest(f"{target}/{img.ref.split('/', 1)[1]}") is None
 
 
 def test_org_slash_name_served_names_still_build_and_serve(
@@ -318,15 +309,9 @@ def test_registry_uninstall_keeps_a_tag_the_site_added(
     r = airgap("uninstall", "--prefix", str(prefix))
     assert r.returncode == 0, r.stderr.decode()
 
-    def resolves(ref: str) -> bool:
-        return (
-            subprocess.run(
-                ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
-                capture_output=True,
-                check=False,
-            ).returncode
-            == 0
-        )
-
-    assert resolves(f"{target}/demo/nginx:prod")  # the site's tag survives
-    assert not resolves(f"{target}/demo/vllm:1")  # what only install named is gone
+    assert (
+        services.registry_digest(f"{target}/demo/nginx:prod") is not None
+    )  # the site's tag survives
+    assert (
+        services.registry_digest(f"{target}/demo/vllm:1") is None
+    )  # what only install named is gone

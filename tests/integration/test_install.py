@@ -574,20 +574,7 @@ def test_registry_push_logs_in_like_pull(tmp_path: Path, bundle: Path, key: Keys
         from bundler.bundle.reader import read_head
 
         for img in read_head(str(bundle)).index.images:
-            out = subprocess.run(
-                [
-                    "skopeo",
-                    "inspect",
-                    "--tls-verify=false",
-                    "--creds",
-                    "ops:s3cret",
-                    f"docker://{reg.url}/airgap/demo/{img.role}:1",
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            assert out.returncode == 0, out.stderr
-            assert json.loads(out.stdout)["Digest"] == img.manifest_digest
+            ref = f"{reg.url}/airgap/demo/{img.role}:1"
+            assert services.registry_digest(ref, "ops:s3cret") == img.manifest_digest
         r = airgap("uninstall", "--prefix", str(tmp_path / "opt"), env=env)
         assert r.returncode == 0, r.stderr.decode()
