@@ -52,9 +52,8 @@ def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
     by_path = {f.path: f for f in index.files}
     model_files = [f for f in index.files if f.path.startswith("models/")]
     model = dict(index.manifest.get("model", {}))
-    lock_model = index.lock.get("model", {})
-    if "commit" in lock_model:
-        model["commit"] = lock_model["commit"]
+    if index.lock.commit is not None:
+        model["commit"] = index.lock.commit
     model["files"] = len(model_files)
     model["bytes"] = sum(f.size for f in model_files)
     images = []

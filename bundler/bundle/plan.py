@@ -10,6 +10,7 @@ from typing import Any
 
 from bundler.bundle.index import ImageEntry, Index
 from bundler.hashing import Digests, FileRange
+from bundler.pins import Pins
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class BuildPlan:
     created: datetime
     expires: datetime
     manifest: dict[str, object]
-    lock: dict[str, object]
+    lock: Pins
     payloads: list[Payload]
     images: list[ImageEntry] = field(default_factory=list)
     chunk_size: int = 64 * 1024 * 1024

@@ -143,16 +143,15 @@ def show_dry_run(plan: DryRun) -> None:
 
 def show_lock(written: LockWritten) -> None:
     pins = written.pins
-    model = pins.get("model", {})
-    if model:
+    model = pins.hf_model
+    if model is not None:
         click.echo(
-            f"model {model['repo']}@{model['revision']} = {model['commit']} "
-            f"({len(model['files'])} files)"
+            f"model {model.repo}@{model.revision} = {model.commit} ({len(model.files)} files)"
         )
-    for role, img in (pins.get("images") or {}).items():
-        click.echo(f"image {role} {img['ref']} = {img['manifest_digest']} ({img['platform']})")
-    for f in (pins.get("elastic") or {}).get("files", []):
-        click.echo(f"elastic {f['name']} sha256 {f['sha256']}")
+    for role, img in (pins.images or {}).items():
+        click.echo(f"image {role} {img.ref} = {img.manifest_digest} ({img.platform})")
+    for f in pins.elastic_files:
+        click.echo(f"elastic {f.name} sha256 {f.sha256}")
     click.echo(f"wrote {written.path}")
 
 
