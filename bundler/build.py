@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from bundler import env
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry
@@ -72,7 +71,7 @@ class DryRun:
     def bytes(self) -> int:
         return sum(n for _, n in self.to_fetch)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "lock": str(self.lock_file),
             "lock_changes": self.lock_changes,

@@ -29,7 +29,7 @@ class ModelInfo:
             return f"{self.section['repo']}@{self.commit or self.section.get('revision')}"
         return str(self.section.get("path"))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         out = dict(self.section)
         if self.commit is not None:
             out["commit"] = self.commit
@@ -46,7 +46,7 @@ class ImageInfo:
     layers: int
     bytes: int
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
 
@@ -56,7 +56,7 @@ class ElasticFileInfo:
     bytes: int
     sha256: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
 
@@ -79,7 +79,7 @@ class BundleInfo:
     files: int
     total_bytes: int
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """What ``airgap inspect --json`` prints (keys in this order)."""
         return {
             "format": self.format,

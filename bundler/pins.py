@@ -155,7 +155,7 @@ class Pins(_Pin):
     def is_empty(self) -> bool:
         return self.model is None and not self.images and self.elastic is None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bundler.bundle.index import ImageEntry, Index
 from bundler.hashing import Digests, FileRange
@@ -53,7 +52,7 @@ class BuildResult:
     size: int
     signers: tuple[str, ...]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """What ``airgap build --json`` prints."""
         return {
             "name": self.index.name,

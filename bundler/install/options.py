@@ -66,7 +66,7 @@ class InstallResult:
     serving: ServeRecord | None = None
     elastic: dict[str, Any] | None = None  # settings to add, connector, endpoint, files
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The ``airgap install --json`` document."""
         return {
             "status": self.status,

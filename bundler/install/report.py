@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bundler.install.records import ElasticRecord, ImageRecord
 
@@ -15,7 +14,7 @@ class ImageStatus:
     record: ImageRecord
     present: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {**self.record.to_json(), "present": self.present}
 
 
@@ -32,7 +31,7 @@ class ServingProbe:
     def ok(self) -> bool:
         return all(self.containers.values()) and self.health == 200
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "url": self.url,
             "ca_cert": self.ca_cert,
@@ -64,7 +63,7 @@ class ReleaseStatus:
             and (self.serving is None or self.serving.ok)
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "release": self.release,
             "version": self.version,
@@ -87,7 +86,7 @@ class StatusReport:
     ok: bool
     releases: list[ReleaseStatus]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The ``airgap status --json`` document."""
         return {
             "prefix": str(self.prefix),
