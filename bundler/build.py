@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from bundler import env
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry
@@ -20,14 +19,15 @@ from bundler.bundle.signing import SigningKey
 from bundler.bundle.writer import write_bundle
 from bundler.errors import AirgapError, FetchError, SourceError
 from bundler.fetch.cache import Cache
-from bundler.fetch.remote import Fetcher, FetchOptions, drift
+from bundler.fetch.remote import Fetcher, FetchOptions
 from bundler.fsutil import atomic_output
 from bundler.hashcache import HashCache
 from bundler.hashing import FileRange
 from bundler.images import load_image_archive
-from bundler.lock import load_lock, lock_path, pins_of, save_lock
+from bundler.lock import load_lock, lock_path, save_lock
 from bundler.manifest import ImageArchive, Manifest
 from bundler.names import DOC_FILE_RE, ELSER_FILE_RE
+from bundler.pins import ArchiveImagePin, ImagePin, PathElasticPin, PathModelPin, Pins, drift
 from bundler.progress import NullReporter, Reporter
 
 
@@ -52,7 +52,7 @@ class RemotePart:
 
     payloads: list[Payload]
     images: list[ImageEntry]
-    pins: dict[str, Any]
+    pins: Pins
     lock_file: Path
     lock_written: bool
     downloaded: int
@@ -71,7 +71,7 @@ class DryRun:
     def bytes(self) -> int:
         return sum(n for _, n in self.to_fetch)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "lock": str(self.lock_file),
             "lock_changes": self.lock_changes,
@@ -86,7 +86,7 @@ class LockWritten:
     """``airgap lock``: the pins just resolved and the file they were written to."""
 
     path: Path
-    pins: dict[str, Any]
+    pins: Pins
 
 
 def walk_files(root: Path) -> list[tuple[str, Path]]:
@@ -116,20 +116,20 @@ def _file_payload(bundle_path: str, p: Path) -> Payload:
     return Payload(bundle_path, FileRange(p, 0, p.stat().st_size), origin=str(p))
 
 
-def _model_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
+def _model_payloads(m: Manifest) -> tuple[list[Payload], PathModelPin | None]:
     if m.model.path is None:
-        return [], {}
+        return [], None
     root = m.resolve(m.model.path)
     files = walk_files(root)
     if not files:
         raise SourceError("model directory is empty", path=str(root))
     payloads = [_file_payload(f"models/{m.model.served_name}/{rel}", p) for rel, p in files]
-    return payloads, {"source": "path", "path": m.model.path}
+    return payloads, PathModelPin(path=m.model.path)
 
 
-def _elastic_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
+def _elastic_payloads(m: Manifest) -> tuple[list[Payload], PathElasticPin | None]:
     if m.elastic is None:
-        return [], {}
+        return [], None
     wanted_elser = set(m.elastic.elser)
     wanted_docs = (
         {(p, m.elastic.product_docs.version) for p in m.elastic.product_docs.products}
@@ -137,7 +137,7 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
         else set()
     )
     if m.elastic.source_dir is None:
-        return [], {}  # fetched by bundler.fetch
+        return [], None  # fetched by bundler.fetch
     root = m.resolve(m.elastic.source_dir)
     payloads: list[Payload] = []
     elser_files: dict[str, set[str]] = {}
@@ -173,12 +173,12 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], dict[str, Any]]:
     if missing_docs:
         names = ", ".join(f"kb-product-doc-{p}-{v}.zip" for p, v in sorted(missing_docs))
         raise SourceError(f"missing product docs: {names}", path=str(root))
-    return payloads, {
-        "source": "path",
-        "path": m.elastic.source_dir,
-        "elser": sorted(elser_files),
-        "product_docs": sorted(f"{p}-{v}" for p, v in docs),
-    }
+    return payloads, PathElasticPin(
+        source="path",
+        path=m.elastic.source_dir,
+        elser=tuple(sorted(elser_files)),
+        product_docs=tuple(sorted(f"{p}-{v}" for p, v in docs)),
+    )
 
 
 def has_remote(m: Manifest) -> bool:
@@ -240,7 +240,7 @@ def resolve_lock(
     cache: Cache,
     reporter: Reporter | None = None,
     fetcher: Fetcher | None = None,
-) -> tuple[dict[str, Any], Path, list[str]]:
+) -> tuple[Pins, Path, list[str]]:
     """Pins of the remote sources: the lock if upstream still matches it, else fresh.
 
     Returns the pins, the lock file, and the drift lines (empty when none).
@@ -250,8 +250,8 @@ def resolve_lock(
     reporter.stage("resolving sources")
     fresh = (fetcher or _fetcher(opts, cache, reporter)).resolve(m)
     old = load_lock(path)
-    changes = drift(pins_of(old), fresh) if old is not None else []
-    return (pins_of(old) if old is not None and not changes else fresh), path, changes
+    changes = drift(old.pins, fresh) if old is not None else []
+    return (old.pins if old is not None and not changes else fresh), path, changes
 
 
 def plan_fetch(m: Manifest, opts: BuildOptions) -> DryRun:
@@ -314,7 +314,7 @@ def fetch_remote(
             hint="Review the change, then build with --update-lock (or run `airgap lock`).",
         )
     written = False
-    if pins and (changes or load_lock(path) is None):
+    if not pins.is_empty() and (changes or load_lock(path) is None):
         save_lock(path, pins, name=m.name, platform=m.platform)
         written = True
     missing = fetcher.missing(downloads)
@@ -343,7 +343,7 @@ def plan_build(
     payloads, model_lock = _model_payloads(m)
     images = list(remote.images) if remote else []
     payloads += remote.payloads if remote else []
-    image_lock: dict[str, Any] = dict((remote.pins.get("images") or {}) if remote else {})
+    image_lock: dict[str, ImagePin] = dict((remote.pins.images or {}) if remote else {})
     for role, source in m.images.items():
         if isinstance(source, ImageArchive):
             archive = m.resolve(source.archive)
@@ -362,19 +362,19 @@ def plan_build(
         )
         images.append(img.entry)
         payloads.extend(img.payloads)
-        image_lock[role] = {
-            "source": "archive" if isinstance(source, ImageArchive) else "docker",
-            "ref": img.entry.ref if isinstance(source, ImageArchive) else source,
-            "manifest_digest": img.entry.manifest_digest,
-            "config_digest": img.entry.config_digest,
-            "platform": img.entry.platform,
-        }
+        image_lock[role] = ArchiveImagePin(
+            source="archive" if isinstance(source, ImageArchive) else "docker",
+            ref=img.entry.ref if isinstance(source, ImageArchive) else source,
+            manifest_digest=img.entry.manifest_digest,
+            config_digest=img.entry.config_digest,
+            platform=img.entry.platform,
+        )
     elastic_payloads, elastic_lock = _elastic_payloads(m)
     payloads.extend(elastic_payloads)
-    pins = remote.pins if remote else {}
-    lock: dict[str, Any] = {"model": model_lock or pins.get("model", {}), "images": image_lock}
-    if elastic_lock or pins.get("elastic"):
-        lock["elastic"] = elastic_lock or pins["elastic"]
+    pins = remote.pins if remote else Pins()
+    lock = Pins(
+        model=model_lock or pins.model, images=image_lock, elastic=elastic_lock or pins.elastic
+    )
     return BuildPlan(
         name=m.name,
         version=m.version,

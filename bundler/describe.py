@@ -2,10 +2,62 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from bundler.bundle.index import BLOB_PREFIX, Index
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model: the signed manifest's model section, plus what the index adds."""
+
+    section: dict[str, Any]  # the manifest's ``model`` section as signed (repo or path, ...)
+    commit: str | None  # the pinned Hugging Face commit, when the model came from a hub
+    files: int
+    bytes: int
+
+    @property
+    def served_name(self) -> str:
+        return str(self.section.get("served_name", ""))
+
+    @property
+    def source(self) -> str:
+        """``repo@commit`` (or ``@revision``) for a hub model, else the local path."""
+        if self.section.get("repo"):
+            return f"{self.section['repo']}@{self.commit or self.section.get('revision')}"
+        return str(self.section.get("path"))
+
+    def to_json(self) -> dict[str, object]:
+        out = dict(self.section)
+        if self.commit is not None:
+            out["commit"] = self.commit
+        return {**out, "files": self.files, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    role: str
+    ref: str
+    digest: str
+    config_digest: str
+    platform: str
+    layers: int
+    bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ElasticFileInfo:
+    path: str
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -21,13 +73,13 @@ class BundleInfo:
     index_sha256: str
     signers: list[str]
     chunk_size: int
-    model: dict[str, Any]  # the manifest's model section, with files, bytes, commit
-    images: list[dict[str, Any]]  # role, ref, digest, config_digest, platform, layers, bytes
-    elastic: list[dict[str, Any]]  # path, bytes, sha256
+    model: ModelInfo
+    images: list[ImageInfo]
+    elastic: list[ElasticFileInfo]
     files: int
     total_bytes: int
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """What ``airgap inspect --json`` prints (keys in this order)."""
         return {
             "format": self.format,
@@ -39,9 +91,9 @@ class BundleInfo:
             "index_sha256": self.index_sha256,
             "signers": self.signers,
             "chunk_size": self.chunk_size,
-            "model": self.model,
-            "images": self.images,
-            "elastic": self.elastic,
+            "model": self.model.to_json(),
+            "images": [i.to_json() for i in self.images],
+            "elastic": [e.to_json() for e in self.elastic],
             "files": self.files,
             "total_bytes": self.total_bytes,
         }
@@ -51,28 +103,29 @@ def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
     """A JSON-able summary of a bundle's signed index."""
     by_path = {f.path: f for f in index.files}
     model_files = [f for f in index.files if f.path.startswith("models/")]
-    model = dict(index.manifest.get("model", {}))
-    lock_model = index.lock.get("model", {})
-    if "commit" in lock_model:
-        model["commit"] = lock_model["commit"]
-    model["files"] = len(model_files)
-    model["bytes"] = sum(f.size for f in model_files)
+    section = index.manifest.get("model", {})
+    model = ModelInfo(
+        section=dict(section) if isinstance(section, dict) else {},
+        commit=index.lock.commit,
+        files=len(model_files),
+        bytes=sum(f.size for f in model_files),
+    )
     images = []
     for img in index.images:
         blobs = {img.manifest_digest, img.config_digest, *(la.digest for la in img.layers)}
         images.append(
-            {
-                "role": img.role,
-                "ref": img.ref,
-                "digest": img.manifest_digest,
-                "config_digest": img.config_digest,
-                "platform": img.platform,
-                "layers": len(img.layers),
-                "bytes": sum(by_path[BLOB_PREFIX + d.removeprefix("sha256:")].size for d in blobs),
-            }
+            ImageInfo(
+                role=img.role,
+                ref=img.ref,
+                digest=img.manifest_digest,
+                config_digest=img.config_digest,
+                platform=img.platform,
+                layers=len(img.layers),
+                bytes=sum(by_path[BLOB_PREFIX + d.removeprefix("sha256:")].size for d in blobs),
+            )
         )
     elastic = [
-        {"path": f.path, "bytes": f.size, "sha256": f.sha256}
+        ElasticFileInfo(path=f.path, bytes=f.size, sha256=f.sha256)
         for f in index.files
         if f.path.startswith("elastic/")
     ]

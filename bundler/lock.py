@@ -12,13 +12,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from pydantic import ValidationError
 
 from bundler.errors import ManifestError
 from bundler.formats import UPGRADE_HINT, newer_format
 from bundler.fsutil import atomic_write_bytes
+from bundler.pins import Pins
 
 LOCK_FORMAT = "airgap-lock/1"
+_REDO = "Delete it and run `airgap lock` again."
+
+
+class Lock(Pins):
+    """``<manifest>.lock.json``: the remote pins, for one manifest name and platform."""
+
+    format: Literal["airgap-lock/1"] = "airgap-lock/1"
+    name: str
+    platform: str
+
+    @property
+    def pins(self) -> Pins:
+        return Pins(model=self.model, images=self.images, elastic=self.elastic)
 
 
 def lock_path(manifest: Path) -> Path:
@@ -29,36 +45,38 @@ def lock_path(manifest: Path) -> Path:
     return manifest.with_name(name + ".lock.json")
 
 
-def load_lock(path: Path) -> dict[str, Any] | None:
+def load_lock(path: Path) -> Lock | None:
     """The lock at ``path``, or None if there is none.
 
     Raises:
-        ManifestError: the file exists but is not a lock.
+        ManifestError: the file exists but is not a lock this airgap reads.
     """
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise ManifestError(
-            f"unreadable lock: {e}", path=str(path), hint="Delete it and run `airgap lock` again."
-        ) from e
+        raise ManifestError(f"unreadable lock: {e}", path=str(path), hint=_REDO) from e
     if isinstance(doc, dict) and (
         msg := newer_format(doc.get("format"), LOCK_FORMAT, requires=doc.get("requires"))
     ):
         raise ManifestError(msg, path=str(path), hint=UPGRADE_HINT)
     if not isinstance(doc, dict) or doc.get("format") != LOCK_FORMAT:
+        raise ManifestError("not an airgap lock", path=str(path), hint=_REDO)
+    try:
+        return Lock.model_validate(doc)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
         raise ManifestError(
-            "not an airgap lock", path=str(path), hint="Delete it and run `airgap lock` again."
-        )
-    return doc
+            f"invalid lock: {loc}: {first['msg']}", path=str(path), hint=_REDO
+        ) from e
 
 
-def save_lock(path: Path, pins: dict[str, Any], *, name: str, platform: str) -> dict[str, Any]:
-    doc = {"format": LOCK_FORMAT, "name": name, "platform": platform, **pins}
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-    return doc
-
-
-def pins_of(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k in ("model", "images", "elastic")}
+def save_lock(path: Path, pins: Pins, *, name: str, platform: str) -> Lock:
+    lock = Lock(
+        name=name, platform=platform, model=pins.model, images=pins.images, elastic=pins.elastic
+    )
+    text = json.dumps(lock.to_json(), indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, text.encode())
+    return lock

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bundler import canonical
 from bundler.errors import BundleError
 from bundler.formats import UPGRADE_HINT, newer_format
+from bundler.pins import Pins
 
 FORMAT = "airgap-bundle/1"
 INDEX_MEMBER = "airgap/index.json"
@@ -124,7 +125,7 @@ class Index(_Strict):
     expires: str
     chunk_size: Annotated[int, Field(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)]
     manifest: dict[str, Any]
-    lock: dict[str, Any]
+    lock: Pins
     files: list[FileEntry]
     images: list[ImageEntry] = Field(default_factory=list)
 
@@ -185,7 +186,7 @@ class Index(_Strict):
         return sum(f.size for f in self.files)
 
     def to_bytes(self) -> bytes:
-        return canonical.dumps(self.model_dump(mode="json"))
+        return canonical.dumps(self.model_dump(mode="json", by_alias=True))
 
 
 def parse_index(data: bytes, *, bundle: str | None = None) -> Index:

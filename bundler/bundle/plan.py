@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bundler.bundle.index import ImageEntry, Index
 from bundler.hashing import Digests, FileRange
+from bundler.pins import Pins
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class BuildPlan:
     created: datetime
     expires: datetime
     manifest: dict[str, object]
-    lock: dict[str, object]
+    lock: Pins
     payloads: list[Payload]
     images: list[ImageEntry] = field(default_factory=list)
     chunk_size: int = 64 * 1024 * 1024
@@ -52,7 +52,7 @@ class BuildResult:
     size: int
     signers: tuple[str, ...]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """What ``airgap build --json`` prints."""
         return {
             "name": self.index.name,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from bundler.bundle.index import FileEntry, Index
 from bundler.bundle.parts import BundleLocation
@@ -59,7 +59,7 @@ class VerifyResult:
     warnings: list[str] = field(default_factory=list)
     ended_early: bool = False  # the before_payload hook ended the pass (payload unread)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """What ``airgap verify --json`` prints."""
         loc = self.location
         return {

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
 
-from bundler.cli.options import Decorator, dir_option, file_option, option_group
+from bundler.cli.options import Decorator, Params, dir_option, file_option, option_group
 
 if TYPE_CHECKING:
     from bundler.install.elastic.connector import Verification
@@ -30,7 +30,7 @@ TargetKind = Literal["engine", "registry"]
 # -- serve: vLLM behind Nginx --------------------------------------------------------------
 
 
-def _serve_options(kw: dict[str, Any]) -> ServeOptions | None:
+def _serve_options(kw: Params) -> ServeOptions | None:
     from bundler.install.records import ServeOptions
 
     tls_cert, tls_key = kw.pop("tls_cert"), kw.pop("tls_key")
@@ -126,7 +126,7 @@ class ImageDestination:
     tag_source_refs: bool
 
 
-def _image_destination(kw: dict[str, Any]) -> ImageDestination:
+def _image_destination(kw: Params) -> ImageDestination:
     target, registry = kw.pop("target"), kw.pop("registry")
     if target == "kubernetes":
         raise click.UsageError(
@@ -246,7 +246,7 @@ class ElasticRequest:
         )
 
 
-def _elastic_request(kw: dict[str, Any]) -> ElasticRequest:
+def _elastic_request(kw: Params) -> ElasticRequest:
     return ElasticRequest(
         kibana_url=kw.pop("kibana_url"),
         kibana_space=kw.pop("kibana_space"),

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 Command = Callable[..., object]
 Decorator = Callable[[Command], Command]
 RuntimeKind = Literal["docker", "podman"]
+Params = dict[str, Any]  # what click parsed for one option group (its own JSON-like values)
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -71,9 +72,7 @@ def reporter(quiet: bool = False) -> Iterator[Reporter]:
         yield r
 
 
-def option_group(
-    name: str, build: Callable[[dict[str, Any]], object], *options: Decorator
-) -> Decorator:
+def option_group(name: str, build: Callable[[Params], object], *options: Decorator) -> Decorator:
     """Declare ``options`` (listed in help order); call the command with ``name=build(kwargs)``.
 
     ``build`` pops the group's own keyword arguments, so the command never sees them.
@@ -125,7 +124,7 @@ class FetchInputs:
     options: FetchOptions
 
 
-def _fetch_inputs(kw: dict[str, Any]) -> FetchInputs:
+def _fetch_inputs(kw: Params) -> FetchInputs:
     from bundler.fetch.remote import FetchOptions
 
     return FetchInputs(
@@ -197,7 +196,7 @@ class TrustInputs:
         return load_trust(self.trusted_keys, self.trust_dir)
 
 
-def _trust_inputs(kw: dict[str, Any]) -> TrustInputs:
+def _trust_inputs(kw: Params) -> TrustInputs:
     return TrustInputs(
         trusted_keys=kw.pop("trusted_keys"),
         trust_dir=kw.pop("trust_dir"),
@@ -251,7 +250,7 @@ class HostInputs:
     runtime_url: str | None
 
 
-def _host_inputs(kw: dict[str, Any]) -> HostInputs:
+def _host_inputs(kw: Params) -> HostInputs:
     return HostInputs(kw.pop("prefix"), kw.pop("runtime"), kw.pop("runtime_url"))
 
 
@@ -283,7 +282,7 @@ host_options = option_group(
 # -- access: Kibana/Elasticsearch credentials and TLS, from files or env -------------------
 
 
-def _elastic_access(kw: dict[str, Any]) -> ElasticAccess:
+def _elastic_access(kw: Params) -> ElasticAccess:
     from bundler.install.elastic.api import load_credentials
     from bundler.install.elastic.steps import ElasticAccess
 

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from bundler.bundle.plan import BuildResult
     from bundler.bundle.policy import VerifyResult
     from bundler.describe import BundleInfo
-    from bundler.install.manage import StatusReport
     from bundler.install.options import Check, InstallResult
+    from bundler.install.report import StatusReport
 
 
 def print_json(doc: object) -> None:
@@ -143,16 +143,15 @@ def show_dry_run(plan: DryRun) -> None:
 
 def show_lock(written: LockWritten) -> None:
     pins = written.pins
-    model = pins.get("model", {})
-    if model:
+    model = pins.hf_model
+    if model is not None:
         click.echo(
-            f"model {model['repo']}@{model['revision']} = {model['commit']} "
-            f"({len(model['files'])} files)"
+            f"model {model.repo}@{model.revision} = {model.commit} ({len(model.files)} files)"
         )
-    for role, img in (pins.get("images") or {}).items():
-        click.echo(f"image {role} {img['ref']} = {img['manifest_digest']} ({img['platform']})")
-    for f in (pins.get("elastic") or {}).get("files", []):
-        click.echo(f"elastic {f['name']} sha256 {f['sha256']}")
+    for role, img in (pins.images or {}).items():
+        click.echo(f"image {role} {img.ref} = {img.manifest_digest} ({img.platform})")
+    for f in pins.elastic_files:
+        click.echo(f"elastic {f.name} sha256 {f.sha256}")
     click.echo(f"wrote {written.path}")
 
 
@@ -198,26 +197,21 @@ def render_inspect(info: BundleInfo) -> None:
         "signers (not verified here; use `airgap verify`): " + (", ".join(info.signers) or "none")
     )
     m = info.model
-    src = (
-        f"{m.get('repo')}@{m.get('commit', m.get('revision'))}" if m.get("repo") else m.get("path")
-    )
-    console.print(
-        f"model {m.get('served_name')} from {src}: {m['files']} files, {human(m['bytes'])}"
-    )
+    console.print(f"model {m.served_name} from {m.source}: {m.files} files, {human(m.bytes)}")
     if info.images:
         t = Table("role", "ref", "digest", "platform", "layers", "size")
         for img in info.images:
             t.add_row(
-                img["role"],
-                img["ref"],
-                img["digest"][:19],
-                img["platform"],
-                str(img["layers"]),
-                human(img["bytes"]),
+                img.role,
+                img.ref,
+                img.digest[:19],
+                img.platform,
+                str(img.layers),
+                human(img.bytes),
             )
         console.print(t)
     for e in info.elastic:
-        console.print(f"elastic {e['path']} {human(e['bytes'])}")
+        console.print(f"elastic {e.path} {human(e.bytes)}")
     console.print(f"total: {info.files} files, {human(info.total_bytes)}")
 
 
@@ -242,11 +236,11 @@ def show_install(result: InstallResult) -> None:
             f"({human(result.bytes_read)} in {result.seconds:.1f}s)"
         )
         for img in result.images:
-            click.echo(f"  image {img['role']}: {img['ref']} = {img['id']}")
+            click.echo(f"  image {img.role}: {img.ref} = {img.id}")
     if result.serving and result.status != "dry-run":
         s = result.serving
-        click.echo(f"serving {s['model']} at {s['url']} (answered a chat completion)")
-        click.echo(f"  trust this CA in Kibana: {s['ca_cert']}")
+        click.echo(f"serving {s.model} at {s.url} (answered a chat completion)")
+        click.echo(f"  trust this CA in Kibana: {s.ca_cert}")
         click.echo("  bearer token: `airgap status --show-token` (stored 0600 under the prefix)")
     if result.elastic and result.status != "dry-run":
         _show_elastic(result.elastic)
@@ -288,23 +282,21 @@ def show_status(report: StatusReport) -> None:
         + ("healthy" if report.ok else "NOT healthy")
     )
     for rel in report.releases:
-        mark = "*" if rel["active"] else " "
-        state = "ok" if rel["healthy"] else "damaged"
-        click.echo(f" {mark} {rel['release']}  {state}  installed {rel['installed_at']}")
-        for img in rel["images"]:
-            click.echo(
-                f"      {img['role']}: {img['ref']} {'present' if img['present'] else 'MISSING'}"
-            )
-        serving = rel.get("serving")
+        mark = "*" if rel.active else " "
+        state = "ok" if rel.healthy else "damaged"
+        click.echo(f" {mark} {rel.release}  {state}  installed {rel.installed_at}")
+        for img in rel.images:
+            seen = "present" if img.present else "MISSING"
+            click.echo(f"      {img.record.role}: {img.record.ref} {seen}")
+        serving = rel.serving
         if serving:
             running = ", ".join(
-                f"{k} {'running' if v else 'STOPPED'}" for k, v in serving["containers"].items()
+                f"{k} {'running' if v else 'STOPPED'}" for k, v in serving.containers.items()
             )
             click.echo(
-                f"      serving {serving['url']}: {running}; /health through nginx: "
-                f"{serving['health']}"
+                f"      serving {serving.url}: {running}; /health through nginx: {serving.health}"
             )
-        _show_release_elastic(rel.get("elastic") or {})
+        _show_release_elastic(rel.elastic.to_json() if rel.elastic else {})
 
 
 def _show_release_elastic(el: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+from pydantic import ValidationError
 
 from bundler.bundle.index import BLOB_PREFIX, ImageEntry, Layer
 from bundler.bundle.plan import Payload
@@ -32,6 +33,16 @@ from bundler.hashing import FileRange, hash_sources
 from bundler.manifest import ImageArchive, Manifest
 from bundler.oci.ref import ImageRef, parse_ref
 from bundler.oci.registry import RegistryClient
+from bundler.pins import (
+    ElasticFilePin,
+    HfFile,
+    HfModelPin,
+    ImagePin,
+    LayerPin,
+    Pins,
+    RegistryImagePin,
+    RemoteElasticPin,
+)
 
 logger = logging.getLogger(__name__)
 ELSER_URL = "https://ml-models.elastic.co"
@@ -82,31 +93,25 @@ class Fetcher:
 
     # -- resolve ---------------------------------------------------------------------
 
-    def resolve(self, m: Manifest) -> dict[str, Any]:
-        """The lock sections of every remote source of ``m`` (pins, no big downloads).
+    def resolve(self, m: Manifest) -> Pins:
+        """The pins of every remote source of ``m`` (no big downloads).
 
         Raises:
             FetchError: an upstream cannot be reached or does not have what is named.
         """
-        lock: dict[str, Any] = {}
+        model = None
         if m.model.repo is not None:
             repo = resolve_repo(m.model.repo, m.model.revision, m.model.include, m.model.exclude)
-            lock["model"] = {
-                "source": "huggingface",
-                "repo": repo.repo,
-                "revision": repo.revision,
-                "commit": repo.commit,
-                "files": [
-                    {
-                        "path": f.path,
-                        "size": f.size,
-                        "blob_id": f.blob_id,
-                        **({"sha256": f.sha256} if f.sha256 else {}),
-                    }
+            model = HfModelPin(
+                repo=repo.repo,
+                revision=repo.revision,
+                commit=repo.commit,
+                files=tuple(
+                    HfFile(path=f.path, size=f.size, blob_id=f.blob_id, sha256=f.sha256 or None)
                     for f in repo.files
-                ],
-            }
-        images = {}
+                ),
+            )
+        images: dict[str, ImagePin] = {}
         for role, source in m.images.items():
             if isinstance(source, ImageArchive) or self.opts.images_from == "docker":
                 continue
@@ -115,22 +120,21 @@ class Fetcher:
             # keep the small documents: the build needs them and they are pinned now
             for data in (img.manifest, client.blob_bytes(ref, img.config_digest)):
                 self._keep(data)
-            images[role] = {
-                "source": "registry",
-                "ref": source,
-                "manifest_digest": img.manifest_digest,
-                "media_type": img.manifest_media_type,
-                "config_digest": img.config_digest,
-                "config_size": img.config_size,
-                "platform": img.platform,
-                "layers": img.layers,
-            }
-        if images:
-            lock["images"] = images
+            images[role] = RegistryImagePin(
+                ref=source,
+                manifest_digest=img.manifest_digest,
+                media_type=img.manifest_media_type,
+                config_digest=img.config_digest,
+                config_size=img.config_size,
+                platform=img.platform,
+                layers=_layer_pins(source, img.layers),
+            )
         elastic = self._resolve_elastic(m)
-        if elastic:
-            lock["elastic"] = {"files": elastic}
-        return lock
+        return Pins(
+            model=model,
+            images=images or None,
+            elastic=RemoteElasticPin(files=tuple(elastic)) if elastic else None,
+        )
 
     def _keep(self, data: bytes) -> None:
         """Put small, already verified documents (manifests, configs) into the cache."""
@@ -143,11 +147,11 @@ class Fetcher:
             digests = hash_sources([data], self.downloader.chunk_size)[0]
             self.cache.commit(partial, sha, digests, self.downloader.chunk_size)
 
-    def _resolve_elastic(self, m: Manifest) -> list[dict[str, Any]]:
+    def _resolve_elastic(self, m: Manifest) -> list[ElasticFilePin]:
         e = m.elastic
         if e is None or e.source_dir is not None:
             return []
-        out = []
+        out: list[ElasticFilePin] = []
         elser_base = (e.elser_url or ELSER_URL).rstrip("/")
         for model_id in e.elser:
             meta_url = f"{elser_base}/{model_id}.metadata.json"
@@ -165,25 +169,31 @@ class Fetcher:
             vocab = self.downloader.fetch(
                 vocab_url, Expect(), key=f"url-{vocab_url}", what=f"ELSER {model_id} vocabulary"
             )
+            try:
+                pt = ElasticFilePin(
+                    name=f"elser/{model_id}.pt",
+                    url=f"{elser_base}/{model_id}.pt",
+                    size=pt_size,
+                    sha256=pt_sha,
+                )
+            except ValidationError as err:
+                raise FetchError(
+                    f"ELSER {model_id}: metadata has an invalid sha256/size", url=meta_url
+                ) from err
             out += [
-                {
-                    "name": f"elser/{model_id}.metadata.json",
-                    "url": meta_url,
-                    "size": meta_file.size,
-                    "sha256": meta_file.sha256,
-                },
-                {
-                    "name": f"elser/{model_id}.pt",
-                    "url": f"{elser_base}/{model_id}.pt",
-                    "size": pt_size,
-                    "sha256": pt_sha,
-                },
-                {
-                    "name": f"elser/{model_id}.vocab.json",
-                    "url": vocab_url,
-                    "size": vocab.size,
-                    "sha256": vocab.sha256,
-                },
+                ElasticFilePin(
+                    name=f"elser/{model_id}.metadata.json",
+                    url=meta_url,
+                    size=meta_file.size,
+                    sha256=meta_file.sha256,
+                ),
+                pt,
+                ElasticFilePin(
+                    name=f"elser/{model_id}.vocab.json",
+                    url=vocab_url,
+                    size=vocab.size,
+                    sha256=vocab.sha256,
+                ),
             ]
         if e.product_docs is not None:
             docs_base = (e.product_docs_url or PRODUCT_DOCS_URL).rstrip("/")
@@ -194,62 +204,48 @@ class Fetcher:
                     url, Expect(), key=f"url-{url}", what=f"product docs {product}"
                 )
                 out.append(
-                    {
-                        "name": f"product-docs/{name}",
-                        "url": url,
-                        "size": got.size,
-                        "sha256": got.sha256,
-                    }
+                    ElasticFilePin(
+                        name=f"product-docs/{name}", url=url, size=got.size, sha256=got.sha256
+                    )
                 )
         return out
 
     # -- fetch -----------------------------------------------------------------------
 
-    def downloads(self, m: Manifest, lock: dict[str, Any]) -> list[Download]:
-        """Everything the lock names, as downloads (cached ones included)."""
+    def downloads(self, m: Manifest, pins: Pins) -> list[Download]:
+        """Everything the pins name, as downloads (cached ones included)."""
         out: list[Download] = []
-        model = lock.get("model")
-        if model and model.get("source") == "huggingface":
+        model = pins.hf_model
+        if model is not None:
             from bundler import env
             from bundler.fetch.huggingface import ResolvedRepo
 
-            repo = ResolvedRepo(
-                model["repo"], model["revision"], model["commit"], [], env.hf_endpoint()
-            )
-            for f in model["files"]:
-                expect = (
-                    Expect(size=f["size"], sha256=f["sha256"])
-                    if f.get("sha256")
-                    else Expect(size=f["size"], git_blob=f["blob_id"])
-                )
+            repo = ResolvedRepo(model.repo, model.revision, model.commit, [], env.hf_endpoint())
+            for f in model.files:
                 out.append(
                     Download(
-                        f"{model['repo']}/{f['path']}",
-                        repo.url(f["path"]),
-                        expect,
-                        f.get("sha256") or f"gitblob-{f['blob_id']}",
+                        f"{model.repo}/{f.path}",
+                        repo.url(f.path),
+                        _expect(f),
+                        f.sha256 or f"gitblob-{f.blob_id}",
                         auth_headers(),
                     )
                 )
-        for role, img in (lock.get("images") or {}).items():
-            client, ref = self._client(img["ref"])
-            for layer in img["layers"]:
-                digest = layer["digest"]
+        for role, img in pins.registry_images():
+            client, ref = self._client(img.ref)
+            for layer in img.layers:
+                digest = layer.digest
                 out.append(
                     Download(
                         f"{role} layer {digest[:19]}",
                         client.blob_url(ref.repository, digest),
-                        Expect(size=layer["size"], sha256=digest[7:]),
+                        Expect(size=layer.size, sha256=digest[7:]),
                         digest[7:],
                         session=client.session,
                     )
                 )
-        for f in (lock.get("elastic") or {}).get("files", []):
-            out.append(
-                Download(
-                    f["name"], f["url"], Expect(size=f["size"], sha256=f["sha256"]), f["sha256"]
-                )
-            )
+        for e in pins.elastic_files:
+            out.append(Download(e.name, e.url, Expect(size=e.size, sha256=e.sha256), e.sha256))
         return out
 
     def missing(self, downloads: list[Download]) -> list[Download]:
@@ -303,30 +299,26 @@ class Fetcher:
         with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
             return sum(pool.map(one, todo))
 
-    def payloads(self, m: Manifest, lock: dict[str, Any]) -> tuple[list[Payload], list[ImageEntry]]:
+    def payloads(self, m: Manifest, pins: Pins) -> tuple[list[Payload], list[ImageEntry]]:
         """Bundle payloads pointing at cached, verified files (call after fetch_all)."""
         payloads: list[Payload] = []
         images: list[ImageEntry] = []
-        model = lock.get("model")
-        if model and model.get("source") == "huggingface":
-            for f in model["files"]:
-                expect = (
-                    Expect(size=f["size"], sha256=f["sha256"])
-                    if f.get("sha256")
-                    else Expect(size=f["size"], git_blob=f["blob_id"])
-                )
-                path = self._cached(expect, f["path"])
+        model = pins.hf_model
+        if model is not None:
+            for f in model.files:
+                path = self._cached(_expect(f), f.path)
                 payloads.append(
                     Payload(
-                        f"models/{m.model.served_name}/{f['path']}",
-                        FileRange(path, 0, f["size"]),
-                        expected_sha256=f.get("sha256"),
+                        f"models/{m.model.served_name}/{f.path}",
+                        FileRange(path, 0, f.size),
+                        expected_sha256=f.sha256,
                         origin=str(path),
                     )
                 )
-        for role, img in (lock.get("images") or {}).items():
-            blobs = [(img["manifest_digest"], None), (img["config_digest"], None)]
-            blobs += [(la["digest"], la["size"]) for la in img["layers"]]
+        for role, img in pins.registry_images():
+            blobs: list[tuple[str, int | None]] = [(img.manifest_digest, None)]
+            blobs += [(img.config_digest, None)]
+            blobs += [(la.digest, la.size) for la in img.layers]
             for digest, size in blobs:
                 path = self._cached(Expect(size=size, sha256=digest[7:]), digest)
                 payloads.append(
@@ -334,33 +326,33 @@ class Fetcher:
                         BLOB_PREFIX + digest[7:],
                         FileRange(path, 0, path.stat().st_size),
                         expected_sha256=digest[7:],
-                        origin=img["ref"],
+                        origin=img.ref,
                     )
                 )
-            ref = parse_ref(img["ref"])
+            ref = parse_ref(img.ref)
             images.append(
                 ImageEntry(
                     role=role,
-                    ref=img["ref"] if ref.tag else f"{ref.registry}/{ref.repository}",
+                    ref=img.ref if ref.tag else f"{ref.registry}/{ref.repository}",
                     tags=[],
-                    platform=img["platform"],
-                    manifest_digest=img["manifest_digest"],
-                    manifest_media_type=img["media_type"],
-                    config_digest=img["config_digest"],
+                    platform=img.platform,
+                    manifest_digest=img.manifest_digest,
+                    manifest_media_type=img.media_type,
+                    config_digest=img.config_digest,
                     layers=[
-                        Layer(digest=la["digest"], size=la["size"], media_type=la["mediaType"])
-                        for la in img["layers"]
+                        Layer(digest=la.digest, size=la.size, media_type=la.media_type)
+                        for la in img.layers
                     ],
                 )
             )
-        for f in (lock.get("elastic") or {}).get("files", []):
-            path = self._cached(Expect(size=f["size"], sha256=f["sha256"]), f["name"])
+        for e in pins.elastic_files:
+            path = self._cached(Expect(size=e.size, sha256=e.sha256), e.name)
             payloads.append(
                 Payload(
-                    f"elastic/{f['name']}",
-                    FileRange(path, 0, f["size"]),
-                    expected_sha256=f["sha256"],
-                    origin=f["url"],
+                    f"elastic/{e.name}",
+                    FileRange(path, 0, e.size),
+                    expected_sha256=e.sha256,
+                    origin=e.url,
                 )
             )
         return payloads, images
@@ -374,38 +366,17 @@ class Fetcher:
         return path
 
 
-def drift(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What changed upstream since the lock was written, one line per change."""
-    lines: list[str] = []
-    om, nm = old.get("model") or {}, new.get("model") or {}
-    if om.get("source") == "huggingface" or nm.get("source") == "huggingface":
-        if om.get("commit") != nm.get("commit"):
-            lines.append(
-                f"model: {nm.get('repo')}@{nm.get('revision')} now resolves to "
-                f"{nm.get('commit')}, the lock has {om.get('commit')}"
-            )
-        of = {f["path"]: f for f in om.get("files", [])}
-        nf = {f["path"]: f for f in nm.get("files", [])}
-        for path in sorted(set(of) | set(nf)):
-            if of.get(path) != nf.get(path):
-                lines.append(
-                    f"model file {path}: "
-                    + ("added" if path not in of else "removed" if path not in nf else "changed")
-                )
-    oi, ni = old.get("images") or {}, new.get("images") or {}
-    for role in sorted(set(oi) | set(ni)):
-        a, b = oi.get(role, {}), ni.get(role, {})
-        if a.get("manifest_digest") != b.get("manifest_digest") or a.get("ref") != b.get("ref"):
-            lines.append(
-                f"images.{role}: {b.get('ref')} now is {b.get('manifest_digest')}, "
-                f"the lock has {a.get('ref')} = {a.get('manifest_digest')}"
-            )
-    oe = {f["name"]: f for f in (old.get("elastic") or {}).get("files", [])}
-    ne = {f["name"]: f for f in (new.get("elastic") or {}).get("files", [])}
-    for name in sorted(set(oe) | set(ne)):
-        if oe.get(name, {}).get("sha256") != ne.get(name, {}).get("sha256"):
-            lines.append(
-                f"elastic {name}: sha256 {ne.get(name, {}).get('sha256')}, "
-                f"the lock has {oe.get(name, {}).get('sha256')}"
-            )
-    return lines
+def _expect(f: HfFile) -> Expect:
+    if f.sha256:
+        return Expect(size=f.size, sha256=f.sha256)
+    return Expect(size=f.size, git_blob=f.blob_id)
+
+
+def _layer_pins(ref: str, layers: list[dict[str, Any]]) -> tuple[LayerPin, ...]:
+    try:
+        return tuple(LayerPin.model_validate(la) for la in layers)
+    except ValidationError as e:
+        raise FetchError(
+            f"{ref}: the registry's manifest lists an invalid layer ({e.errors()[0]['msg']})",
+            hint="The registry serves a malformed image manifest; check the image upstream.",
+        ) from e

@@ -123,10 +123,10 @@ class InstallRun:
             release=release_dir,
             index_sha256=vr.index_sha256,
             checks=self.checks,
-            images=[i.to_json() for i in images],
+            images=list(images),
             bytes_read=vr.bytes_read,
             seconds=time.monotonic() - self.started,
-            serving=serve_record.to_json() if serve_record else None,
+            serving=serve_record,
         )
 
     def reuse(self, index: Index, decision: Decision) -> InstallResult:
@@ -165,9 +165,9 @@ class InstallRun:
             release=self.layout.release(key),
             index_sha256=known.index_sha256 if known else "",
             checks=self.checks,
-            images=[i.to_json() for i in known.images] if known else [],
+            images=list(known.images) if known else [],
             seconds=time.monotonic() - self.started,
-            serving=known.serve.to_json() if known and known.serve else None,
+            serving=known.serve if known else None,
         )
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import requests
 
@@ -19,27 +17,11 @@ from bundler.hashing import FileRange, hash_sources
 from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
 from bundler.install.layout import Layout
 from bundler.install.records import RegistrySpec, ServeRecord
+from bundler.install.report import ImageStatus, ReleaseStatus, ServingProbe, StatusReport
 from bundler.install.serve import Server, serve_release
 from bundler.install.sink import recover
 from bundler.install.state import InstallLock, ReceiptFile
 from bundler.install.targets import EngineTarget, TargetPool, target_from_spec
-
-
-@dataclass
-class StatusReport:
-    prefix: Path
-    current: str | None
-    ok: bool
-    releases: list[dict[str, Any]]  # one row per release, as ``status --json`` prints it
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``airgap status --json`` document."""
-        return {
-            "prefix": str(self.prefix),
-            "current": self.current,
-            "ok": self.ok,
-            "releases": self.releases,
-        }
 
 
 def _no_receipt(prefix: Path, hint: str) -> InstallError:
@@ -65,7 +47,7 @@ def status(
     receipt = store.receipt
     targets = TargetPool(runtime_kind, runtime_url)
     ok = True
-    rows = []
+    rows: list[ReleaseStatus] = []
     try:
         for key, rel in receipt.releases.items():
             path = layout.release(key)
@@ -78,33 +60,25 @@ def status(
             if deep and index_ok:
                 files_ok = _deep_check(path, index_file)
             target = targets.get(rel.target)
-            images = [{**img.to_json(), "present": target.exists(img)} for img in rel.images]
+            images = [ImageStatus(img, target.exists(img)) for img in rel.images]
             serving = None
             if rel.serve and key == receipt.current and isinstance(target, EngineTarget):
                 serving = _probe(Server(target.runtime, layout, rel.name), rel.serve)
-            healthy = (
-                index_ok
-                and files_ok is not False
-                and all(i["present"] for i in images)
-                and (serving is None or serving["ok"])
+            row = ReleaseStatus(
+                release=key,
+                version=rel.version,
+                active=key == receipt.current,
+                path=path,
+                index_ok=index_ok,
+                files_ok=files_ok,
+                images=images,
+                serving=serving,
+                elastic=rel.elastic,
+                installed_at=rel.installed_at,
             )
             if key == receipt.current:
-                ok = ok and healthy
-            rows.append(
-                {
-                    "release": key,
-                    "version": rel.version,
-                    "active": key == receipt.current,
-                    "path": str(path),
-                    "index_ok": index_ok,
-                    "files_ok": files_ok,
-                    "images": images,
-                    "serving": serving,
-                    "elastic": rel.elastic.to_json() if rel.elastic else None,
-                    "healthy": healthy,
-                    "installed_at": rel.installed_at,
-                }
-            )
+                ok = ok and row.healthy
+            rows.append(row)
     finally:
         targets.close()
     current_link = layout.current.resolve() if layout.current.is_symlink() else None
@@ -113,7 +87,7 @@ def status(
     return StatusReport(layout.prefix, receipt.current, ok and receipt.current is not None, rows)
 
 
-def _probe(server: Server, serve: ServeRecord) -> dict[str, Any]:
+def _probe(server: Server, serve: ServeRecord) -> ServingProbe:
     """Are the containers running, and does /health answer through nginx over TLS?"""
     running = server.running(serve.containers)
     health: int | str | None = None
@@ -122,13 +96,7 @@ def _probe(server: Server, serve: ServeRecord) -> dict[str, Any]:
         health = r.status_code
     except requests.RequestException as e:
         health = str(e)[:120]
-    return {
-        "url": serve.url,
-        "ca_cert": serve.ca_cert,
-        "containers": running,
-        "health": health,
-        "ok": all(running.values()) and health == 200,
-    }
+    return ServingProbe(serve.url, serve.ca_cert, running, health)
 
 
 def _deep_check(path: Path, index_file: Path) -> bool:

@@ -10,7 +10,7 @@ from bundler.bundle.signing import TrustedKey
 from bundler.install.elastic.elasticsearch import EsOptions
 from bundler.install.elastic.kibana import KibanaOptions
 from bundler.install.layout import DEFAULT_PREFIX
-from bundler.install.records import ServeOptions
+from bundler.install.records import ImageRecord, ServeOptions, ServeRecord
 
 InstallStatus = Literal["installed", "unchanged", "reactivated", "dry-run"]
 
@@ -51,8 +51,8 @@ class InstallOptions:
 
 @dataclass
 class InstallResult:
-    """What a run did. ``images``, ``serving`` and ``elastic`` are the receipt's records
-    in their JSON form (as the CLI prints them)."""
+    """What a run did: the receipt's image and serving records, and the Elastic steps'
+    report (``elastic``: the Kibana and Elasticsearch API answers, as printed)."""
 
     status: InstallStatus
     name: str
@@ -60,13 +60,13 @@ class InstallResult:
     release: Path
     index_sha256: str
     checks: list[Check] = field(default_factory=list)
-    images: list[dict[str, Any]] = field(default_factory=list)
+    images: list[ImageRecord] = field(default_factory=list)
     bytes_read: int = 0
     seconds: float = 0.0
-    serving: dict[str, Any] | None = None
+    serving: ServeRecord | None = None
     elastic: dict[str, Any] | None = None  # settings to add, connector, endpoint, files
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The ``airgap install --json`` document."""
         return {
             "status": self.status,
@@ -74,8 +74,8 @@ class InstallResult:
             "version": self.version,
             "release": str(self.release),
             "index_sha256": self.index_sha256,
-            "images": self.images,
-            "serving": self.serving,
+            "images": [i.to_json() for i in self.images],
+            "serving": self.serving.to_json() if self.serving else None,
             "elastic": self.elastic,
             "bytes": self.bytes_read,
             "seconds": round(self.seconds, 3),

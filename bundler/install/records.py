@@ -51,7 +51,7 @@ class Record(BaseModel):
                 data.pop(name, None)
         return data
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The JSON form (as written into the receipt)."""
         out: dict[str, Any] = self.model_dump(mode="json")
         return out

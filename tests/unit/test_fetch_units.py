@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bundler.fetch.remote import drift
 from bundler.lock import lock_path
 from bundler.oci.ref import is_loopback, parse_ref
 from bundler.oci.registry import docker_config_auth
+from bundler.pins import Pins, drift
 
 
 @pytest.mark.parametrize(
@@ -50,24 +50,39 @@ def test_docker_config_basic_auth(tmp_path: Path) -> None:
 
 
 def test_drift_names_every_change() -> None:
-    old = {
-        "model": {
-            "source": "huggingface",
-            "repo": "a/b",
-            "revision": "main",
-            "commit": "1",
-            "files": [{"path": "w", "size": 1, "blob_id": "x"}],
-        },
-        "images": {"vllm": {"ref": "r:1", "manifest_digest": "sha256:1"}},
-        "elastic": {"files": [{"name": "elser/e.pt", "sha256": "a"}]},
-    }
+    old = Pins.model_validate(
+        {
+            "model": {
+                "source": "huggingface",
+                "repo": "a/b",
+                "revision": "main",
+                "commit": "1",
+                "files": [{"path": "w", "size": 1, "blob_id": "x"}],
+            },
+            "images": {
+                "vllm": {
+                    "source": "registry",
+                    "ref": "r:1",
+                    "manifest_digest": "sha256:" + "1" * 64,
+                    "media_type": "m",
+                    "config_digest": "sha256:" + "c" * 64,
+                    "config_size": 1,
+                    "platform": "linux/amd64",
+                    "layers": [],
+                }
+            },
+            "elastic": {
+                "files": [{"name": "elser/e.pt", "url": "u", "size": 1, "sha256": "a" * 64}]
+            },
+        }
+    )
     assert drift(old, old) == []
-    new = json.loads(json.dumps(old))
+    new = json.loads(json.dumps(old.to_json()))
     new["model"]["commit"] = "2"
     new["model"]["files"][0]["size"] = 2
-    new["images"]["vllm"]["manifest_digest"] = "sha256:2"
-    new["elastic"]["files"][0]["sha256"] = "b"
-    lines = drift(old, new)
+    new["images"]["vllm"]["manifest_digest"] = "sha256:" + "2" * 64
+    new["elastic"]["files"][0]["sha256"] = "b" * 64
+    lines = drift(old, Pins.model_validate(new))
     assert any("now resolves to 2" in line for line in lines)
     assert any(line.startswith("model file w: changed") for line in lines)
     assert any(line.startswith("images.vllm") for line in lines)

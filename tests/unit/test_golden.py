@@ -17,10 +17,10 @@ from bundler.bundle.index import parse_index
 from bundler.bundle.policy import TrustPolicy
 from bundler.bundle.reader import read_bundle
 from bundler.bundle.signing import load_trust
-from bundler.errors import BundleError
+from bundler.errors import BundleError, ManifestError
 from bundler.install.records import EngineSpec, Receipt
 from bundler.install.state import ReceiptFile, VersionRegistry
-from bundler.lock import load_lock, pins_of
+from bundler.lock import load_lock, save_lock
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 
@@ -143,9 +143,27 @@ def test_damaged_copy_of_the_golden_bundle_is_refused(tmp_path: Path) -> None:
 def test_lock_loads_and_is_the_one_the_bundle_was_built_from() -> None:
     lock = load_lock(GOLDEN / "golden.lock.json")
     assert lock is not None
-    assert lock["name"] == "golden" and lock["platform"] == "linux/amd64"
-    assert lock["model"]["repo"] == "golden/tiny"
-    assert sorted(lock["images"]) == ["nginx", "vllm"]
+    assert lock.name == "golden" and lock.platform == "linux/amd64"
+    assert lock.hf_model is not None and lock.hf_model.repo == "golden/tiny"
+    assert sorted(lock.images or {}) == ["nginx", "vllm"]
     trust = load_trust([GOLDEN / "signer.pub"], None)
     index = read_bundle(str(GOLDEN / "bundle.tar"), TrustPolicy(trust)).index
-    assert index.lock == pins_of(lock)
+    assert index.lock == lock.pins
+
+
+def test_lock_rewrites_to_the_same_bytes(tmp_path: Path) -> None:
+    """A lock read and written again is byte-identical: the typed model loses nothing."""
+    lock = load_lock(GOLDEN / "golden.lock.json")
+    assert lock is not None
+    out = tmp_path / "again.lock.json"
+    save_lock(out, lock.pins, name=lock.name, platform=lock.platform)
+    assert out.read_bytes() == (GOLDEN / "golden.lock.json").read_bytes()
+
+
+def test_lock_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
+    doc = json.loads((GOLDEN / "golden.lock.json").read_text())
+    doc["images"]["nginx"]["surprise"] = 1
+    bad = tmp_path / "bad.lock.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match=r"invalid lock: images\.nginx\..*surprise"):
+        load_lock(bad)

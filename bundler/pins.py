@@ -1,0 +1,193 @@
+"""The pins of a build's sources, as typed records.
+
+The same pins appear twice: in the lock file beside the manifest (``airgap lock``,
+:mod:`bundler.lock`) and, signed, in the bundle's index (``Index.lock``), where they
+say exactly which upstream commit, digests and files the bundle was built from.
+Both are persisted documents, so the models here keep their compatibility rule:
+they read what earlier releases wrote, and they serialise to exactly those bytes
+(the index must round-trip through its model byte for byte, or it is refused).
+
+A field that is unset (None) is left out when serialised, never written as null:
+no release ever wrote a null here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Size = Annotated[int, Field(ge=0)]
+
+
+class _Pin(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+# -- the model ------------------------------------------------------------------------
+
+
+class HfFile(_Pin):
+    """One file of a Hugging Face repo at the pinned commit."""
+
+    path: str
+    size: Size
+    blob_id: str  # the git blob id (sha1): what the hub lists for every file
+    sha256: Sha256Hex | None = None  # LFS files: the oid the hub states
+
+
+class HfModelPin(_Pin):
+    source: Literal["huggingface"] = "huggingface"
+    repo: str
+    revision: str
+    commit: str
+    files: tuple[HfFile, ...]
+
+
+class PathModelPin(_Pin):
+    """Weights from a local directory (the manifest's ``model.path``)."""
+
+    source: Literal["path"] = "path"
+    path: str
+
+
+ModelPin = Annotated[HfModelPin | PathModelPin, Field(discriminator="source")]
+
+
+# -- images ---------------------------------------------------------------------------
+
+
+class LayerPin(_Pin):
+    digest: Digest
+    size: Size
+    media_type: str = Field(alias="mediaType")
+
+
+class RegistryImagePin(_Pin):
+    """An image resolved in a registry for the manifest's platform."""
+
+    source: Literal["registry"] = "registry"
+    ref: str
+    manifest_digest: Digest
+    media_type: str
+    config_digest: Digest
+    config_size: Size
+    platform: str
+    layers: tuple[LayerPin, ...]
+
+
+class ArchiveImagePin(_Pin):
+    """An image read from a saved archive (``source: archive``) or a local engine
+    (``source: docker``, ``--images-from docker``)."""
+
+    source: Literal["archive", "docker"]
+    ref: str
+    manifest_digest: Digest
+    config_digest: Digest
+    platform: str
+
+
+ImagePin = Annotated[RegistryImagePin | ArchiveImagePin, Field(discriminator="source")]
+
+
+# -- Elastic artifacts ------------------------------------------------------------------
+
+
+class ElasticFilePin(_Pin):
+    """One downloaded artifact, named as it is carried under ``elastic/``."""
+
+    name: str
+    url: str
+    size: Size
+    sha256: Sha256Hex
+
+
+class RemoteElasticPin(_Pin):
+    files: tuple[ElasticFilePin, ...]
+
+
+class PathElasticPin(_Pin):
+    """Artifacts from a local directory (the manifest's ``elastic.source_dir``)."""
+
+    source: Literal["path"]
+    path: str
+    elser: tuple[str, ...]
+    product_docs: tuple[str, ...]
+
+
+# -- all of them ----------------------------------------------------------------------
+
+
+class Pins(_Pin):
+    """The pins of every source. In the lock file only the remote ones appear (and
+    a section only when it has something); in the index every section the build
+    used appears, ``images`` even when empty."""
+
+    model: ModelPin | None = None
+    images: dict[str, ImagePin] | None = None
+    elastic: RemoteElasticPin | PathElasticPin | None = None
+
+    @property
+    def hf_model(self) -> HfModelPin | None:
+        return self.model if isinstance(self.model, HfModelPin) else None
+
+    @property
+    def commit(self) -> str | None:
+        return self.hf_model.commit if self.hf_model else None
+
+    def registry_images(self) -> Iterator[tuple[str, RegistryImagePin]]:
+        for role, img in (self.images or {}).items():
+            if isinstance(img, RegistryImagePin):
+                yield role, img
+
+    @property
+    def elastic_files(self) -> tuple[ElasticFilePin, ...]:
+        return self.elastic.files if isinstance(self.elastic, RemoteElasticPin) else ()
+
+    def is_empty(self) -> bool:
+        return self.model is None and not self.images and self.elastic is None
+
+    def to_json(self) -> dict[str, object]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def drift(old: Pins, new: Pins) -> list[str]:
+    """What changed upstream since the lock was written, one line per change."""
+    lines: list[str] = []
+    om, nm = old.hf_model, new.hf_model
+    if om is not None or nm is not None:
+        if (om and om.commit) != (nm and nm.commit):
+            lines.append(
+                f"model: {nm and nm.repo}@{nm and nm.revision} now resolves to "
+                f"{nm and nm.commit}, the lock has {om and om.commit}"
+            )
+        of = {f.path: f for f in (om.files if om else ())}
+        nf = {f.path: f for f in (nm.files if nm else ())}
+        for path in sorted(set(of) | set(nf)):
+            if of.get(path) != nf.get(path):
+                lines.append(
+                    f"model file {path}: "
+                    + ("added" if path not in of else "removed" if path not in nf else "changed")
+                )
+    oi, ni = old.images or {}, new.images or {}
+    for role in sorted(set(oi) | set(ni)):
+        a, b = oi.get(role), ni.get(role)
+        if (a and (a.manifest_digest, a.ref)) != (b and (b.manifest_digest, b.ref)):
+            lines.append(
+                f"images.{role}: {b and b.ref} now is {b and b.manifest_digest}, "
+                f"the lock has {a and a.ref} = {a and a.manifest_digest}"
+            )
+    oe = {f.name: f.sha256 for f in old.elastic_files}
+    ne = {f.name: f.sha256 for f in new.elastic_files}
+    for name in sorted(set(oe) | set(ne)):
+        if oe.get(name) != ne.get(name):
+            lines.append(f"elastic {name}: sha256 {ne.get(name)}, the lock has {oe.get(name)}")
+    return lines
