@@ -1,0 +1,109 @@
+"""`airgap install` (the real CLI, the real dockerd) where links were planted: under the
+prefix and in `--elser-dir`.
+
+Each refusal is checked for its exit code and message, and for leaving nothing anywhere:
+the prefix tree, the directory the link points into, and the engine's images are
+compared before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_install import docker_ids, install, remove_images
+
+from devkit import services
+
+from conftest import Keys
+from conftest import tree_snapshot as snapshot
+
+pytestmark = pytest.mark.integration
+
+ELSER = "elser_model_2_linux-x86_64"
+
+
+@pytest.fixture
+def engine(docker_engine: services.Service) -> Iterator[services.Service]:
+    before = set(docker_ids(docker_engine))
+    yield docker_engine
+    remove_images(docker_engine, sorted(set(docker_ids(docker_engine)) - before))
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    v = tmp_path / "elsewhere" / "victim"
+    v.parent.mkdir()
+    v.write_bytes(b"not yours\n")
+    v.chmod(0o600)
+    return v
+
+
+@pytest.mark.parametrize(
+    ("planted", "target"),
+    [
+        ("releases", "dir"),
+        ("state", "dir"),
+        (".airgap.lock", "victim"),
+        ("releases/demo-1", "dir"),
+    ],
+)
+def test_install_refuses_links_planted_under_the_prefix(
+    tmp_path: Path,
+    bundle: Path,
+    key: Keys,
+    engine: services.Service,
+    victim: Path,
+    planted: str,
+    target: str,
+) -> None:
+    prefix = tmp_path / "opt"
+    link = prefix / planted
+    link.parent.mkdir(parents=True)
+    link.symlink_to(victim if target == "victim" else victim.parent)
+    before = snapshot(prefix), snapshot(victim.parent), docker_ids(engine)
+    r = install(bundle, key, prefix, engine)
+    err = r.stderr.decode()
+    assert r.returncode == 3, err
+    assert err.startswith(f"error: {link}: a symbolic link to {link.readlink()} where airgap ")
+    assert "tampered with" in err and "hint: " in err and "Traceback" not in err
+    assert "rmtree" not in err
+    # nothing anywhere: not in the prefix, not where the link points, not in the engine
+    assert (snapshot(prefix), snapshot(victim.parent), docker_ids(engine)) == before
+    assert victim.read_bytes() == b"not yours\n"
+
+
+def test_install_refuses_a_prefix_others_can_write_to(
+    tmp_path: Path, bundle: Path, key: Keys, engine: services.Service
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    r = install(bundle, key, shared / "opt", engine)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert err.startswith(f"error: {shared}: writable by group or others (mode 0775)")
+    assert "StrictModes" in err
+    assert list(shared.iterdir()) == []
+
+
+def test_elser_dir_with_a_planted_partial_link_is_never_written_through(
+    tmp_path: Path, bundle: Path, key: Keys, engine: services.Service, victim: Path
+) -> None:
+    models = tmp_path / "es-config" / "models"
+    models.mkdir(parents=True)
+    for suffix in (".pt", ".metadata.json", ".vocab.json"):
+        (models / f".{ELSER}{suffix}.airgap-partial").symlink_to(victim)
+    r = install(bundle, key, tmp_path / "opt", engine, "--elser-dir", str(models))
+    assert r.returncode == 0, r.stderr.decode()
+    assert victim.read_bytes() == b"not yours\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    src = tmp_path / "src" / "elastic"
+    for suffix in (".pt", ".metadata.json", ".vocab.json"):
+        copied = models / f"{ELSER}{suffix}"
+        assert copied.read_bytes() == (src / f"{ELSER}{suffix}").read_bytes()
+        assert stat.S_IMODE(copied.stat().st_mode) == 0o644
+        assert os.path.islink(models / f".{ELSER}{suffix}.airgap-partial")
