@@ -1,5 +1,5 @@
 """`airgap install` (the real CLI, the real dockerd) where links were planted: under the
-prefix and in `--elser-dir`.
+prefix, in `--elser-dir`, and the same version carried again with other content.
 
 Each refusal is checked for its exit code and message, and for leaving nothing anywhere:
 the prefix tree, the directory the link points into, and the engine's images are
@@ -8,22 +8,30 @@ compared before and after.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_install import docker_ids, install, remove_images
+from test_install import docker_ids, install, remove_images, set_version
 
 from devkit import services
 
-from conftest import Keys
+from conftest import Keys, build_bundle
 from conftest import tree_snapshot as snapshot
 
 pytestmark = pytest.mark.integration
 
 ELSER = "elser_model_2_linux-x86_64"
+
+
+def state(prefix: Path) -> dict[str, tuple[int, int, str]]:
+    """The prefix's snapshot, the lock file's content aside (each run writes its pid)."""
+    snap = snapshot(prefix)
+    mode, owner, _ = snap[".airgap.lock"]
+    return {**snap, ".airgap.lock": (mode, owner, "")}
 
 
 @pytest.fixture
@@ -88,6 +96,32 @@ def test_install_refuses_a_prefix_others_can_write_to(
     assert err.startswith(f"error: {shared}: writable by group or others (mode 0775)")
     assert "StrictModes" in err
     assert list(shared.iterdir()) == []
+
+
+def test_same_version_with_other_content_is_a_verification_failure(
+    tmp_path: Path, demo_manifest: Path, key: Keys, engine: services.Service
+) -> None:
+    prefix = tmp_path / "opt"
+    first, second = tmp_path / "first.tar", tmp_path / "second.tar"
+    build_bundle(demo_manifest, first, key)
+    set_version(demo_manifest, 1, b"changed")  # same version, other weights
+    build_bundle(demo_manifest, second, key)
+    r = install(first, key, prefix, engine, "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    installed = json.loads(r.stdout)["index_sha256"]
+    before = state(prefix), docker_ids(engine)
+
+    r = install(second, key, prefix, engine)
+    err = r.stderr.decode()
+    assert r.returncode == 3, err
+    line = next(x for x in err.splitlines() if x.startswith("error: "))  # after the table
+    assert line.startswith(
+        f"error: bundle demo v1 is installed with other content: installed index sha256 "
+        f"{installed}, this bundle's "
+    )
+    assert len(line.rsplit(" ", 1)[1]) == 64 and line.rsplit(" ", 1)[1] != installed
+    assert "hint: Build the new content as a higher version" in err
+    assert (state(prefix), docker_ids(engine)) == before
 
 
 def test_elser_dir_with_a_planted_partial_link_is_never_written_through(
