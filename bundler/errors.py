@@ -159,3 +159,16 @@ class ElasticStepError(InstallError):
     Unlike its parent, this does not mean the host was left as it was: the new release
     stays current, and running the same install again repeats only the Elastic steps.
     """
+
+
+class HostStateError(VerificationError):
+    """Something under the install prefix that airgap never creates there: a symbolic link
+    in place of one of its directories or files, another owner, a device. Only root or the
+    user running airgap can write under a prefix that passed the path check, so this is a
+    tampered host state, refused like a tampered bundle; nothing is read or written
+    through it."""
+
+    default_hint = (
+        "Find out who changed it and why; then remove that entry by hand (`rm` on a symbolic "
+        "link removes the link, not what it points to) and run the command again."
+    )

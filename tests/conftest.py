@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -95,6 +97,26 @@ def airgap(
         timeout=300,
         check=False,
     )
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every entry under ``root``, itself included, by relative path: (mode, owner, sha256
+    of a file or a link's target). Two equal snapshots: nothing was created, changed or
+    removed there."""
+    st = os.lstat(root)
+    out = {".": (st.st_mode, st.st_uid, "")}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            p = Path(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                what = "-> " + os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                what = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                what = ""
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, what)
+    return out
 
 
 # Real services for the integration tests, one of each per test session.

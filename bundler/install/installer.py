@@ -89,8 +89,8 @@ class InstallRun:
         images = [sink.target.record(img, img.config_digest in loaded) for img in index.images]
         serve_record = None
         try:
-            if release_dir.exists():  # same name and version, left without a receipt entry
-                shutil.rmtree(release_dir)
+            # same name and version, left without a receipt entry
+            self.layout.remove_release_dir(key)
             os.replace(sink.staging, release_dir)
             serve_record = self._serve(key, index.name)
             self.layout.switch_current(key)
@@ -186,6 +186,7 @@ def install(
         ElasticStepError: installed and serving, but an Elastic step failed.
     """
     layout = Layout(opts.prefix)
+    layout.verify(create=True)  # before anything is written there, the lock included
     with InstallLock(layout.prefix):
         store = ReceiptFile.load(layout.state)
         versions = VersionRegistry(layout.state)

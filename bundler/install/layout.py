@@ -14,6 +14,9 @@ Under ``--prefix`` (default ``/opt/airgap``)::
     serve/elastic-settings.txt        the Elastic settings an operator adds
 
 No other module spells these names; ``tlsgen`` names the files inside ``tls/``.
+
+:meth:`Layout.verify` checks the prefix and everything above and under it
+(:mod:`.hostfs`) before a command reads or writes there.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import stat
 from pathlib import Path
 
+from bundler.errors import HostStateError
+from bundler.install import hostfs
 from bundler.names import slug
 
 DEFAULT_PREFIX = Path("/opt/airgap")
@@ -51,6 +58,68 @@ class Layout:
         self.legacy_auth_file = self.secrets / "nginx-auth.conf"  # older airgap's one file
         self.serve = self.prefix / "serve"
         self.elastic_settings = self.serve / "elastic-settings.txt"
+
+    def verify(self, *, create: bool = False) -> bool:
+        """Refuse a prefix that another user could change, or one with planted entries.
+
+        The prefix and every directory above it must pass :func:`hostfs.open_dir`'s
+        StrictModes rule; under it, ``releases/`` and each release, ``state/`` and its
+        files, ``secrets/``, ``serve/`` and everything in them must be real directories
+        and regular files that root or we own (``current`` a symbolic link), before any
+        of them is read or written. Only the prefix itself is created (``create``).
+
+        Returns:
+            Whether the prefix exists (after creating it).
+
+        Raises:
+            UsageError: the prefix or a directory above it fails the StrictModes rule.
+            HostStateError: something under it that airgap does not create there.
+        """
+        fd = hostfs.open_dir(self.prefix, create=create, strict=True, what="--prefix")
+        if fd is None:
+            return False
+        try:
+            hostfs.check_entry(fd, LOCK_FILE, self.lock_file, "file", private=True)
+            hostfs.check_entry(fd, self.current.name, self.current, "link")
+            for d in (self.state, self.releases, self.secrets, self.serve):
+                if hostfs.check_entry(fd, d.name, d, "dir") is None:
+                    continue
+                sub = os.open(d.name, hostfs.DIR_FLAGS, dir_fd=fd)
+                try:
+                    if d == self.state:
+                        for f in (self.receipt_file, self.versions_file):
+                            hostfs.check_entry(sub, f.name, f, "file", private=True)
+                    elif d == self.releases:
+                        with os.scandir(sub) as entries:
+                            names = sorted(e.name for e in entries)
+                        for name in names:
+                            hostfs.check_entry(sub, name, d / name, "dir")
+                    else:
+                        hostfs.check_tree(sub, d)
+                finally:
+                    os.close(sub)
+        finally:
+            os.close(fd)
+        return True
+
+    def remove_release_dir(self, key: str) -> None:
+        """Remove ``releases/<key>`` if it is there (never through a link).
+
+        Raises:
+            HostStateError: it is not a directory (a link planted after :meth:`verify`).
+        """
+        path = self.release(key)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise HostStateError(
+                f"{path}: a {hostfs.describe(st.st_mode)} where airgap keeps a release "
+                "directory; airgap never creates one there, so the install prefix was "
+                "tampered with"
+            )
+        shutil.rmtree(path)
 
     def release(self, key: str) -> Path:
         return self.releases / key

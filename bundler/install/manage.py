@@ -41,6 +41,8 @@ def status(
         InstallError: no receipt under ``prefix``, or the engine is unreachable.
     """
     layout = Layout(prefix)
+    if not layout.verify():
+        raise _no_receipt(prefix, "Check --prefix, or run `airgap install` first.")
     store = ReceiptFile.load(layout.state)
     if not store.exists:
         raise _no_receipt(prefix, "Check --prefix, or run `airgap install` first.")
@@ -127,6 +129,8 @@ def uninstall(
     """
     layout = Layout(prefix)
     removed: list[str] = []
+    if not layout.verify():
+        raise _no_receipt(prefix, "Check --prefix.")
     with InstallLock(layout.prefix):
         store = ReceiptFile.load(layout.state)
         if not store.exists:
@@ -199,6 +203,8 @@ def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[st
     """
     layout = Layout(prefix)
     notes: list[str] = []
+    if not layout.verify():
+        raise _no_receipt(prefix, "Check --prefix.")
     with InstallLock(layout.prefix):
         store = ReceiptFile.load(layout.state)
         receipt = store.receipt

@@ -21,7 +21,7 @@ from typing import Literal
 
 from bundler.bundle.index import BLOB_PREFIX
 from bundler.bundle.policy import VerifyResult
-from bundler.errors import AirgapError, InstallError, RollbackError
+from bundler.errors import AirgapError, InstallError, RollbackError, VerificationError
 from bundler.fmt import human
 from bundler.fsutil import free_space
 from bundler.install.contents import check_signed_names
@@ -249,6 +249,7 @@ def decide(f: Facts, checks: list[Check], opts: InstallOptions) -> Decision:
 
     Raises:
         RollbackError: the bundle is older than the installed version.
+        VerificationError: the same name and version is installed with other content.
         InstallError (or the Elastic check's own error): a check failed.
     """
     failed = [c for c in checks if c.ok is False]
@@ -257,6 +258,14 @@ def decide(f: Facts, checks: list[Check], opts: InstallOptions) -> Decision:
     if failed:
         if failed[0].name == "version" and "older" in failed[0].detail:
             raise RollbackError(f"bundle {f.name} {failed[0].detail}")
+        if f.known is not None and f.known.index_sha256 != f.index_sha256:
+            # A version names one content for good: receipts, tags and rollback rely on it.
+            raise VerificationError(
+                f"bundle {f.name} v{f.version} is installed with other content: installed "
+                f"index sha256 {f.known.index_sha256}, this bundle's {f.index_sha256}",
+                hint=f"Build the new content as a higher version (`version:` in the manifest), "
+                f"or `airgap uninstall --prefix {f.prefix}` first.",
+            )
         raise InstallError(
             "preflight failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed),
             hint="Fix what the preflight table marks as failed, then run again.",

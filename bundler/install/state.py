@@ -10,16 +10,19 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from bundler import __version__
-from bundler.errors import InstallError, RollbackError
+from bundler.errors import HostStateError, InstallError, RollbackError
 from bundler.fsutil import atomic_write_bytes
+from bundler.install import hostfs
 from bundler.install.layout import LOCK_FILE, RECEIPT_FILE, VERSIONS_FILE
 from bundler.install.records import FORMAT_PREFIX, PREVIOUS_FORMAT, RECEIPT_FORMAT, Receipt
 
@@ -151,6 +154,47 @@ def parse_receipt(data: object, path: Path) -> Receipt:
         ) from e
 
 
+def _open_lock(path: Path) -> int:
+    """Open (or create, 0600) the lock file, relative to the checked prefix, never through a
+    link, and never truncating before the lock is held.
+
+    Raises:
+        UsageError: the prefix fails the StrictModes rule (see :mod:`.hostfs`).
+        HostStateError: the lock file is a link, not a regular file, not ours, or has
+            another name too (a hard link): writing our pid there would change that file.
+    """
+    prefix_fd = hostfs.open_dir(path.parent, create=True, strict=True, what="--prefix")
+    assert prefix_fd is not None
+    try:
+        fd = os.open(
+            path.name,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=prefix_fd,
+        )
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise HostStateError(
+            f"{path}: a symbolic link where airgap keeps its lock file; airgap never creates "
+            "one there, so the install prefix was tampered with"
+        ) from e
+    finally:
+        os.close(prefix_fd)
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"a {hostfs.describe(st.st_mode)}"
+    elif st.st_uid != os.geteuid():
+        problem = f"owned by uid {st.st_uid}, not by the user running airgap"
+    elif st.st_nlink != 1:
+        problem = f"a file with {st.st_nlink} names (hard links)"
+    if problem:
+        os.close(fd)
+        raise HostStateError(f"{path}: {problem}, where airgap keeps its lock file")
+    return fd
+
+
 class InstallLock:
     """An exclusive lock on a prefix: one install/uninstall/rollback at a time."""
 
@@ -159,8 +203,7 @@ class InstallLock:
         self._fd = -1
 
     def __enter__(self) -> InstallLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = _open_lock(self.path)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bundler.errors import AirgapError, InstallError, RollbackError
+from bundler.errors import AirgapError, InstallError, RollbackError, VerificationError
 from bundler.install.options import Check, InstallOptions
 from bundler.install.preflight import Decision, Facts, decide, evaluate, wanted_ports
 from bundler.install.records import EngineSpec, Release, ServeOptions
@@ -126,8 +126,17 @@ def test_same_version_with_other_content_is_refused() -> None:
     assert row(checks, "version") == Check(
         "version", False, "demo-2 is installed with other content"
     )
-    with pytest.raises(InstallError, match="preflight failed: version: demo-2 is installed"):
+    # exit 3 like a rollback, naming both indexes, never the generic "preflight failed"
+    with pytest.raises(VerificationError) as e:
         decide(f, checks, opts(allow_downgrade=True))
+    assert e.value.exit_code == 3 and not isinstance(e.value, InstallError)
+    assert e.value.message == (
+        f"bundle demo v2 is installed with other content: installed index sha256 {'b' * 64}, "
+        f"this bundle's {SHA}"
+    )
+    assert "higher version" in e.value.hint and "airgap uninstall --prefix /opt/airgap" in (
+        e.value.hint
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,14 @@ API side (the inference endpoint) is :mod:`.elasticsearch`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 from bundler.bundle.index import Index
-from bundler.errors import InstallError, UsageError
-from bundler.fsutil import atomic_write_bytes, fsync_dir
+from bundler.errors import AirgapError, InstallError, UsageError
+from bundler.install.hostfs import DirHandle
 from bundler.install.serveconf import product_docs_listing
 
 ELSER_DIR = "elastic/elser"
@@ -38,45 +38,59 @@ def elser_ids(index: Index) -> list[str]:
 def _copy_verified(release: Path, index: Index, prefix: str, dest: Path) -> list[Path]:
     """Copy the signed files under ``prefix`` into ``dest``, hashing as they are read.
 
-    All files are first written and checked as hidden partial files; only when every one
-    matched are they renamed into place, so a failure leaves ``dest`` as it was.
+    ``dest`` belongs to Elasticsearch or Kibana, whose accounts may write there, so it is
+    opened once (:class:`~bundler.install.hostfs.DirHandle`) and every file is created in it
+    under a fresh name with ``O_EXCL|O_NOFOLLOW``, made 0644 through its descriptor and
+    renamed relative to the directory: a link planted there is never written through. All
+    files are first written and checked; only when every one matched are they renamed
+    into place, so a failure leaves ``dest`` as it was.
+
+    Raises:
+        UsageError: ``dest`` is reached through a link another user owns.
+        InstallError: a file differs from the signed index, or cannot be written.
     """
     entries = [f for f in index.files if f.path.startswith(prefix + "/")]
-    staged: list[tuple[Path, Path]] = []
+    staged: list[tuple[str, str]] = []
     try:
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in entries:
-            name = f.path.rsplit("/", 1)[1]
-            tmp = dest / f".{name}.airgap-partial"
-            staged.append((tmp, dest / name))
-            h = hashlib.sha256()
-            with open(release / f.path, "rb") as src, open(tmp, "wb") as dst:
-                while block := src.read(8 << 20):
-                    h.update(block)
-                    dst.write(block)
-                dst.flush()
-                os.fsync(dst.fileno())
-            if h.hexdigest() != f.sha256:
-                raise InstallError(
-                    f"{release / f.path}: content differs from the signed index "
-                    f"(sha256 {h.hexdigest()}, signed {f.sha256})",
-                    hint="The installed release was changed on disk: `airgap status --deep`, "
-                    "then install the bundle again.",
-                )
-            os.chmod(tmp, 0o644)
-        for tmp, target in staged:
-            os.replace(tmp, target)
-        fsync_dir(dest)
+        with DirHandle(dest, create=True, what=f"the directory for {prefix}/") as d:
+            try:
+                for f in entries:
+                    name = f.path.rsplit("/", 1)[1]
+                    fd, tmp = d.new_temp(name)
+                    staged.append((tmp, name))
+                    with os.fdopen(fd, "wb") as dst:
+                        _copy_checked(release, f.path, f.sha256, dst)
+                        os.fchmod(dst.fileno(), 0o644)
+                for tmp, name in staged:
+                    d.replace(tmp, name)
+                d.fsync()
+            finally:
+                for tmp, _ in staged:
+                    d.unlink(tmp)  # gone already when renamed
     except OSError as e:
         raise InstallError(
             f"cannot copy {prefix}/ into {dest}: {e}",
             hint="Check the directory is writable and has space.",
         ) from e
-    finally:
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-    return [target for _, target in staged]
+    return [dest / name for _, name in staged]
+
+
+def _copy_checked(release: Path, rel: str, sha256: str, dst: BinaryIO) -> None:
+    """Copy ``release/rel`` into ``dst``, fsynced, and check it against the signed sha256."""
+    h = hashlib.sha256()
+    with open(release / rel, "rb") as src:
+        while block := src.read(8 << 20):
+            h.update(block)
+            dst.write(block)
+    dst.flush()
+    os.fsync(dst.fileno())
+    if h.hexdigest() != sha256:
+        raise InstallError(
+            f"{release / rel}: content differs from the signed index "
+            f"(sha256 {h.hexdigest()}, signed {sha256})",
+            hint="The installed release was changed on disk: `airgap status --deep`, "
+            "then install the bundle again.",
+        )
 
 
 def copy_elser(release: Path, index: Index, dest: Path) -> list[Path]:
@@ -91,7 +105,11 @@ def copy_product_docs(release: Path, index: Index, dest: Path) -> list[Path]:
         raise UsageError("--product-docs-dir: this bundle carries no product documentation")
     listing = dest / "index.xml"
     try:
-        atomic_write_bytes(listing, product_docs_listing(sorted(files)).encode(), mode=0o644)
+        with (
+            DirHandle(dest, create=False, what="--product-docs-dir") as d,
+            d.atomic_output(listing.name, mode=0o644) as f,
+        ):
+            f.write(product_docs_listing(sorted(files)).encode())
     except OSError as e:
         raise InstallError(f"cannot write {listing}: {e}") from e
     return [*files, listing]
@@ -119,11 +137,17 @@ def settings_text(settings: list[tuple[str, str]]) -> str:
 
 
 def remove_dir_files(files: list[str]) -> list[str]:
-    """Remove files this tool copied (``--elser-dir``/``--product-docs-dir``)."""
+    """Remove files this tool copied (``--elser-dir``/``--product-docs-dir``): regular files
+    only, relative to their directory opened without following a link another user owns."""
     removed = []
     for f in files:
         p = Path(f)
-        if p.is_file():
-            p.unlink()
-            removed.append(f"file {p}")
+        try:
+            with DirHandle(p.parent, create=False, what="a copied file's directory") as d:
+                if d.remove_file(p.name):
+                    removed.append(f"file {p}")
+        except FileNotFoundError:
+            continue
+        except (AirgapError, OSError) as e:
+            removed.append(f"kept file {p}: {e}")
     return removed
