@@ -88,3 +88,21 @@ def test_no_file_outgrows_its_room() -> None:
         if lines > limit:
             offenders.append(f"{path.relative_to(REPO)}: {lines} > {limit}")
     assert offenders == []
+
+
+def test_no_merge_leftovers() -> None:
+    """A conflict marker once reached the README's command table; none may land again."""
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.MULTILINE)
+    offenders = [
+        name
+        for name in tracked
+        if name.endswith((".py", ".md", ".sh", ".yaml", ".toml", ".cfg", ".txt"))
+        and (REPO / name).is_file()
+        and marker.search((REPO / name).read_text(errors="replace"))
+    ]
+    assert offenders == []
