@@ -305,6 +305,9 @@ def show_status(report: StatusReport) -> None:
                 f"{serving['health']}"
             )
         _show_release_elastic(rel.get("elastic") or {})
+    for t in report.es_truststores:
+        detail = f": {t['detail']}" if t["detail"] else ""
+        click.echo(f"  Elasticsearch trust store {t['store']}: {t['state']}{detail}")
 
 
 def _show_release_elastic(el: dict[str, Any]) -> None:

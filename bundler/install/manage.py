@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from bundler.bundle.index import BLOB_PREFIX, parse_index
 from bundler.errors import AirgapError, InstallError
 from bundler.hashing import FileRange, hash_sources
 from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
+from bundler.install.elastic.truststore_state import check_nodes
 from bundler.install.layout import Layout
 from bundler.install.records import RegistrySpec, ServeRecord
 from bundler.install.serve import Server, serve_release
@@ -31,6 +32,7 @@ class StatusReport:
     current: str | None
     ok: bool
     releases: list[dict[str, Any]]  # one row per release, as ``status --json`` prints it
+    es_truststores: list[dict[str, Any]] = field(default_factory=list)  # nodes done from here
 
     def to_json(self) -> dict[str, Any]:
         """The ``airgap status --json`` document."""
@@ -39,6 +41,7 @@ class StatusReport:
             "current": self.current,
             "ok": self.ok,
             "releases": self.releases,
+            "es_truststores": self.es_truststores,
         }
 
 
@@ -110,7 +113,9 @@ def status(
     current_link = layout.current.resolve() if layout.current.is_symlink() else None
     if receipt.current and current_link != layout.release(receipt.current).resolve():
         ok = False
-    return StatusReport(layout.prefix, receipt.current, ok and receipt.current is not None, rows)
+    trust = check_nodes(layout.prefix)  # a store older than its node's cacerts is a fault
+    ok = ok and all(t["ok"] for t in trust) and receipt.current is not None
+    return StatusReport(layout.prefix, receipt.current, ok, rows, trust)
 
 
 def _probe(server: Server, serve: ServeRecord) -> dict[str, Any]:
@@ -200,11 +205,12 @@ def uninstall(
         for d, what in (
             (layout.secrets, "tokens, TLS keys"),
             (layout.serve, "nginx configuration"),
+            (layout.es_truststore_script.parent, "es-truststore.sh"),
         ):
             if d.exists():
                 shutil.rmtree(d)
                 removed.append(f"{d.name}/ ({what})")
-        for p in (layout.receipt_file, layout.versions_file):
+        for p in (layout.receipt_file, layout.versions_file, layout.es_truststores):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         for d in (layout.state, layout.releases):
