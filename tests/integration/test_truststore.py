@@ -12,11 +12,14 @@ OpenSSL checks the constraints the same way (with an unconstrained CA as the con
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,8 +32,11 @@ from cryptography.x509.oid import NameOID
 
 from bundler.install.elastic.cacert import cksum, read_ca
 from bundler.install.elastic.truststore import build_truststore
-from bundler.install.elastic.truststore_script import write_script
+from bundler.install.elastic.truststore_script import write_install_script, write_script
 from bundler.install.elastic.truststore_state import check_nodes, record_node
+from bundler.install.layout import Layout
+from bundler.install.records import EngineSpec, Receipt, Release, ServedWith, ServeRecord
+from bundler.install.state import ReceiptFile
 from bundler.install.tlsgen import TlsFiles, _new_ca, ensure_tls
 from devkit import services
 from devkit.demo_data import make_demo_sources
@@ -128,7 +134,7 @@ def sign_leaf(ca_dir: Path, out: Path, dns: str, ip: str, *, signer: str = "issu
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     sans: list[x509.GeneralName] = [x509.DNSName(dns)]
-    sans.append(x509.IPAddress(__import__("ipaddress").ip_address(ip)))
+    sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns)]))
@@ -204,15 +210,20 @@ def nginx(
             ["nginx", "-c", str(root / "nginx.conf"), "-p", str(root)], stdout=log, stderr=log
         )
     try:
+        deadline = time.monotonic() + 30
         for port in ports.values():
-            services._wait(
-                lambda p=port: __import__("socket").create_connection(("127.0.0.1", p), 1),
-                "nginx",
-                root / "error.log",
-            )
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 1).close()
+                    break
+                except OSError:
+                    log_text = (root / "error.log").read_text() if proc.poll() is not None else ""
+                    assert time.monotonic() < deadline and not log_text, f"nginx: {log_text}"
+                    time.sleep(0.1)
         yield {name: f"https://127.0.0.1:{port}/" for name, port in ports.items()}
     finally:
-        services._stop(proc)
+        proc.terminate()  # the nginx we started, by its PID
+        proc.wait(timeout=30)
 
 
 def test_openssl_verifies_only_names_the_ca_permits(tls: TlsFiles, tmp_path: Path) -> None:
@@ -492,3 +503,38 @@ def test_install_writes_the_script_and_status_watches_the_node(
         gone_all = airgap("uninstall", *host)
     assert gone_all.returncode == 0, gone_all.stderr.decode()
     assert not prefix.exists()
+
+
+def test_a_site_pki_certificate_needs_no_trust_step(tls: TlsFiles, tmp_path: Path) -> None:
+    """Served with --tls-cert from the site's PKI: no script, and no guessed default CA."""
+    prefix = tmp_path / "opt"
+    layout = Layout(prefix)
+    layout.es_truststore_script.parent.mkdir(parents=True)
+    layout.es_truststore_script.write_text("an older script for a CA made here\n")
+    site_cert = tmp_path / "site.pem"
+    site_cert.write_bytes(tls.cert.read_bytes())
+    served = ServeRecord(
+        url="https://llm.example.internal:8443/v1/chat/completions",
+        ca_cert=str(site_cert),
+        port=8443,
+        model="tiny",
+        options=ServedWith(tls_cert=site_cert, tls_key=tmp_path / "site.key"),
+    )
+    assert write_install_script(layout, served) is None
+    assert not layout.es_truststore_script.exists()  # the older one is gone too
+    release = Release(
+        name="demo", version=1, index_sha256="a" * 64, signers=["k" * 64],
+        installed_at="2026-01-01T00:00:00Z", path=str(layout.release("demo-1")),
+        target=EngineSpec(url="unix:///x.sock"), images=[], serve=served,
+    )  # fmt: skip
+    ReceiptFile.load(layout.state).save(
+        Receipt().with_release("demo-1", release).activated("demo-1")
+    )
+    shutil.copytree(tls.ca_cert.parent, layout.tls_dir)  # even with a CA of ours still there
+    r = airgap("elastic-truststore", "--prefix", str(prefix), "--print-docker")
+    assert r.returncode == 2 and b"site's own PKI" in r.stderr and b"--ca" in r.stderr
+    # a CA made here: the install's script, with that CA inlined
+    ours = served.model_copy(update={"ca_cert": str(layout.tls_dir / "ca.crt"), "options": None})
+    script = write_install_script(layout, ours)
+    assert script == layout.es_truststore_script
+    assert tls.ca_cert.read_text() in script.read_text()
