@@ -442,6 +442,10 @@ def test_the_command_line(tls: TlsFiles, tmp_path: Path) -> None:
     assert r.returncode == 0 and tls.ca_cert.read_text() in (tmp_path / "s.sh").read_text()
     home, conf = fake_node(tmp_path / "node")
     args = ("--prefix", str(prefix), "--es-home", str(home), "--es-path-conf", str(conf), "--json")
+    (conf / STORE).mkdir()
+    r = airgap("elastic-truststore", *args)
+    assert r.returncode == 2 and b"is a directory" in r.stderr and b"hint:" in r.stderr
+    (conf / STORE).rmdir()
     r = airgap("elastic-truststore", *args)
     assert r.returncode == 0, r.stderr.decode()
     doc = json.loads(r.stdout)

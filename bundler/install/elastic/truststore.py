@@ -98,6 +98,11 @@ class EsNode:
                 hint="--es-path-conf is the node's config directory, the one that holds "
                 "elasticsearch.yml (package installs: /etc/elasticsearch).",
             )
+        for own in (node.store, node.options_file):
+            if own.is_dir() and not own.is_symlink():
+                raise UsageError(
+                    f"{own}: is a directory", hint="Move it away: the trust step owns that name."
+                )
         return node
 
 
