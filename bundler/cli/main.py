@@ -14,7 +14,7 @@ import sys
 import click
 
 from bundler import __version__
-from bundler.cli import build, install, manage, trust
+from bundler.cli import build, elastic_trust, install, manage, trust
 from bundler.cli.options import State
 from bundler.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, AirgapError
 
@@ -47,11 +47,11 @@ for command in (build.validate, build.schema, build.lock, build.fetch, build.bui
 # beside inspect.
 for command in (trust.keygen, trust.sign, trust.verify, trust.inspect):
     cli.add_command(command)
-# The air-gapped side (cli/install.py, cli/manage.py). `elastic-truststore` goes with
-# these: it acts on an installed prefix and on Elastic.
+# The air-gapped side (cli/install.py, cli/manage.py, cli/elastic_trust.py).
 cli.add_command(install.install)
 for command in (manage.status, manage.rollback, manage.uninstall):
     cli.add_command(command)
+cli.add_command(elastic_trust.elastic_truststore)
 
 
 def main(argv: list[str] | None = None) -> None:

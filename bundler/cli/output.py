@@ -297,6 +297,9 @@ def show_status(report: StatusReport) -> None:
                 f"      serving {serving.url}: {running}; /health through nginx: {serving.health}"
             )
         _show_release_elastic(rel.elastic.to_json() if rel.elastic else {})
+    for t in report.es_truststores:
+        detail = f": {t['detail']}" if t["detail"] else ""
+        click.echo(f"  Elasticsearch trust store {t['store']}: {t['state']}{detail}")
 
 
 def _show_release_elastic(el: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ Under ``--prefix`` (default ``/opt/airgap``)::
                                       nginx/<name>/ (per-start auth file and TLS copy) (0600)
     serve/<name>/<start>/             per-start nginx.conf and product-docs listing
     serve/elastic-settings.txt        the Elastic settings an operator adds
+    elastic/es-truststore.sh          the trust step for each Elasticsearch node (CA inlined)
 
 No other module spells these names; ``tlsgen`` names the files inside ``tls/``.
 
@@ -58,6 +59,8 @@ class Layout:
         self.legacy_auth_file = self.secrets / "nginx-auth.conf"  # older airgap's one file
         self.serve = self.prefix / "serve"
         self.elastic_settings = self.serve / "elastic-settings.txt"
+        self.es_truststore_script = self.prefix / "elastic" / "es-truststore.sh"
+        self.es_truststores = self.state / "es-truststores.json"  # nodes done from here
 
     def verify(self, *, create: bool = False) -> bool:
         """Refuse a prefix that another user could change, or one with planted entries.

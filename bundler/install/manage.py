@@ -15,6 +15,7 @@ from bundler.bundle.index import BLOB_PREFIX, parse_index
 from bundler.errors import AirgapError, InstallError
 from bundler.hashing import FileRange, hash_sources
 from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
+from bundler.install.elastic.truststore_state import check_nodes
 from bundler.install.layout import Layout
 from bundler.install.records import RegistrySpec, ServeRecord
 from bundler.install.report import ImageStatus, ReleaseStatus, ServingProbe, StatusReport
@@ -86,7 +87,9 @@ def status(
     current_link = layout.current.resolve() if layout.current.is_symlink() else None
     if receipt.current and current_link != layout.release(receipt.current).resolve():
         ok = False
-    return StatusReport(layout.prefix, receipt.current, ok and receipt.current is not None, rows)
+    trust = check_nodes(layout.prefix)  # a store older than its node's cacerts is a fault
+    ok = ok and all(t["ok"] for t in trust) and receipt.current is not None
+    return StatusReport(layout.prefix, receipt.current, ok, rows, trust)
 
 
 def _probe(server: Server, serve: ServeRecord) -> ServingProbe:
@@ -172,11 +175,12 @@ def uninstall(
         for d, what in (
             (layout.secrets, "tokens, TLS keys"),
             (layout.serve, "nginx configuration"),
+            (layout.es_truststore_script.parent, "es-truststore.sh"),
         ):
             if d.exists():
                 shutil.rmtree(d)
                 removed.append(f"{d.name}/ ({what})")
-        for p in (layout.receipt_file, layout.versions_file):
+        for p in (layout.receipt_file, layout.versions_file, layout.es_truststores):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         for d in (layout.state, layout.releases):

@@ -3,8 +3,9 @@ really there (files, images, containers, the health answer through Nginx)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bundler.install.records import ElasticRecord, ImageRecord
 
@@ -85,6 +86,8 @@ class StatusReport:
     current: str | None
     ok: bool
     releases: list[ReleaseStatus]
+    # Elasticsearch trust stores built from this host, as truststore_state reports them
+    es_truststores: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         """The ``airgap status --json`` document."""
@@ -93,4 +96,5 @@ class StatusReport:
             "current": self.current,
             "ok": self.ok,
             "releases": [r.to_json() for r in self.releases],
+            "es_truststores": self.es_truststores,
         }

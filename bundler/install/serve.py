@@ -39,7 +39,7 @@ from bundler.install.serveconf import (
     product_docs_listing,
     vllm_command,
 )
-from bundler.install.tlsgen import current_secret, ensure_tls, new_secret
+from bundler.install.tlsgen import current_secret, ensure_tls, new_secret, restore, snapshot
 from bundler.manifest import Manifest, parse_manifest
 from bundler.names import contained, model_mount
 from bundler.oci.engine import Containers, Runtime
@@ -99,6 +99,7 @@ class Server:
             token = fresh[self.layout.token_file] = new_secret()
         if api_key is None or opts.rotate_token:
             api_key = fresh[self.layout.api_key_file] = new_secret()
+        tls_before: dict[str, bytes] | None = None  # undone if this start fails
         if opts.tls_cert and opts.tls_key:
             tls_dir = self.layout.user_tls_dir
             tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -106,6 +107,7 @@ class Server:
             atomic_write_bytes(tls_dir / "server.key", opts.tls_key.read_bytes(), mode=0o600)
             ca = str(opts.tls_cert)
         else:
+            tls_before = snapshot(self.layout.tls_dir)
             tls = ensure_tls(self.layout.tls_dir, opts.server_names, opts.ips)
             tls_dir, ca = tls.cert.parent, str(tls.ca_cert)
         # Per start: containers restored after a failed start keep reading their own
@@ -215,6 +217,8 @@ class Server:
                 auth_file.unlink()
             shutil.rmtree(start_tls, ignore_errors=True)
             shutil.rmtree(serve_dir, ignore_errors=True)
+            if tls_before is not None:  # a CA made for new names goes with the failed start
+                restore(self.layout.tls_dir, tls_before)
             if stopped:
                 self.containers.restore_previous(stopped)
                 wait_healthy(opts.port, ca, opts.health_timeout)

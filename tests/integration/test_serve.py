@@ -106,7 +106,7 @@ def test_endpoint_is_tls_and_bearer_protected_and_streams(served: dict, key: Key
     (auth,) = secrets.glob("nginx/demo/*.conf")  # one, for the containers that serve
     (tls_copy,) = secrets.glob("nginx/demo/*.tls/server.key")
     own = [str(f.relative_to(secrets)) for f in (auth, tls_copy)]
-    for name in ("bearer-token", "vllm-api-key", *own, "tls/server.key", "tls/ca.key"):
+    for name in ("bearer-token", "vllm-api-key", *own, "tls/server.key", "tls/issuer.key"):
         assert stat.S_IMODE((secrets / name).stat().st_mode) == 0o600, name
     receipt = (served["prefix"] / "state/receipt.json").read_text()
     assert token not in receipt
@@ -214,6 +214,7 @@ def test_a_server_that_fails_rolls_back_with_its_log(
 ) -> None:
     assert install(served, key).returncode == 0
     token = token_of(served)
+    tls_files = {p.name: p.read_bytes() for p in (served["prefix"] / "secrets/tls").iterdir()}
     text = real_sources.read_text()
     v2_manifest = real_sources.with_name("v2.yaml")
     v2_manifest.write_text(re.sub(r"^version: \d+$", "version: 2", text, flags=re.M))
@@ -249,6 +250,8 @@ def test_a_server_that_fails_rolls_back_with_its_log(
     )
     assert r2.status_code == 200
     assert token_of(served) == token
+    # the new names meant a new CA: it went with the failed start (the old one is on record)
+    assert {p.name: p.read_bytes() for p in ca.parent.iterdir()} == tls_files
     import ssl
 
     from cryptography import x509

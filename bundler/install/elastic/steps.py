@@ -23,6 +23,7 @@ from bundler.install.elastic.checks import elser_repository
 from bundler.install.elastic.connector import trust_snippet
 from bundler.install.elastic.elasticsearch import Elasticsearch, EsOptions, deploy_elser
 from bundler.install.elastic.kibana import KibanaOptions, register, unregister
+from bundler.install.elastic.truststore_script import write_install_script
 from bundler.install.layout import Layout
 from bundler.install.options import InstallOptions, InstallResult
 from bundler.install.records import (
@@ -96,6 +97,7 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
         if served:
             ca_pem = Path(served.ca_cert).read_text()
             settings.append(("kibana.yml", trust_snippet(served.url, ca_pem, "full")))
+            write_install_script(layout, served)  # es-truststore.sh, for each ES node
         if settings:
             settings_file = layout.elastic_settings
             settings_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
