@@ -89,12 +89,15 @@ def sign(
     --trusted-key / --trust-dir) and every byte are checked first, as `airgap verify`
     does. The bundle itself is not rewritten.
     """
-    from bundler.bundle.cosign import cosign
+    from bundler.bundle.cosign import cosign, read_unverified
     from bundler.bundle.signing import load_signing_key
 
+    if bundle == "-":
+        raise click.UsageError("`airgap sign` needs the bundle file, not - (stdin)")
     signing = load_signing_key(key, read_passphrase(passphrase_file))
-    verified_index: str | None = None
-    if not no_verify:
+    if no_verify:
+        loc, index_bytes = read_unverified(bundle)
+    else:
         if not trust.given:
             raise click.UsageError(
                 "give --trusted-key (or --trust-dir) with the key(s) that signed the bundle, "
@@ -102,8 +105,13 @@ def sign(
             )
         result = verify_bundle(bundle, trust, as_json=False)
         show_checked_before_signing(result)
-        verified_index = result.index_sha256
-    for p in cosign(bundle, signing, verified_index):
+        # Sign exactly what was verified: the index and parts list as read, not re-read.
+        loc, index_bytes = result.location, result.index_bytes
+    with reporter() as r:
+        if loc.parts_list_bytes is not None:
+            r.stage("hashing parts", sum(p.size for p in loc.parts))
+        written = cosign(loc, index_bytes, signing, progress=r.advance)
+    for p in written:
         click.echo(str(p))
 
 
