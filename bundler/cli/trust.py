@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 import click
 
+from bundler.boundedio import DEFAULT_STALL_TIMEOUT
 from bundler.cli.options import (
     json_option,
     passphrase_option,
     read_passphrase,
     reporter,
     signed_by_options,
+    stall_timeout_option,
     state,
     trust_options,
 )
@@ -46,7 +48,9 @@ def keygen(keyfile: Path, passphrase_file: Path | None) -> None:
         show_keygen(keyfile)
 
 
-def verify_bundle(bundle: str, trust: TrustInputs, *, as_json: bool) -> VerifyResult:
+def verify_bundle(
+    bundle: str, trust: TrustInputs, *, as_json: bool, stall_timeout: float = DEFAULT_STALL_TIMEOUT
+) -> VerifyResult:
     """One verifying pass (signatures, threshold, every byte) with a progress bar."""
     from bundler.bundle.detached import collect_signatures
     from bundler.bundle.parts import locate_bundle
@@ -64,6 +68,7 @@ def verify_bundle(bundle: str, trust: TrustInputs, *, as_json: bool) -> VerifyRe
             None,
             detached=detached,
             progress=r.advance,
+            stall_timeout=stall_timeout,
         )
 
 
@@ -118,10 +123,11 @@ def sign(
 @click.command()
 @bundle_argument
 @trust_options
+@stall_timeout_option
 @json_option
-def verify(bundle: str, trust: TrustInputs, as_json: bool) -> None:
+def verify(bundle: str, trust: TrustInputs, stall_timeout: float, as_json: bool) -> None:
     """Verify BUNDLE (a file, its first .part-000, or - for stdin): signatures, every byte."""
-    result = verify_bundle(bundle, trust, as_json=as_json)
+    result = verify_bundle(bundle, trust, as_json=as_json, stall_timeout=stall_timeout)
     show_warnings(result.warnings)
     if as_json:
         print_json(result.to_json())
