@@ -122,6 +122,10 @@ class BundleError(AirgapError):
         self.offset = offset
 
 
+class InputStalledError(AirgapError):
+    """A stream (standard input) sent nothing for longer than its stall timeout."""
+
+
 class VerificationError(AirgapError):
     """Signature, trust threshold, expiry or rollback check failed."""
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bundler.boundedio import MAX_SIGNATURE_FILE, MAX_SIGNATURES, RefusedFile, read_bounded
 from bundler.bundle.parts import BundleLocation
 from bundler.bundle.signing import KEYID_RE
-from bundler.errors import UsageError
+from bundler.errors import BundleError, UsageError
 
 
 def find_detached_signatures(loc: BundleLocation) -> list[Path]:
@@ -25,16 +26,34 @@ def find_detached_signatures(loc: BundleLocation) -> list[Path]:
 def read_detached(paths: list[Path]) -> list[tuple[str, bytes]]:
     """Read ``<anything>.<keyid>.sig`` files as (keyid, signature) pairs.
 
+    Each is read bounded (:func:`~bundler.boundedio.read_bounded`): a regular file of at
+    most :data:`~bundler.boundedio.MAX_SIGNATURE_FILE` bytes, not through a link.
+
     Raises:
         UsageError: a file is unreadable or its name does not end in ``.<keyid>.sig``.
+        BundleError: a file is not a regular file, or too large to be a signature; or
+            more than :data:`~bundler.boundedio.MAX_SIGNATURES` files.
     """
+    if len(paths) > MAX_SIGNATURES:
+        raise BundleError(
+            f"{len(paths)} detached signatures, more than the {MAX_SIGNATURES} allowed",
+            bundle=str(paths[0].parent),
+            hint="Keep only the .sig files of the bundle's signers beside it.",
+        )
     out = []
     for p in paths:
         parts = p.name.rsplit(".", 2)
         if len(parts) != 3 or parts[2] != "sig" or not KEYID_RE.match(parts[1]):
             raise UsageError(f"{p}: a detached signature must be named <bundle>.<keyid>.sig")
         try:
-            data = p.read_bytes()
+            data = read_bounded(p, MAX_SIGNATURE_FILE)
+        except RefusedFile as e:
+            raise BundleError(
+                f"detached signature {e.strerror}",
+                bundle=str(p),
+                hint="A signature is the small regular file `airgap sign` wrote; remove this "
+                "one or copy the real one again.",
+            ) from e
         except OSError as e:
             raise UsageError(f"{p}: cannot read signature: {e.strerror}") from e
         out.append((parts[1], data))
@@ -48,5 +67,6 @@ def collect_signatures(
 
     Raises:
         UsageError: a signature file is unreadable or misnamed.
+        BundleError: a signature file is not a regular file, or too large.
     """
     return read_detached(find_detached_signatures(loc) + list(extra))

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bundler import canonical
+from bundler.boundedio import MAX_INDEX_SIZE, MAX_INDEX_VALUES, json_values_bound
 from bundler.errors import BundleError
 from bundler.formats import UPGRADE_HINT, newer_format
 from bundler.pins import Pins
@@ -193,8 +194,18 @@ def parse_index(data: bytes, *, bundle: str | None = None) -> Index:
     """Parse the exact bytes of ``airgap/index.json``.
 
     Raises:
-        BundleError: not canonical JSON, or not a valid v1 index.
+        BundleError: not canonical JSON, or not a valid v1 index, or larger than an index
+            may be (its bytes or its number of values), which is checked before parsing.
     """
+    values = json_values_bound(data)
+    if len(data) > MAX_INDEX_SIZE or values > MAX_INDEX_VALUES:
+        raise BundleError(
+            f"index is too large to parse: {len(data)} bytes and up to {values} JSON values "
+            f"(at most {MAX_INDEX_SIZE} and {MAX_INDEX_VALUES})",
+            bundle=bundle,
+            member=INDEX_MEMBER,
+            hint="No airgap build writes such an index: this bundle was crafted or damaged.",
+        )
     try:
         doc = canonical.loads(data)
     except canonical.CanonicalJSONError as e:

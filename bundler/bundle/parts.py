@@ -13,14 +13,23 @@ import io
 import mmap
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from bundler import canonical
+from bundler.boundedio import (
+    MAX_PARTS,
+    MAX_PARTS_LIST_SIZE,
+    RefusedFile,
+    open_regular,
+    read_bounded,
+)
 from bundler.bundle.signing import TrustedKey, verify_threshold
 from bundler.errors import BundleError, UsageError
 from bundler.formats import UPGRADE_HINT, newer_format
+from bundler.hashing import FileRange, ProgressFn, hash_sources
 
 PARTS_FORMAT = "airgap-parts/1"
 _PART_RE = re.compile(r"^(?P<base>.+)\.part-(?P<num>[0-9]{3,})$")
@@ -55,6 +64,9 @@ class BundleLocation:
     parts: tuple[Part, ...]  # empty for stdin
     parts_list: dict[str, Any] | None = None  # the signed part of the parts list, if any
     parts_list_signatures: tuple[tuple[str, bytes], ...] = ()
+    # The exact bytes the parts list's signatures cover, read once: verified and
+    # co-signed as these bytes, never re-read from the file.
+    parts_list_bytes: bytes | None = None
 
     @property
     def split(self) -> bool:
@@ -100,9 +112,9 @@ def locate_bundle(spec: str) -> BundleLocation:
 
 def _split_location(base: Path) -> BundleLocation:
     list_path = parts_list_path(base)
-    if list_path.exists():
+    if os.path.lexists(list_path):  # a link is refused by name, not taken for "no list"
         try:
-            doc = canonical.loads(list_path.read_bytes().rstrip(b"\n"))
+            doc = canonical.loads(read_bounded(list_path, MAX_PARTS_LIST_SIZE).rstrip(b"\n"))
             signed = doc["signed"]
             if msg := newer_format(signed.get("format"), PARTS_FORMAT):
                 raise BundleError(msg, bundle=str(list_path), hint=UPGRADE_HINT)
@@ -113,9 +125,19 @@ def _split_location(base: Path) -> BundleLocation:
                 (base.with_name(p["name"]), int(p["size"]), str(p["sha256"]))
                 for p in signed["parts"]
             ]
+            if len(entries) > MAX_PARTS:
+                raise ValueError(f"{len(entries)} parts, more than the {MAX_PARTS} allowed")
             for p, _, _ in entries:
                 if p.parent != base.parent or _PART_RE.match(p.name) is None:
                     raise ValueError(f"part name {p.name!r} is not a sibling part file")
+            signed_bytes = canonical.dumps(signed)
+        except RefusedFile as e:
+            raise BundleError(
+                f"parts list {e.strerror}",
+                bundle=str(list_path),
+                hint=f"The parts list is the small regular file `airgap build` wrote beside "
+                f"the parts; copy {list_path.name} again from the build machine.",
+            ) from e
         except (OSError, ValueError, KeyError, TypeError, canonical.CanonicalJSONError) as e:
             raise BundleError(f"unreadable parts list: {e}", bundle=str(list_path)) from e
         parts, start = [], 0
@@ -141,6 +163,7 @@ def _split_location(base: Path) -> BundleLocation:
             parts=tuple(parts),
             parts_list=signed,
             parts_list_signatures=sigs,
+            parts_list_bytes=signed_bytes,
         )
     # No parts list: take the contiguous run part-000, part-001, …
     found = []
@@ -167,10 +190,10 @@ def check_parts_list(
         TrustError: no trusted signature on the parts list.
         BundleError: the parts list belongs to another bundle.
     """
-    if loc.parts_list is None:
+    if loc.parts_list is None or loc.parts_list_bytes is None:
         return
     verify_threshold(
-        canonical.dumps(loc.parts_list),
+        loc.parts_list_bytes,
         loc.parts_list_signatures,
         trusted,
         1,
@@ -208,8 +231,8 @@ class ChainedReader:
             return False
         part = self.loc.parts[self._i]
         self._i += 1
-        try:
-            f = io.FileIO(part.path, "rb")
+        try:  # a part swapped for a FIFO since it was found must not block the read
+            f = io.FileIO(open_regular(part.path, follow_symlinks=True), "rb")
         except OSError as e:
             raise BundleError(f"cannot open part: {e.strerror}", part=part.path.name) from e
         self._files.append(f)
@@ -265,3 +288,45 @@ class ChainedReader:
         for f in self._files:
             with contextlib.suppress(OSError):
                 f.close()
+
+
+def damaged_parts(parts: Sequence[Part], progress: ProgressFn | None = None) -> list[str]:
+    """Hash ``parts`` (on every core) against their signed sha256; the damaged ones' names.
+
+    A part whose size differs from the parts list, or that cannot be read to its end,
+    is damaged too. Parts without a signed sha256 are not checked.
+
+    Raises:
+        BundleError: a part cannot be opened or read.
+    """
+    bad = []
+    todo = []
+    for p in parts:
+        if p.sha256 is None:
+            continue
+        try:
+            size = os.stat(p.path).st_size
+        except OSError as e:
+            raise BundleError(f"cannot read part: {e.strerror}", part=p.path.name) from e
+        if size != p.size:
+            bad.append(p.path.name)
+        else:
+            todo.append(p)
+    if todo:
+        try:
+            digests = hash_sources(
+                [FileRange(p.path, 0, p.size) for p in todo],
+                max(p.size for p in todo) or 1,  # one chunk per part: its own sha256
+                progress=progress,
+            )
+        except EOFError as e:
+            raise BundleError(
+                "a part shrank while it was hashed",
+                bundle=str(todo[0].path.parent),
+                hint="Make sure nothing writes to the parts, then run the command again.",
+            ) from e
+        except OSError as e:
+            where = Path(e.filename).name if e.filename else todo[0].path.name
+            raise BundleError(f"cannot read part: {e.strerror}", part=where) from e
+        bad += [p.path.name for p, d in zip(todo, digests, strict=True) if d.sha256 != p.sha256]
+    return [p.path.name for p in parts if p.path.name in bad]  # in the parts' order

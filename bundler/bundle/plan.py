@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from bundler.boundedio import MAX_INDEX_SIZE, MAX_INDEX_VALUES, MAX_PARTS, json_values_bound
+from bundler.bundle import tarfmt
 from bundler.bundle.index import ImageEntry, Index
+from bundler.errors import UsageError
 from bundler.hashing import Digests, FileRange
 from bundler.pins import Pins
 
@@ -42,6 +46,38 @@ class BuildPlan:
     payloads: list[Payload]
     images: list[ImageEntry] = field(default_factory=list)
     chunk_size: int = 64 * 1024 * 1024
+
+
+def check_limits(
+    index: bytes, head_size: int, payloads: Sequence[Payload], split_size: int | None, mtime: int
+) -> None:
+    """Refuse, before any work, to write what every reader would refuse.
+
+    ``index`` is the index with placeholder digests (the same length as the real one).
+
+    Raises:
+        UsageError: the index would pass :data:`~bundler.boundedio.MAX_INDEX_SIZE` or
+            :data:`~bundler.boundedio.MAX_INDEX_VALUES`, or ``split_size`` would cut the
+            bundle into more than :data:`~bundler.boundedio.MAX_PARTS` parts.
+    """
+    values = json_values_bound(index)
+    if len(index) > MAX_INDEX_SIZE or values > MAX_INDEX_VALUES:
+        raise UsageError(
+            f"the signed index would be {len(index)} bytes with up to {values} JSON values; "
+            f"readers accept at most {MAX_INDEX_SIZE} bytes and {MAX_INDEX_VALUES} values",
+            hint="Use a larger --chunk-size: the index holds one sha256 per chunk of every file.",
+        )
+    if split_size:
+        total = head_size + len(tarfmt.END_OF_ARCHIVE)
+        for p in payloads:
+            total += len(tarfmt.member_header(p.path, p.size, mtime)) + p.size
+            total += tarfmt.padding(p.size)
+        if (parts := -(-total // split_size)) > MAX_PARTS:
+            raise UsageError(
+                f"--split-size {split_size} would cut the {total}-byte bundle into {parts} "
+                f"parts; readers accept at most {MAX_PARTS}",
+                hint="Use a larger --split-size (fat32 for FAT32 media).",
+            )
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class VerifyResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     ended_early: bool = False  # the before_payload hook ended the pass (payload unread)
+    index_bytes: bytes = b""  # the exact bytes the signatures were checked over
 
     def to_json(self) -> dict[str, object]:
         """What ``airgap verify --json`` prints."""

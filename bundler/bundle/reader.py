@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
 
+from bundler.boundedio import DEFAULT_STALL_TIMEOUT, MAX_INDEX_SIZE, MAX_SIGNATURES, StallGuard
 from bundler.bundle import tarfmt
 from bundler.bundle.delivery import Delivery
 from bundler.bundle.index import (
@@ -38,6 +38,7 @@ from bundler.bundle.parts import (
     ChainedReader,
     Readable,
     check_parts_list,
+    damaged_parts,
     locate_bundle,
 )
 from bundler.bundle.policy import Sink, TrustPolicy, VerifyResult
@@ -46,8 +47,6 @@ from bundler.errors import BundleError, ExpiredError
 from bundler.hashing import BLOCK_SIZE, StreamHasher
 
 logger = logging.getLogger(__name__)
-MAX_INDEX_SIZE = 64 * 1024 * 1024
-MAX_SIGNATURES = 64
 
 
 class _Reader:
@@ -202,8 +201,13 @@ def _read_head_members(
             hint="Pass the .tar written by `airgap build` (or its .part-000).",
         )
     index_h = r.check_member(h, INDEX_MEMBER, None, set(), set(), at)
-    if index_h.size > MAX_INDEX_SIZE:
-        raise r.error("index is implausibly large", member=INDEX_MEMBER, at=at)
+    if index_h.size > MAX_INDEX_SIZE:  # refused by its header, before a byte of it is read
+        raise r.error(
+            f"index is {index_h.size} bytes, more than the {MAX_INDEX_SIZE} allowed",
+            member=INDEX_MEMBER,
+            at=at,
+            hint="No airgap build writes such an index: this bundle was crafted or damaged.",
+        )
     index_bytes = r.read_exact(index_h.size, INDEX_MEMBER)
     r.expect_zeros(tarfmt.padding(index_h.size), INDEX_MEMBER)
 
@@ -244,11 +248,13 @@ def read_bundle(
     stdin: Readable | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> VerifyResult:
     """Verify a bundle in one pass, feeding its payload to ``sink`` as it streams.
 
     The sink's ``commit`` is called only after every check passed; on any
-    failure its ``abort`` is called and the error raised.
+    failure its ``abort`` is called and the error raised. Standard input that sends
+    nothing for ``stall_timeout`` seconds raises InputStalledError.
 
     Raises:
         TrustError, ExpiredError, RollbackError: the index is not acceptable.
@@ -256,7 +262,7 @@ def read_bundle(
     """
     loc = spec if isinstance(spec, BundleLocation) else locate_bundle(spec)
     if loc.base is None and stdin is None:
-        stdin = cast(Readable, sys.stdin.buffer)
+        stdin = StallGuard(sys.stdin.fileno(), stall_timeout)
     stream = ChainedReader(loc, stdin)
     r = _Reader(loc, stream)
     started = time.monotonic()
@@ -285,7 +291,9 @@ def read_bundle(
             raise ExpiredError(
                 f"{loc.label}: bundle {index.name} v{index.version} expired at {index.expires}"
             )
-        result = VerifyResult(loc, index, index_sha256, check.valid, check.unknown)
+        result = VerifyResult(
+            loc, index, index_sha256, check.valid, check.unknown, index_bytes=index_bytes
+        )
         if index.created_at > now:
             result.warnings.append(
                 f"bundle was created at {index.created}, later than this host's clock"
@@ -454,15 +462,7 @@ def _damaged_parts(loc: BundleLocation, offset: int, size: int) -> list[str]:
     spanned = [p for p in loc.parts if p.start < offset + size and offset < p.start + p.size]
     if len(spanned) < 2 or any(p.sha256 is None for p in spanned):
         return []
-    bad = []
-    for p in spanned:
-        h = hashlib.sha256()
-        with open(p.path, "rb") as f:
-            while block := f.read(BLOCK_SIZE):
-                h.update(block)
-        if h.hexdigest() != p.sha256:
-            bad.append(p.path.name)
-    return bad
+    return damaged_parts(spanned)
 
 
 @dataclass(frozen=True)
@@ -489,7 +489,7 @@ def read_head(spec: str | BundleLocation, *, stdin: Readable | None = None) -> B
     """
     loc = spec if isinstance(spec, BundleLocation) else locate_bundle(spec)
     if loc.base is None and stdin is None:
-        stdin = cast(Readable, sys.stdin.buffer)
+        stdin = StallGuard(sys.stdin.fileno())
     stream = ChainedReader(loc, stdin)
     try:
         index_bytes, embedded, _ = _read_head_members(_Reader(loc, stream))

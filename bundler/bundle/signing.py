@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bundler import env
+from bundler.boundedio import MAX_KEY_FILE, read_bounded
 from bundler.errors import KeyFileError, TrustError, UsageError
 from bundler.fsutil import atomic_write_bytes
 
@@ -91,7 +92,7 @@ def load_signing_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
         KeyFileError: unreadable file, wrong passphrase, or not an Ed25519 key.
     """
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_KEY_FILE, follow_symlinks=True)
     except OSError as e:
         raise KeyFileError(f"cannot read private key: {e.strerror}", path=str(path)) from e
     try:
@@ -128,7 +129,7 @@ def load_trusted_key(path: Path) -> TrustedKey:
         KeyFileError: unreadable file or not an Ed25519 public key.
     """
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_KEY_FILE, follow_symlinks=True)
     except OSError as e:
         raise KeyFileError(f"cannot read public key: {e.strerror}", path=str(path)) from e
     try:

@@ -32,7 +32,7 @@ from bundler.bundle.index import (
     render_sha256sums,
 )
 from bundler.bundle.parts import PARTS_FORMAT, part_name, parts_list_path, parts_sums_path
-from bundler.bundle.plan import BuildPlan, BuildResult, Payload
+from bundler.bundle.plan import BuildPlan, BuildResult, Payload, check_limits
 from bundler.bundle.signing import SigningKey
 from bundler.errors import SourceError, UsageError
 from bundler.fsutil import atomic_write_bytes, fsync_close, fsync_dir
@@ -320,7 +320,8 @@ def write_bundle(
     signed head is written into the reserved space last.
 
     Raises:
-        UsageError: no signing key, or a bad split size.
+        UsageError: no signing key, a bad split size, or an index or parts list larger
+            than readers accept.
         SourceError: a source is unreadable, changed during the build, or mismatched.
     """
     if not keys:
@@ -348,14 +349,16 @@ def write_bundle(
         )
         for p in payloads
     ]
+    placeholder_index = build_index(plan, placeholder, validate=False).to_bytes()
     head_size = len(
         _head(
-            build_index(plan, placeholder, validate=False).to_bytes(),
+            placeholder_index,
             [(k.keyid, bytes(64)) for k in keys],
             render_sha256sums(placeholder),
             mtime,
         )
     )
+    check_limits(placeholder_index, head_size, payloads, split_size, mtime)
 
     logger.info(
         "writing %s: %d files, %d bytes, head %d bytes",

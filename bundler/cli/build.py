@@ -16,12 +16,40 @@ from bundler.cli.options import (
     read_passphrase,
     reporter,
 )
-from bundler.cli.output import print_json, show_build, show_dry_run, show_fetched, show_lock
+from bundler.cli.output import (
+    print_json,
+    show_build,
+    show_dry_run,
+    show_fetched,
+    show_lock,
+    show_warnings,
+)
 
 if TYPE_CHECKING:
     from bundler.cli.options import FetchInputs
 
 manifest_argument = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+
+# FAT32 (most USB sticks as sold) keeps a file's size in 32 bits: 4 GiB - 1 at most.
+FAT32_MAX_FILE = 4 * 1024**3 - 1
+
+
+def split_size_of(text: str) -> int:
+    """``--split-size``: a size such as ``700M``, or ``fat32`` (FAT32's largest file).
+
+    A size FAT32 cannot hold is only warned about: exFAT, NTFS and ext4 media can.
+    """
+    if text.strip().lower() == "fat32":
+        return FAT32_MAX_FILE
+    size = parse_size(text)
+    if size > FAT32_MAX_FILE:
+        show_warnings(
+            [
+                f"--split-size {text} makes parts of {size} bytes, more than FAT32 can hold "
+                f"({FAT32_MAX_FILE}); use --split-size fat32 for FAT32 media"
+            ]
+        )
+    return size
 
 
 @click.command()
@@ -59,7 +87,12 @@ def schema() -> None:
     required=True,
     help="Signing key (repeat for several signers).",
 )
-@click.option("--split-size", type=str, default=None, help="Cut the bundle into parts, e.g. 4G.")
+@click.option(
+    "--split-size",
+    type=str,
+    default=None,
+    help="Cut the bundle into parts: a size (700M, 8G) or fat32 (4 GiB - 1, FAT32's largest file).",
+)
 @click.option(
     "--expires-days",
     type=click.IntRange(1, 3650),
@@ -121,7 +154,7 @@ def build(
     opts = BuildOptions(
         output=output,
         keys=(),
-        split_size=parse_size(split_size) if split_size else None,
+        split_size=split_size_of(split_size) if split_size else None,
         expires_days=expires_days,
         chunk_size=parse_size(chunk_size),
         cache_dir=fetch.cache_dir,

@@ -12,6 +12,7 @@ from bundler.cli.options import (
     host_options,
     json_option,
     reporter,
+    stall_timeout_option,
     state,
     trust_options,
 )
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 @image_options
 @elastic_options
 @elastic_access_options
+@stall_timeout_option
 @json_option
 def install(
     bundle: str,
@@ -48,6 +50,7 @@ def install(
     images: ImageDestination,
     elastic: ElasticRequest,
     access: ElasticAccess,
+    stall_timeout: float,
     as_json: bool,
 ) -> None:
     """Verify BUNDLE and install it: files into a release, images into the engine, then
@@ -89,6 +92,7 @@ def install(
         elasticsearch=es,
         elser_dir=elastic.elser_dir,
         product_docs_dir=elastic.product_docs_dir,
+        stall_timeout=stall_timeout,
     )
     with reporter(as_json) as r:
 

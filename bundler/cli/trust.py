@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 import click
 
+from bundler.boundedio import DEFAULT_STALL_TIMEOUT
 from bundler.cli.options import (
     json_option,
     passphrase_option,
     read_passphrase,
     reporter,
     signed_by_options,
+    stall_timeout_option,
     state,
     trust_options,
 )
@@ -46,7 +48,9 @@ def keygen(keyfile: Path, passphrase_file: Path | None) -> None:
         show_keygen(keyfile)
 
 
-def verify_bundle(bundle: str, trust: TrustInputs, *, as_json: bool) -> VerifyResult:
+def verify_bundle(
+    bundle: str, trust: TrustInputs, *, as_json: bool, stall_timeout: float = DEFAULT_STALL_TIMEOUT
+) -> VerifyResult:
     """One verifying pass (signatures, threshold, every byte) with a progress bar."""
     from bundler.bundle.detached import collect_signatures
     from bundler.bundle.parts import locate_bundle
@@ -64,6 +68,7 @@ def verify_bundle(bundle: str, trust: TrustInputs, *, as_json: bool) -> VerifyRe
             None,
             detached=detached,
             progress=r.advance,
+            stall_timeout=stall_timeout,
         )
 
 
@@ -89,12 +94,15 @@ def sign(
     --trusted-key / --trust-dir) and every byte are checked first, as `airgap verify`
     does. The bundle itself is not rewritten.
     """
-    from bundler.bundle.cosign import cosign
+    from bundler.bundle.cosign import cosign, read_unverified
     from bundler.bundle.signing import load_signing_key
 
+    if bundle == "-":
+        raise click.UsageError("`airgap sign` needs the bundle file, not - (stdin)")
     signing = load_signing_key(key, read_passphrase(passphrase_file))
-    verified_index: str | None = None
-    if not no_verify:
+    if no_verify:
+        loc, index_bytes = read_unverified(bundle)
+    else:
         if not trust.given:
             raise click.UsageError(
                 "give --trusted-key (or --trust-dir) with the key(s) that signed the bundle, "
@@ -102,18 +110,24 @@ def sign(
             )
         result = verify_bundle(bundle, trust, as_json=False)
         show_checked_before_signing(result)
-        verified_index = result.index_sha256
-    for p in cosign(bundle, signing, verified_index):
+        # Sign exactly what was verified: the index and parts list as read, not re-read.
+        loc, index_bytes = result.location, result.index_bytes
+    with reporter() as r:
+        if loc.parts_list_bytes is not None:
+            r.stage("hashing parts", sum(p.size for p in loc.parts))
+        written = cosign(loc, index_bytes, signing, progress=r.advance)
+    for p in written:
         click.echo(str(p))
 
 
 @click.command()
 @bundle_argument
 @trust_options
+@stall_timeout_option
 @json_option
-def verify(bundle: str, trust: TrustInputs, as_json: bool) -> None:
+def verify(bundle: str, trust: TrustInputs, stall_timeout: float, as_json: bool) -> None:
     """Verify BUNDLE (a file, its first .part-000, or - for stdin): signatures, every byte."""
-    result = verify_bundle(bundle, trust, as_json=as_json)
+    result = verify_bundle(bundle, trust, as_json=as_json, stall_timeout=stall_timeout)
     show_warnings(result.warnings)
     if as_json:
         print_json(result.to_json())

@@ -217,7 +217,12 @@ def install(
             policy = TrustPolicy(opts.trusted, opts.threshold, before_payload=preflight)
             try:
                 vr = read_bundle(
-                    opts.bundle, policy, sink, detached=list(opts.detached), progress=progress
+                    opts.bundle,
+                    policy,
+                    sink,
+                    detached=list(opts.detached),
+                    progress=progress,
+                    stall_timeout=opts.stall_timeout,
                 )
             except BaseException:
                 store.receipt = store.receipt.with_pending(None)

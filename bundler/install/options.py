@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bundler.boundedio import DEFAULT_STALL_TIMEOUT
 from bundler.bundle.signing import TrustedKey
 from bundler.install.elastic.elasticsearch import EsOptions
 from bundler.install.elastic.kibana import KibanaOptions
@@ -47,6 +48,7 @@ class InstallOptions:
     elasticsearch: EsOptions | None = None  # create the ELSER inference endpoint
     elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
     product_docs_dir: Path | None = None  # copy product docs (+ index.xml) for file://
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # bundle "-": stdin may send nothing this long
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.bundle.cosign import cosign
+from bundler.bundle.cosign import cosign, read_unverified
 from bundler.bundle.detached import find_detached_signatures, read_detached
 from bundler.bundle.extract import StagingExtractor
 from bundler.bundle.parts import locate_bundle, parts_list_path
@@ -143,7 +143,7 @@ def test_trust_threshold_and_cosigning(tmp_path: Path, bundle: Path, key: Keys) 
     both = load_trust([key.public, second.public], None)
     with pytest.raises(TrustError, match="1 valid signature"):
         read_bundle(str(bundle), TrustPolicy(both, threshold=2))
-    written = cosign(str(bundle), load_signing_key(second.private))
+    written = cosign(*read_unverified(str(bundle)), load_signing_key(second.private))
     assert written == [bundle.with_name(f"demo.tar.{second.keyid}.sig")]
     detached = read_detached(find_detached_signatures(locate_bundle(str(bundle))))
     r = read_bundle(str(bundle), TrustPolicy(both, threshold=2), detached=detached)
