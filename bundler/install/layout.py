@@ -12,6 +12,7 @@ Under ``--prefix`` (default ``/opt/airgap``)::
                                       nginx/<name>/ (per-start auth file and TLS copy) (0600)
     serve/<name>/<start>/             per-start nginx.conf and product-docs listing
     serve/elastic-settings.txt        the Elastic settings an operator adds
+    elastic/es-truststore.sh          the trust step to run on every Elasticsearch node
 
 No other module spells these names; ``tlsgen`` names the files inside ``tls/``.
 """
@@ -51,6 +52,8 @@ class Layout:
         self.legacy_auth_file = self.secrets / "nginx-auth.conf"  # older airgap's one file
         self.serve = self.prefix / "serve"
         self.elastic_settings = self.serve / "elastic-settings.txt"
+        # written by the trust-store step; named here so the endpoint's hint can point at it
+        self.es_truststore_script = self.prefix / "elastic" / "es-truststore.sh"
 
     def release(self, key: str) -> Path:
         return self.releases / key

@@ -16,6 +16,7 @@ import requests
 from bundler.bundle.index import BLOB_PREFIX, parse_index
 from bundler.errors import AirgapError, InstallError
 from bundler.hashing import FileRange, hash_sources
+from bundler.install.elastic import llm
 from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
 from bundler.install.layout import Layout
 from bundler.install.records import RegistrySpec, ServeRecord
@@ -52,8 +53,10 @@ def status(
     runtime_url: str | None = None,
     *,
     deep: bool = False,
+    access: ElasticAccess | None = None,
 ) -> StatusReport:
-    """The receipt, checked against what is really there (files, images).
+    """The receipt, checked against what is really there (files, images; with
+    credentials in ``access``, the current release's Kibana and Elasticsearch objects).
 
     Raises:
         InstallError: no receipt under ``prefix``, or the engine is unreachable.
@@ -88,6 +91,10 @@ def status(
                 and all(i["present"] for i in images)
                 and (serving is None or serving["ok"])
             )
+            live = None
+            if key == receipt.current and rel.elastic and access is not None:
+                live = llm.live(rel.elastic, access)
+                healthy = healthy and all(v["ok"] is not False for v in live.values())
             if key == receipt.current:
                 ok = ok and healthy
             rows.append(
@@ -101,6 +108,7 @@ def status(
                     "images": images,
                     "serving": serving,
                     "elastic": rel.elastic.to_json() if rel.elastic else None,
+                    "elastic_live": live,
                     "healthy": healthy,
                     "installed_at": rel.installed_at,
                 }

@@ -10,6 +10,7 @@ receipt as soon as it exists; a rerun with other options keeps the earlier recor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,15 @@ from typing import Any
 from bundler.bundle.index import parse_index
 from bundler.errors import AirgapError, ElasticStepError, InstallError
 from bundler.fsutil import atomic_write_bytes
-from bundler.install.elastic import artifacts
+from bundler.install.elastic import artifacts, llm
 from bundler.install.elastic.api import Credentials
 from bundler.install.elastic.checks import elser_repository
 from bundler.install.elastic.connector import trust_snippet
 from bundler.install.elastic.elasticsearch import Elasticsearch, EsOptions, deploy_elser
+from bundler.install.elastic.endpoint import TrustHint, Wanted
 from bundler.install.elastic.kibana import KibanaOptions, register, unregister
+from bundler.install.elastic.records import ChatEndpointRecord, KibanaSettingsRecord
+from bundler.install.elastic.wiring import Plan
 from bundler.install.layout import Layout
 from bundler.install.options import InstallOptions, InstallResult
 from bundler.install.records import (
@@ -38,11 +42,20 @@ from bundler.install.records import (
 from bundler.install.state import ReceiptFile
 from bundler.manifest import parse_manifest
 
-ElasticPart = KibanaRecord | EndpointRecord | CopiedFiles
+ElasticPart = (
+    KibanaRecord | EndpointRecord | CopiedFiles | ChatEndpointRecord | KibanaSettingsRecord
+)
 
 
-def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: InstallOptions) -> None:
-    """After the release serves: Elastic files, settings to add, connector, ELSER endpoint.
+def run(
+    result: InstallResult,
+    layout: Layout,
+    store: ReceiptFile,
+    opts: InstallOptions,
+    plan: Plan | None = None,
+) -> None:
+    """After the release serves: Elastic files, settings to add, the model wired as the
+    preflight's ``plan`` says (connector, or inference endpoint), the ELSER endpoint.
 
     Raises:
         ElasticStepError: a step failed; the release stays installed and serving.
@@ -55,8 +68,11 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
     served = rel.serve
     previous = rel.elastic or ElasticRecord()
     earlier = list(previous.earlier)
-    record: dict[str, Any] = {}  # what this run recorded: kinds, settings_file
+    record: dict[str, Any] = {}  # what this run recorded: kinds, settings_file, wiring
     settings: list[tuple[str, str]] = []
+    wired = llm.Wired()
+    if plan is not None and plan.wiring != "none":
+        record["wiring"] = plan.wiring
 
     def keep(kind: ElasticKind, new: ElasticPart) -> None:
         """Record ``new``; an earlier, different object of this kind moves to ``earlier``."""
@@ -66,6 +82,14 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
         record[kind] = new
         save()
 
+    def forget(kind: ElasticKind, match: Callable[[Any], bool]) -> None:
+        """Drop this kind's records (current and earlier) that ``match``: deleted."""
+        earlier[:] = [e for e in earlier if not (e.kind == kind and match(e))]
+        current = record.get(kind, getattr(previous, kind))
+        if current is not None and match(current):
+            record[kind] = None
+        save()
+
     def save() -> None:
         now = store.receipt.releases[key]
         elastic = previous.model_copy(update={**record, "earlier": list(earlier)})
@@ -73,6 +97,10 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
 
     def as_json() -> dict[str, Any]:
         out = {k: v.to_json() if isinstance(v, ElasticPart) else v for k, v in record.items()}
+        if plan is not None:
+            out["plan"] = plan.to_json()
+        if plan is not None and plan.wiring == "inference-endpoint":
+            out.update(wired.to_json())
         return {**out, "settings": settings}
 
     try:
@@ -102,7 +130,7 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
             text = artifacts.settings_text(settings).encode()
             atomic_write_bytes(settings_file, text, mode=0o644)
             record["settings_file"] = str(settings_file)
-        if opts.kibana is not None:
+        if opts.kibana is not None and (plan is None or plan.wiring == "connector"):
             if not served:
                 raise InstallError(
                     "the Kibana connector needs the served endpoint",
@@ -125,7 +153,27 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
             if reg.test_reply is not None:
                 reply = reg.test_reply[:200]
                 record["kibana"] = record["kibana"].model_copy(update={"test_reply": reply})
-        if opts.elasticsearch is not None:
+        if plan is not None and plan.wiring == "inference-endpoint":
+            if not served or opts.elasticsearch is None:
+                raise InstallError(
+                    "the inference endpoint needs the served endpoint and --es-url",
+                    hint="Drop --no-serve/--registry, or wire the model by hand.",
+                )
+            own = bool(served.options and served.options.tls_cert)
+            llm.wire(
+                opts.elasticsearch,
+                opts.kibana,
+                opts.llm,
+                plan,
+                result.name,
+                Wanted(served.url, served.model, layout.token_file.read_text().strip()),
+                previous,
+                TrustHint(str(layout.es_truststore_script), own_cert=own),
+                keep,
+                forget,
+                wired,
+            )
+        if opts.elasticsearch is not None and artifacts.elser_ids(index):
             dep = deploy_elser(
                 opts.elasticsearch,
                 artifacts.elser_ids(index)[0],
@@ -164,7 +212,8 @@ class ElasticAccess:
 
 
 def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
-    """Delete the connector and the inference endpoint this tool created, files it copied.
+    """Delete what this tool created in Kibana and Elasticsearch (connectors, endpoints;
+    Kibana's default-model setting put back), and the files it copied.
 
     Raises:
         InstallError: something must be deleted in Kibana/Elasticsearch and no
@@ -184,8 +233,14 @@ def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
                 files += rec.files
             if isinstance(rec, KibanaRecord) and rec.mode == "preconfigured":
                 preconfigured.add(rec.connector_id)
+    everything = [
+        rec
+        for rel in receipt.releases.values()
+        for rec in (rel.elastic or ElasticRecord()).all_records()
+    ]
     removed = []
     if not access.keep:
+        llm.check_access(everything, access)
         if connectors and access.kibana is None:
             raise InstallError(
                 "airgap created Kibana connector(s) "
@@ -202,6 +257,7 @@ def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
                 hint="Set AIRGAP_ES_API_KEY (or --es-api-key-file / --es-credentials-file), "
                 "or pass --keep-elastic to leave them.",
             )
+        removed += llm.undo(everything, access)
         for (url, space, _), record in connectors.items():
             opts = KibanaOptions(
                 url=url,
