@@ -42,6 +42,7 @@ class ModelStandIn(JsonServer):
         super().__init__(tls=server_context(cert, key), host=host)
         self.token = token
         self.model = model
+        self.words = list(WORDS)  # what it answers (a test may make it answer nothing)
         self.requests: list[dict[str, object]] = []  # every chat request body, in order
         self.route("GET", r"/health", lambda req: Response(200, {}))
         self.route("POST", r"/v1/chat/completions", self._chat)
@@ -76,7 +77,7 @@ class ModelStandIn(JsonServer):
                     {
                         "index": 0,
                         "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": "".join(WORDS)},
+                        "message": {"role": "assistant", "content": "".join(self.words)},
                     }
                 ],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
@@ -84,7 +85,15 @@ class ModelStandIn(JsonServer):
         )
 
     def _sse(self, usage: bool) -> Iterator[bytes]:
-        for w in WORDS:
+        # vLLM's first chunk carries the role only: it is no content delta
+        first = {
+            "id": "chatcmpl-standin",
+            "object": "chat.completion.chunk",
+            "model": self.model,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
+        }
+        yield f"data: {json.dumps(first)}\n\n".encode()
+        for w in self.words:
             chunk = {
                 "id": "chatcmpl-standin",
                 "object": "chat.completion.chunk",
