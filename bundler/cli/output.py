@@ -247,7 +247,9 @@ def show_install(result: InstallResult) -> None:
     if result.serving and result.status != "dry-run":
         s = result.serving
         click.echo(f"serving {s['model']} at {s['url']} (answered a chat completion)")
-        click.echo(f"  trust this CA in Kibana: {s['ca_cert']}")
+        plan = (result.elastic or {}).get("plan") or {}
+        who = "Elasticsearch" if plan.get("wiring") == "inference-endpoint" else "Kibana"
+        click.echo(f"  trust this CA in {who}: {s['ca_cert']}")
         click.echo("  bearer token: `airgap status --show-token` (stored 0600 under the prefix)")
     if result.elastic and result.status != "dry-run":
         show_elastic(result.elastic)

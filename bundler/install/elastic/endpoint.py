@@ -69,7 +69,7 @@ def causes(r: requests.Response) -> str:
             out.append(err)
 
     walk(body.get("error") if isinstance(body, dict) else body)
-    return ": ".join(out) or json.dumps(body)[:300]
+    return ": ".join(x.rstrip(".") for x in out) or json.dumps(body)[:300]
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,9 @@ def run(
         elif served:
             docs_repo = served.artifacts.get("product_docs")
         settings = artifacts.settings_lines(elser_repo, docs_repo)
-        if served:
+        if served and (plan is None or plan.wiring != "inference-endpoint"):
+            # Kibana calls the model only through a connector; an endpoint is called by
+            # Elasticsearch, whose trust is the per-node trust-store step instead
             ca_pem = Path(served.ca_cert).read_text()
             settings.append(("kibana.yml", trust_snippet(served.url, ca_pem, "full")))
         if settings:
