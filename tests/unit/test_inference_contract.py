@@ -479,3 +479,73 @@ def test_wiring_is_chosen_from_both_versions_and_says_why() -> None:
     assert check_license({"license": {"type": "trial", "status": "active"}}, "x") == "trial license"
     with pytest.raises(InstallError):
         check_license({"license": {"type": "enterprise", "status": "expired"}}, "x")
+
+
+def test_choice_without_serving_and_the_rollback_note() -> None:
+    from bundler.install.elastic.records import ChatEndpointRecord, ElasticRecord
+    from bundler.install.elastic.steps import connector_note
+    from bundler.install.records import EngineSpec, Receipt, Release, ServeRecord
+
+    assert choose(LlmOptions(), None, (9, 5, 0), serving=False).wiring == "none"
+    with pytest.raises(UsageError):
+        choose(LlmOptions(wiring="inference-endpoint"), None, (9, 5, 0), serving=False)
+    ep = ChatEndpointRecord(
+        url="http://es:9200",
+        version="9.5.0",
+        endpoint_id="airgap-demo",
+        service_url="https://llm:8443/v1/chat/completions",
+        model_id="new-model",
+        created_by_us=True,
+        action="created",
+    )
+    rel = Release(
+        name="demo",
+        version=2,
+        index_sha256="a" * 64,
+        signers=[],
+        installed_at="t",
+        path="/p",
+        target=EngineSpec(url="unix:///d"),
+        elastic=ElasticRecord(inference=ep, wiring="inference-endpoint"),
+    )
+    served = ServeRecord(url=ep.service_url, ca_cert="/ca", port=8443, model="old-model")
+    notes = connector_note(Receipt(releases={"demo-2": rel}), "demo-1", served)
+    assert (
+        len(notes) == 1 and "inference endpoint still names the newer release's model" in notes[0]
+    )
+    assert (
+        connector_note(
+            Receipt(releases={"demo-2": rel}),
+            "demo-1",
+            served.model_copy(update={"model": "new-model"}),
+        )
+        == []
+    )
+
+
+def test_new_elastic_records_round_trip_and_old_ones_stay_as_written() -> None:
+    from bundler.install.elastic.records import ElasticRecord
+
+    doc = {
+        "earlier": [
+            {"kind": "inference", "url": "http://es", "version": "9.5.0", "endpoint_id": "a",
+             "service_url": "https://h/v1/chat/completions", "model_id": "m", "created_by_us": True,
+             "action": "created", "key_fingerprint": "sha256:0123456789abcdef"},
+            {"kind": "kibana_settings", "url": "http://k", "space": "ops", "endpoint_id": "a",
+             "kibana_version": "9.5.0", "previous": {DEFAULT_KEY: None}},
+        ],
+        "wiring": "inference-endpoint",
+        "inference": {"url": "http://es", "version": "9.5.0", "endpoint_id": "b",
+                      "service_url": "https://h/v1/chat/completions", "model_id": "m",
+                      "created_by_us": False, "action": "kept"},
+        "kibana_settings": {"url": "http://k", "space": "default", "endpoint_id": "b",
+                            "kibana_version": "9.5.0", "previous": {DEFAULT_KEY: "theirs"}},
+    }  # fmt: skip
+    assert ElasticRecord.model_validate(doc).to_json() == doc
+    old = {"earlier": [], "settings_file": "/s"}  # written before these records existed
+    assert ElasticRecord.model_validate(old).to_json() == old
+    with pytest.raises(ValueError):
+        ElasticRecord.model_validate({**doc, "inference": {**doc["inference"], "api_key": "x"}})
+
+
+DEFAULT_KEY = kbsettings.DEFAULT

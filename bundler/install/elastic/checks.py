@@ -71,7 +71,7 @@ def elastic_preflight(
                 why = "--kibana-mode preconfigured writes the connector into kibana.yml"
                 plan = Plan("connector", why, kibana_v, es_v)
             else:
-                plan = choose(opts.llm, kibana_v, es_v)
+                plan = choose(opts.llm, kibana_v, es_v, serving=will_serve)
             rows["wiring"] = Check("wiring", None if plan.warning else True, plan.detail())
         except AirgapError as e:
             errors["wiring"] = e

@@ -289,7 +289,17 @@ def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
 
 
 def connector_note(receipt: Receipt, key: str, served: ServeRecord) -> list[str]:
-    """What the operator must do about Kibana after a rollback, from the recorded connector."""
+    """What the operator must do about Kibana after a rollback, from the recorded connector
+    or inference endpoint."""
+    endpoints = [
+        r.elastic.inference for r in receipt.releases.values() if r.elastic and r.elastic.inference
+    ]
+    if any(e.model_id != served.model for e in endpoints):
+        return [
+            f"the inference endpoint still names the newer release's model: run `airgap "
+            f"install` of {key}'s bundle with --allow-downgrade and the same --es-url/--kibana-* "
+            f"options to point it at {served.model} (it is deleted and created again)"
+        ]
     records = [
         r.elastic.kibana for r in receipt.releases.values() if r.elastic and r.elastic.kibana
     ]

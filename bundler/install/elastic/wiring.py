@@ -115,13 +115,23 @@ def check_request(
         )
 
 
-def choose(llm: LlmOptions, kibana: Version | None, es: Version | None) -> Plan:
-    """The wiring for these versions (None: that product was not given).
+def choose(
+    llm: LlmOptions, kibana: Version | None, es: Version | None, *, serving: bool = True
+) -> Plan:
+    """The wiring for these versions (None: that product was not given); ``serving``:
+    this run serves the model (not ``--no-serve`` or ``--registry``).
 
     Raises:
         UsageError: ``inference-endpoint`` was asked for and Elasticsearch is older
-            than 8.18.
+            than 8.18, or nothing is served here.
     """
+    if not serving:
+        if llm.wiring == "inference-endpoint":
+            raise UsageError(
+                "--elastic-wiring inference-endpoint needs the model served here",
+                hint="Drop --no-serve/--registry.",
+            )
+        return Plan("none", "nothing is served here (--no-serve or --registry)", kibana, es)
     kv = f"Kibana {version_text(kibana)}" if kibana else ""
     ev = f"Elasticsearch {version_text(es)}" if es else ""
     deprecated = None
