@@ -121,11 +121,12 @@ def run(
         elif served:
             docs_repo = served.artifacts.get("product_docs")
         settings = artifacts.settings_lines(elser_repo, docs_repo)
-        if served and (plan is None or plan.wiring != "inference-endpoint"):
+        if served:
+            ca_pem = Path(served.ca_cert).read_text()
             # Kibana calls the model only through a connector; an endpoint is called by
             # Elasticsearch, whose trust is the per-node trust-store step instead
-            ca_pem = Path(served.ca_cert).read_text()
-            settings.append(("kibana.yml", trust_snippet(served.url, ca_pem, "full")))
+            if plan is None or plan.wiring != "inference-endpoint":
+                settings.append(("kibana.yml", trust_snippet(served.url, ca_pem, "full")))
         if settings:
             settings_file = layout.elastic_settings
             settings_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
