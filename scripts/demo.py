@@ -9,10 +9,15 @@
    services) through the real fetch path; split parts; a second signer co-signs.
 3. The transfer: the connected-side services are stopped; the bundle is verified
    from its parts and from stdin.
-4. The air-gapped side: install into a private Docker engine, serve through Nginx
-   (TLS + bearer token), a chat completion, the connector registered in the Kibana
-   stand-in (whose own test calls the model through Nginx), ELSER deployed by the
-   Elasticsearch stand-in from Nginx, a damaged part named, uninstall.
+4. The air-gapped side, Elastic 9.5: install into a private Docker engine, serve
+   through Nginx (TLS + bearer token); the model wired as an Elasticsearch
+   ``chat_completion`` inference endpoint, which fails first as a real cluster would
+   (its JVM does not trust the new CA) and names the trust-store step; the step done on
+   the stand-in's node (a PKCS12 store in ``jvm.options.d``, restart); the same command
+   again proves Elasticsearch → model and Kibana → Elasticsearch → model and makes the
+   endpoint Kibana's default model; ELSER deployed by the Elasticsearch stand-in from
+   Nginx. Then the connector path for an older Kibana (9.2), a damaged part named, and
+   an uninstall that removes both and puts Kibana's setting back.
 
 Everything it starts is stopped and every file it writes is removed at the end.
 """
@@ -38,6 +43,7 @@ import requests  # noqa: E402
 from devkit import services  # noqa: E402
 from devkit.demo_data import nginx_image, openai_stub_image  # noqa: E402
 from devkit.standins.elasticsearch import ElasticsearchStandIn  # noqa: E402
+from devkit.standins.jvmtrust import write_truststore  # noqa: E402
 from devkit.standins.kibana import KibanaStandIn  # noqa: E402
 
 STEPS: list[tuple[str, float]] = []
@@ -208,98 +214,18 @@ def main() -> None:
         sigs = [a for s in usb.glob("demo.tar.*.sig") for a in ("--signature", str(s))]
         airgap("-q", "verify", "-", *trust, *sigs, stdin=joined, label="verify stdin")
 
-        print("\n== air-gapped side: a private Docker engine, Kibana and ES stand-ins ==")
-        prefix = work / "opt"
-        ca = prefix / "secrets" / "tls" / "ca.crt"
-        kibana = KibanaStandIn("9.2.0", api_keys={KIBANA_KEY}, trusted_ca=ca)
-        es = ElasticsearchStandIn("9.2.0", api_keys={ES_KEY})
-        with services.dockerd() as engine, kibana.running(), es.running():
-            port, artifacts = services.free_port(), services.free_port()
-            es.model_repository = f"http://127.0.0.1:{artifacts}/elser"
-            print(f"  Kibana stand-in {kibana.url} (9.2.0; trusts the CA airgap makes, as the")
-            print("  printed customHostSettings would make a real Kibana do)")
-            print(f"  ES stand-in {es.url} (xpack.ml.model_repository: {es.model_repository})")
-            ENV.update(AIRGAP_KIBANA_API_KEY=KIBANA_KEY, AIRGAP_ES_API_KEY=ES_KEY)
-            target = [
-                "--prefix",
-                str(prefix),
-                "--no-gpu",
-                "--runtime-url",
-                engine.url,
-                "--port",
-                str(port),
-                "--internal-port",
-                str(services.free_port()),
-                "--artifacts-port",
-                str(artifacts),
-                "--ip",
-                "127.0.0.1",
-                "--health-timeout",
-                "120",
-            ]
-            elastic = ["--kibana-url", kibana.url, "--es-url", es.url]
-            airgap("install", str(bundle) + ".part-000", *trust, *target, *elastic)
-            airgap("status", "--prefix", str(prefix), "--runtime-url", engine.url)
-            token = airgap(
-                "status",
-                "--prefix",
-                str(prefix),
-                "--runtime-url",
-                engine.url,
-                "--show-token",
-                quiet=True,
-                label="status",
-            ).strip()
-
-            print("\n== what Kibana's connector does: a chat completion through Nginx ==")
-            session = requests.Session()
-            session.trust_env = False
-            url = f"https://127.0.0.1:{port}/v1/chat/completions"
-            started = time.monotonic()
-            r = session.post(
-                url,
-                verify=str(ca),
-                timeout=60,
-                headers={"Authorization": f"Bearer {token}"},
-                json={"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello?"}]},
-            )
-            took = time.monotonic() - started
-            if r.status_code != 200:
-                raise SystemExit(f"demo failed: chat completion answered {r.status_code}")
-            answer = r.json()["choices"][0]["message"]["content"]
-            print(
-                f"POST {url} (TLS checked against {ca.name}, bearer token) -> "
-                f"{r.status_code} in {took * 1000:.0f} ms: {answer!r}"
-            )
-            r = session.post(url, verify=str(ca), timeout=60, json={"model": "tiny-llama"})
-            print(f"the same without the token -> {r.status_code}")
-            if r.status_code != 401:
-                raise SystemExit("demo failed: the endpoint answered without the token")
-            STEPS.append(("chat completion", took))
-            connectors = kibana.connectors["default"]
-            print(
-                f"Kibana stand-in holds {len(connectors)} connector(s); "
-                f"ES stand-in fetched ELSER in {len(es.range_requests)} Range requests "
-                f"({', '.join(sorted({str(s) for _, s in es.range_requests}))})"
-            )
-            airgap(
-                "-q", "install", str(bundle) + ".part-000", *trust, *target, *elastic, label="rerun"
-            )
-            print(f"after a rerun: still {len(kibana.connectors['default'])} connector")
-
-            print("\n== a damaged transfer is named precisely, and changes nothing ==")
-            victim = parts[1]
-            data = bytearray(victim.read_bytes())
-            data[len(data) // 2] ^= 0x01
-            victim.write_bytes(bytes(data))
-            airgap("-q", "verify", str(bundle), *trust, expect=3, label="damaged part")
-            print(
-                f"  (sha256 of {victim.name} is now {hashlib.sha256(data).hexdigest()[:16]}…; "
-                "the signed parts list says otherwise: only this part needs carrying again)"
-            )
-            airgap("uninstall", "--prefix", str(prefix), "--runtime-url", engine.url)
-            if kibana.connectors["default"] or es.endpoints:
-                raise SystemExit("demo failed: uninstall left the connector or the endpoint")
+        print("\n== air-gapped side: a private Docker engine, Kibana and ES 9.5 stand-ins ==")
+        ca = work / "opt" / "secrets" / "tls" / "ca.crt"
+        es_conf = work / "es-node" / "config"  # the stand-in node's ES_PATH_CONF
+        (es_conf / "jvm.options.d").mkdir(parents=True)
+        es = ElasticsearchStandIn(
+            "9.5.0", api_keys={ES_KEY, KIBANA_KEY}, license="trial", path_conf=es_conf
+        )
+        with services.dockerd() as engine, es.running():
+            kibana = KibanaStandIn("9.5.0", api_keys={KIBANA_KEY}, elasticsearch=es.url)
+            old_kibana = KibanaStandIn("9.2.0", api_keys={KIBANA_KEY}, trusted_ca=ca)
+            with kibana.running(), old_kibana.running():
+                run_air_gapped(work, bundle, parts, trust, engine, es, es_conf, kibana, old_kibana)
         total = time.monotonic() - begun
         print("\n== summary ==")
         for label, took in STEPS:
@@ -307,10 +233,134 @@ def main() -> None:
         print(
             f"demo finished in {total:.1f}s: a {len(joined) / 2**20:.0f} MiB bundle in "
             f"{len(parts)} parts, built from a registry and a hub, signed twice, verified, "
-            "installed, served, registered, removed"
+            "installed, served, wired into Elastic 9.5 and 9.2, removed"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_air_gapped(
+    work: Path,
+    bundle: Path,
+    parts: list[Path],
+    trust: list[str],
+    engine: services.Service,
+    es: ElasticsearchStandIn,
+    es_conf: Path,
+    kibana: KibanaStandIn,
+    old_kibana: KibanaStandIn,
+) -> None:
+    prefix = work / "opt"
+    ca = prefix / "secrets" / "tls" / "ca.crt"
+    kibana.ai.settings["default"]["genAiSettings:defaultAIConnector"] = "their-model"
+    port, artifacts = services.free_port(), services.free_port()
+    es.model_repository = f"http://127.0.0.1:{artifacts}/elser"
+    print(f"  Kibana 9.5 stand-in {kibana.url} (default AI model: their-model)")
+    print(f"  ES 9.5 stand-in {es.url} (trial license; ES_PATH_CONF {es_conf.name}/;")
+    print(f"  xpack.ml.model_repository: {es.model_repository})")
+    print(f"  Kibana 9.2 stand-in {old_kibana.url} (trusts the CA airgap makes, as the")
+    print("  printed customHostSettings would make a real Kibana do)")
+    ENV.update(AIRGAP_KIBANA_API_KEY=KIBANA_KEY, AIRGAP_ES_API_KEY=ES_KEY)
+    target = [
+        "--prefix",
+        str(prefix),
+        "--no-gpu",
+        "--runtime-url",
+        engine.url,
+        "--port",
+        str(port),
+        "--internal-port",
+        str(services.free_port()),
+        "--artifacts-port",
+        str(artifacts),
+        "--ip",
+        "127.0.0.1",
+        "--health-timeout",
+        "120",
+    ]
+    elastic = ["--kibana-url", kibana.url, "--es-url", es.url]
+    part0 = str(bundle) + ".part-000"
+    airgap("install", part0, *trust, *target, *elastic, expect=1, label="install (PKIX)")
+
+    print("\n== the trust step on the Elasticsearch node, then the same command again ==")
+    started = time.monotonic()
+    store = write_truststore(ca.read_bytes(), es_conf / "inference-truststore.p12", "demo-pw")
+    (es_conf / "jvm.options.d" / "airgap-inference-truststore.options").write_text(
+        f"-Djavax.net.ssl.trustStore={store}\n-Djavax.net.ssl.trustStorePassword=demo-pw\n"
+        "-Djavax.net.ssl.trustStoreType=PKCS12\n"
+    )
+    es.restart()
+    print(
+        f"  wrote {store.name} (our CA; es-truststore.sh also copies the node's cacerts) and "
+        "jvm.options.d/airgap-inference-truststore.options, restarted the node"
+    )
+    timed("trust step", started)
+    airgap("install", part0, *trust, *target, *elastic, label="install (9.5)")
+    airgap("status", "--prefix", str(prefix), "--runtime-url", engine.url)
+    token = airgap(
+        "status",
+        "--prefix",
+        str(prefix),
+        "--runtime-url",
+        engine.url,
+        "--show-token",
+        quiet=True,
+        label="status",
+    ).strip()
+
+    print("\n== what Elasticsearch's endpoint does: a chat completion through Nginx ==")
+    session = requests.Session()
+    session.trust_env = False
+    url = f"https://127.0.0.1:{port}/v1/chat/completions"
+    started = time.monotonic()
+    r = session.post(
+        url,
+        verify=str(ca),
+        timeout=60,
+        headers={"Authorization": f"Bearer {token}"},
+        json={"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello?"}]},
+    )
+    took = time.monotonic() - started
+    if r.status_code != 200:
+        raise SystemExit(f"demo failed: chat completion answered {r.status_code}")
+    answer = r.json()["choices"][0]["message"]["content"]
+    print(
+        f"POST {url} (TLS checked against {ca.name}, bearer token) -> "
+        f"{r.status_code} in {took * 1000:.0f} ms: {answer!r}"
+    )
+    r = session.post(url, verify=str(ca), timeout=60, json={"model": "tiny-llama"})
+    print(f"the same without the token -> {r.status_code}")
+    if r.status_code != 401:
+        raise SystemExit("demo failed: the endpoint answered without the token")
+    STEPS.append(("chat completion", took))
+    print(
+        f"ES stand-in holds endpoint(s) {sorted(es.chat.endpoints)}; Kibana's default AI "
+        f"model is {kibana.ai.settings['default']['genAiSettings:defaultAIConnector']}; "
+        f"ES fetched ELSER in {len(es.range_requests)} Range requests "
+        f"({', '.join(sorted({str(s) for _, s in es.range_requests}))})"
+    )
+    airgap("-q", "install", part0, *trust, *target, *elastic, label="rerun")
+    n = len(kibana.connectors["default"])
+    print(f"after a rerun: still {len(es.chat.endpoints)} endpoint, {n} connectors in Kibana 9.5")
+
+    print("\n== the same release wired into an older Kibana (9.2): the connector path ==")
+    airgap("install", part0, *trust, *target, "--kibana-url", old_kibana.url, label="install (9.2)")
+
+    print("\n== a damaged transfer is named precisely, and changes nothing ==")
+    victim = parts[1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    airgap("-q", "verify", str(bundle), *trust, expect=3, label="damaged part")
+    print(
+        f"  (sha256 of {victim.name} is now {hashlib.sha256(data).hexdigest()[:16]}…; "
+        "the signed parts list says otherwise: only this part needs carrying again)"
+    )
+    airgap("uninstall", "--prefix", str(prefix), "--runtime-url", engine.url)
+    if old_kibana.connectors["default"] or es.endpoints or es.chat.endpoints:
+        raise SystemExit("demo failed: uninstall left the connector or an endpoint")
+    if kibana.ai.settings["default"].get("genAiSettings:defaultAIConnector") != "their-model":
+        raise SystemExit("demo failed: uninstall did not put Kibana's default model back")
 
 
 if __name__ == "__main__":

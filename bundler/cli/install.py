@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bundler.cli.install_options import elastic_options, image_options, serve_options
+from bundler.cli.llm_options import llm_options
 from bundler.cli.options import (
     elastic_access_options,
     host_options,
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from bundler.cli.install_options import ElasticRequest, ImageDestination
     from bundler.cli.options import HostInputs, TrustInputs
     from bundler.install.elastic.steps import ElasticAccess
+    from bundler.install.elastic.wiring import LlmOptions
     from bundler.install.options import Check
     from bundler.install.records import ServeOptions
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 @serve_options
 @image_options
 @elastic_options
+@llm_options
 @elastic_access_options
 @stall_timeout_option
 @json_option
@@ -49,14 +52,17 @@ def install(
     serve: ServeOptions | None,
     images: ImageDestination,
     elastic: ElasticRequest,
+    llm: LlmOptions,
     access: ElasticAccess,
     stall_timeout: float,
     as_json: bool,
 ) -> None:
     """Verify BUNDLE and install it: files into a release, images into the engine, then
-    serve the model and register it with Kibana (and ELSER with Elasticsearch)."""
+    serve the model and wire it into Elastic (an Elasticsearch inference endpoint made
+    Kibana's default model, or a Kibana connector), and ELSER into Elasticsearch."""
     from bundler.bundle.detached import collect_signatures
     from bundler.bundle.parts import locate_bundle
+    from bundler.install.elastic.wiring import check_request
     from bundler.install.installer import install as run_install
     from bundler.install.options import InstallOptions
 
@@ -66,6 +72,9 @@ def install(
         raise click.UsageError(
             "the Kibana connector needs the served endpoint: drop --no-serve/--registry"
         )
+    check_request(
+        llm, es_url=elastic.es_url, kibana_url=elastic.kibana_url, kibana_mode=elastic.kibana_mode
+    )
     kibana = elastic.kibana(access)
     es = elastic.elasticsearch(access)
     trusted = trust.load()
@@ -90,6 +99,7 @@ def install(
         serve=serve,
         kibana=kibana,
         elasticsearch=es,
+        llm=llm,
         elser_dir=elastic.elser_dir,
         product_docs_dir=elastic.product_docs_dir,
         stall_timeout=stall_timeout,

@@ -287,7 +287,11 @@ elastic_options = option_group(
         help="How Kibana checks the endpoint's certificate (Kibana 8.19+/9.1+).",
     ),
     click.option("--no-kibana-test", is_flag=True, help="Skip the connector's _execute test."),
-    click.option("--es-url", default=None, help="Create the ELSER inference endpoint here."),
+    click.option(
+        "--es-url",
+        default=None,
+        help="Elasticsearch: the model's inference endpoint (Kibana 9.4+), and ELSER.",
+    ),
     click.option(
         "--elser-endpoint-id",
         "--es-inference-id",

@@ -20,15 +20,19 @@ if TYPE_CHECKING:
 
 @click.command()
 @host_options
+@elastic_access_options
 @click.option("--deep", is_flag=True, help="Also re-hash every installed file.")
 @click.option("--show-token", is_flag=True, help="Print the bearer token Kibana must send.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def status(host: HostInputs, deep: bool, show_token: bool, as_json: bool) -> None:
-    """What is installed under --prefix, checked against what is really there."""
+def status(
+    host: HostInputs, access: ElasticAccess, deep: bool, show_token: bool, as_json: bool
+) -> None:
+    """What is installed under --prefix, checked against what is really there (with
+    Kibana/Elasticsearch credentials, also the connector, endpoint and default model)."""
     from bundler.install.layout import Layout
     from bundler.install.manage import status as run_status
 
-    report = run_status(host.prefix, host.runtime, host.runtime_url, deep=deep)
+    report = run_status(host.prefix, host.runtime, host.runtime_url, deep=deep, access=access)
     if show_token:
         token_file = Layout(host.prefix).token_file
         if not token_file.exists():

@@ -13,10 +13,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
+from bundler.cli.output_elastic import show_elastic, show_release_elastic
 from bundler.fmt import human
 from bundler.progress import NullReporter, Reporter
 
@@ -240,40 +241,12 @@ def show_install(result: InstallResult) -> None:
     if result.serving and result.status != "dry-run":
         s = result.serving
         click.echo(f"serving {s.model} at {s.url} (answered a chat completion)")
-        click.echo(f"  trust this CA in Kibana: {s.ca_cert}")
+        plan = (result.elastic or {}).get("plan") or {}
+        who = "Elasticsearch" if plan.get("wiring") == "inference-endpoint" else "Kibana"
+        click.echo(f"  trust this CA in {who}: {s.ca_cert}")
         click.echo("  bearer token: `airgap status --show-token` (stored 0600 under the prefix)")
     if result.elastic and result.status != "dry-run":
-        _show_elastic(result.elastic)
-
-
-def _show_elastic(el: dict[str, Any]) -> None:
-    k = el.get("kibana")
-    if k and k.get("mode") == "api":
-        verb = k.get("action", "updated")
-        click.echo(
-            f"kibana: connector {k['name']!r} ({k['connector_id']}) {verb} in "
-            f"{k['url']} space {k['space']} (Kibana {k['kibana_version']})"
-        )
-        if "test_reply" in k:
-            click.echo(f"  Kibana's own test call answered: {k['test_reply']!r}")
-    elif k:
-        click.echo(f"kibana: preconfigured connector written to {k['snippet']} (0600)")
-        click.echo("  add it to kibana.yml and restart Kibana")
-    e = el.get("elasticsearch")
-    if e:
-        click.echo(
-            f"elasticsearch: inference endpoint {e['endpoint_id']} ({e['model_id']}) "
-            f"{e.get('action', 'kept')}, deployment {e['state']}, in {e['url']}"
-        )
-    for key in ("elser_dir", "product_docs_dir"):
-        if el.get(key):
-            click.echo(f"copied {len(el[key]['files'])} verified file(s) into {el[key]['path']}")
-    if el.get("settings"):
-        click.echo("settings for Elastic (also in " + str(el.get("settings_file")) + "):")
-        for target, line in el["settings"]:
-            first = line.splitlines()[0]
-            more = " ..." if "\n" in line.rstrip("\n") else ""
-            click.echo(f"  {target}: {first}{more}")
+        show_elastic(result.elastic)
 
 
 def show_status(report: StatusReport) -> None:
@@ -296,26 +269,10 @@ def show_status(report: StatusReport) -> None:
             click.echo(
                 f"      serving {serving.url}: {running}; /health through nginx: {serving.health}"
             )
-        _show_release_elastic(rel.elastic.to_json() if rel.elastic else {})
+        show_release_elastic(rel.elastic.to_json() if rel.elastic else {}, rel.elastic_live)
     for t in report.es_truststores:
         detail = f": {t['detail']}" if t["detail"] else ""
         click.echo(f"  Elasticsearch trust store {t['store']}: {t['state']}{detail}")
-
-
-def _show_release_elastic(el: dict[str, Any]) -> None:
-    k = el.get("kibana") or {}
-    if k.get("mode") == "api":
-        click.echo(
-            f"      kibana connector {k['connector_id']} in {k['url']} "
-            f"space {k.get('space', 'default')}"
-        )
-    elif k:
-        click.echo(f"      kibana preconfigured snippet {k['snippet']}")
-    e = el.get("elasticsearch") or {}
-    if e:
-        click.echo(f"      inference endpoint {e['endpoint_id']} in {e['url']}")
-    if el.get("settings_file"):
-        click.echo(f"      Elastic settings to add: {el['settings_file']}")
 
 
 def show_rollback(key: str, notes: Sequence[str]) -> None:

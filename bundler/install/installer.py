@@ -24,6 +24,7 @@ from bundler.bundle.index import Index
 from bundler.bundle.policy import TrustPolicy, VerifyResult
 from bundler.bundle.reader import read_bundle
 from bundler.install.elastic import steps as elastic_steps
+from bundler.install.elastic.wiring import Plan
 from bundler.install.layout import Layout
 from bundler.install.options import Check, InstallOptions, InstallResult, InstallStatus
 from bundler.install.preflight import Decision, decide, evaluate, gather
@@ -67,6 +68,7 @@ class InstallRun:
     target: ImageTarget
     started: float
     checks: list[Check] = field(default_factory=list)
+    plan: Plan | None = None  # the Elastic wiring the preflight chose
 
     def _serve(self, key: str, name: str) -> ServeRecord | None:
         """Serve ``key`` when this run serves (an engine target and serve options)."""
@@ -209,6 +211,7 @@ def install(
                 installed = versions.installed(vr.index.name)
                 facts = gather(vr, opts, layout, store.receipt, installed, target, info, where)
                 run.checks.extend(evaluate(facts, opts))
+                run.plan = facts.elastic_plan
                 if on_preflight:
                     on_preflight(list(run.checks))
                 decided.append(decide(facts, run.checks, opts))
@@ -234,7 +237,7 @@ def install(
             else:
                 result = run.activate(vr, sink, versions)
             if result.status != "dry-run":
-                elastic_steps.run(result, layout, store, opts)
+                elastic_steps.run(result, layout, store, opts, run.plan)
             return result
         finally:
             target.close()

@@ -14,6 +14,7 @@ import requests
 from bundler.bundle.index import BLOB_PREFIX, parse_index
 from bundler.errors import AirgapError, InstallError
 from bundler.hashing import FileRange, hash_sources
+from bundler.install.elastic import llm
 from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
 from bundler.install.elastic.truststore_state import check_nodes
 from bundler.install.layout import Layout
@@ -35,8 +36,10 @@ def status(
     runtime_url: str | None = None,
     *,
     deep: bool = False,
+    access: ElasticAccess | None = None,
 ) -> StatusReport:
-    """The receipt, checked against what is really there (files, images).
+    """The receipt, checked against what is really there (files, images; with
+    credentials in ``access``, the current release's Kibana and Elasticsearch objects).
 
     Raises:
         InstallError: no receipt under ``prefix``, or the engine is unreachable.
@@ -67,6 +70,9 @@ def status(
             serving = None
             if rel.serve and key == receipt.current and isinstance(target, EngineTarget):
                 serving = _probe(Server(target.runtime, layout, rel.name), rel.serve)
+            live = None
+            if key == receipt.current and rel.elastic and access is not None:
+                live = llm.live(rel.elastic, access)
             row = ReleaseStatus(
                 release=key,
                 version=rel.version,
@@ -77,6 +83,7 @@ def status(
                 images=images,
                 serving=serving,
                 elastic=rel.elastic,
+                elastic_live=live,
                 installed_at=rel.installed_at,
             )
             if key == receipt.current:

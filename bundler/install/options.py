@@ -10,6 +10,7 @@ from bundler.boundedio import DEFAULT_STALL_TIMEOUT
 from bundler.bundle.signing import TrustedKey
 from bundler.install.elastic.elasticsearch import EsOptions
 from bundler.install.elastic.kibana import KibanaOptions
+from bundler.install.elastic.wiring import LlmOptions
 from bundler.install.layout import DEFAULT_PREFIX
 from bundler.install.records import ImageRecord, ServeOptions, ServeRecord
 
@@ -45,7 +46,8 @@ class InstallOptions:
     replace_tags: bool = False  # move an existing tag that names another image
     tag_source_refs: bool = False  # also tag the signed source refs (engine)
     kibana: KibanaOptions | None = None  # register the connector (needs serve)
-    elasticsearch: EsOptions | None = None  # create the ELSER inference endpoint
+    elasticsearch: EsOptions | None = None  # the chat_completion endpoint, ELSER
+    llm: LlmOptions = field(default_factory=LlmOptions)  # how the model is wired into Elastic
     elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
     product_docs_dir: Path | None = None  # copy product docs (+ index.xml) for file://
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # bundle "-": stdin may send nothing this long

@@ -26,6 +26,7 @@ from bundler.fmt import human
 from bundler.fsutil import free_space
 from bundler.install.contents import check_signed_names
 from bundler.install.elastic.checks import elastic_preflight
+from bundler.install.elastic.wiring import Plan
 from bundler.install.layout import Layout
 from bundler.install.options import Check, InstallOptions
 from bundler.install.records import Receipt, Release
@@ -72,6 +73,7 @@ class Facts:
     ports: dict[int, PortState] = field(default_factory=dict)
     elastic: tuple[Check, ...] = ()
     elastic_errors: dict[str, AirgapError] = field(default_factory=dict)
+    elastic_plan: Plan | None = None  # how the model is wired into Elastic (None: not at all)
 
 
 def _port_free(port: int) -> bool:
@@ -139,7 +141,7 @@ def gather(
     for port in wanted_ports(opts, has_elastic, will_serve):
         ports[port] = "ours" if port in ours else ("free" if _port_free(port) else "busy")
     errors: dict[str, AirgapError] = {}
-    elastic = tuple(elastic_preflight(opts, index, errors, will_serve))
+    elastic, plan = elastic_preflight(opts, index, errors, will_serve)
     reusable = bool(
         known
         and layout.release(key).is_dir()
@@ -170,8 +172,9 @@ def gather(
         gpu=info.gpu if engine and info else None,
         gpu_detail=info.gpu_detail if info else "",
         ports=ports,
-        elastic=elastic,
+        elastic=tuple(elastic),
         elastic_errors=errors,
+        elastic_plan=plan,
     )
 
 

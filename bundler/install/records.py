@@ -28,33 +28,41 @@ discriminated pair of models would only repeat that.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
+
+from bundler.install.elastic.records import (
+    EARLIER,
+    CopiedFiles,
+    Earlier,
+    EarlierEndpoint,
+    EarlierFiles,
+    EarlierKibana,
+    ElasticKind,
+    ElasticRecord,
+    EndpointRecord,
+    KibanaRecord,
+)
+from bundler.install.recordbase import Record
+
+# The Elastic records live in .elastic.records; they are named here too, as before.
+__all__ = [
+    "EARLIER",
+    "CopiedFiles",
+    "Earlier",
+    "EarlierEndpoint",
+    "EarlierFiles",
+    "EarlierKibana",
+    "ElasticKind",
+    "ElasticRecord",
+    "EndpointRecord",
+    "KibanaRecord",
+]
 
 RECEIPT_FORMAT = "airgap-receipt/2"
 PREVIOUS_FORMAT = "airgap-receipt/1"
 FORMAT_PREFIX = "airgap-receipt/"
-
-
-class Record(BaseModel):
-    """Frozen and strict; fields in ``omit_unset`` are written only when they were given."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    omit_unset: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _omit(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict):
-            for name in self.omit_unset - self.model_fields_set:
-                data.pop(name, None)
-        return data
-
-    def to_json(self) -> dict[str, object]:
-        """The JSON form (as written into the receipt)."""
-        out: dict[str, Any] = self.model_dump(mode="json")
-        return out
 
 
 # -- where images went ---------------------------------------------------------------
@@ -149,8 +157,8 @@ class ServeRecord(Record):
     ca_cert: str
     port: int
     model: str
-    containers: dict[str, ContainerRef] = {}
-    artifacts: dict[str, str] = {}  # "elser"/"product_docs" -> URL
+    containers: dict[str, ContainerRef] = Field(default_factory=dict)
+    artifacts: dict[str, str] = Field(default_factory=dict)  # "elser"/"product_docs" -> URL
     internal_port: int | None = None
     artifacts_port: int | None = None
     token_file: str | None = None  # the path, never the token
@@ -162,94 +170,6 @@ class ServeRecord(Record):
         if self.options is None or self.options.network == "host":
             ports.append(self.internal_port)
         return [p for p in ports if p]
-
-
-# -- what install did in Kibana and Elasticsearch -------------------------------------
-
-
-class KibanaRecord(Record):
-    omit_unset = frozenset({"url", "snippet", "action", "test_reply"})
-
-    mode: Literal["api", "preconfigured"]
-    connector_id: str
-    name: str
-    api_url: str
-    kibana_version: str
-    created_by_us: bool = False
-    url: str | None = None
-    space: str = "default"
-    snippet: str | None = None  # preconfigured mode: the file written
-    action: str | None = None  # "created" or "updated"
-    test_reply: str | None = None
-
-    def identity(self) -> tuple[object, ...]:
-        return (self.mode, self.url, self.space, self.connector_id)
-
-
-class EndpointRecord(Record):
-    url: str
-    version: str
-    endpoint_id: str
-    model_id: str
-    created_by_us: bool = False
-    action: str
-    state: str | None
-
-    def identity(self) -> tuple[object, ...]:
-        return (self.url, self.endpoint_id)
-
-
-class CopiedFiles(Record):
-    path: str
-    files: list[str] = []
-
-    def identity(self) -> tuple[object, ...]:
-        return (self.path,)
-
-
-class EarlierKibana(KibanaRecord):
-    kind: Literal["kibana"]
-
-
-class EarlierEndpoint(EndpointRecord):
-    kind: Literal["elasticsearch"]
-
-
-class EarlierFiles(CopiedFiles):
-    kind: Literal["elser_dir", "product_docs_dir"]
-
-
-Earlier = Annotated[EarlierKibana | EarlierEndpoint | EarlierFiles, Field(discriminator="kind")]
-ElasticKind = Literal["kibana", "elasticsearch", "elser_dir", "product_docs_dir"]
-
-
-class ElasticRecord(Record):
-    """What the Elastic steps created; ``earlier`` keeps objects a rerun replaced, so
-    that uninstall still removes them."""
-
-    omit_unset = frozenset(
-        {"settings_file", "kibana", "elasticsearch", "elser_dir", "product_docs_dir"}
-    )
-
-    earlier: list[Earlier] = []
-    settings_file: str | None = None
-    kibana: KibanaRecord | None = None
-    elasticsearch: EndpointRecord | None = None
-    elser_dir: CopiedFiles | None = None
-    product_docs_dir: CopiedFiles | None = None
-
-    def all_records(self) -> list[KibanaRecord | EndpointRecord | CopiedFiles]:
-        """Current and earlier records alike."""
-        now = [self.kibana, self.elasticsearch, self.elser_dir, self.product_docs_dir]
-        return [r for r in now if r is not None] + list(self.earlier)
-
-
-EARLIER: dict[str, Any] = {
-    "kibana": EarlierKibana,
-    "elasticsearch": EarlierEndpoint,
-    "elser_dir": EarlierFiles,
-    "product_docs_dir": EarlierFiles,
-}
 
 
 # -- the receipt ---------------------------------------------------------------------
@@ -265,7 +185,7 @@ class Release(Record):
     installed_at: str
     path: str
     target: TargetSpec
-    images: list[ImageRecord] = []
+    images: list[ImageRecord] = Field(default_factory=list)
     serve: ServeRecord | None = None
     elastic: ElasticRecord | None = None
 
@@ -275,7 +195,8 @@ class PendingRun(Record):
 
     staging: str
     target: TargetSpec
-    images: list[ImageRecord] = []  # loaded ones may be removed, present ones untagged
+    # loaded ones may be removed, present ones untagged
+    images: list[ImageRecord] = Field(default_factory=list)
 
 
 class Receipt(Record):
@@ -288,8 +209,8 @@ class Receipt(Record):
 
     format: str = RECEIPT_FORMAT
     current: str | None = None
-    releases: dict[str, Release] = {}
-    history: list[str] = []
+    releases: dict[str, Release] = Field(default_factory=dict)
+    history: list[str] = Field(default_factory=list)
     pending: PendingRun | None = None
 
     def with_pending(self, pending: PendingRun | None) -> Receipt:

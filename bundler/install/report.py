@@ -54,6 +54,9 @@ class ReleaseStatus:
     serving: ServingProbe | None  # only for the active release served on an engine
     elastic: ElasticRecord | None
     installed_at: str
+    # the recorded Elastic objects checked live (kind -> {"ok": bool | None, ...}), for
+    # the active release when credentials were given
+    elastic_live: dict[str, Any] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -62,6 +65,7 @@ class ReleaseStatus:
             and self.files_ok is not False
             and all(i.present for i in self.images)
             and (self.serving is None or self.serving.ok)
+            and all(v.get("ok") is not False for v in (self.elastic_live or {}).values())
         )
 
     def to_json(self) -> dict[str, object]:
@@ -75,6 +79,7 @@ class ReleaseStatus:
             "images": [i.to_json() for i in self.images],
             "serving": self.serving.to_json() if self.serving else None,
             "elastic": self.elastic.to_json() if self.elastic else None,
+            "elastic_live": self.elastic_live,
             "healthy": self.healthy,
             "installed_at": self.installed_at,
         }

@@ -1,12 +1,14 @@
-"""A small threaded JSON HTTP server with routes, on loopback."""
+"""A small threaded JSON HTTP server with routes, on loopback (HTTPS when given a
+context; a response may stream, as Server-Sent Events do)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
+import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +34,8 @@ class Response:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    stream: Iterable[bytes] | None = None  # sent chunked, as produced (SSE)
+    raw: bytes | None = None  # sent as is (a non-JSON body, like Nginx's error pages)
 
 
 Handler = Callable[[Request], Response]
@@ -40,7 +44,9 @@ Handler = Callable[[Request], Response]
 class JsonServer:
     """Routes ``(METHOD, regex)`` to handlers; answers JSON; records every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+        self.tls = tls
+        self.host = host
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self.log: list[tuple[str, str, int]] = []
         self.fail_next: list[int] = []  # statuses to answer before handling (retry tests)
@@ -75,7 +81,7 @@ class JsonServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @contextmanager
     def running(self) -> Iterator[JsonServer]:
@@ -100,11 +106,25 @@ class JsonServer:
                 except Exception as e:  # a stand-in bug must show, not hang the client
                     resp = Response(500, {"statusCode": 500, "message": f"stand-in error: {e}"})
                 outer.log.append((req.method, self.path, resp.status))
-                data = b"" if resp.body is None else json.dumps(resp.body).encode()
                 self.send_response(resp.status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                for k, v in resp.headers.items():
+                headers = {"Content-Type": "application/json; charset=utf-8", **resp.headers}
+                for k, v in headers.items():
                     self.send_header(k, v)
+                if resp.stream is not None:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    try:
+                        for piece in resp.stream:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                            self.wfile.flush()
+                        self.wfile.write(b"0\r\n\r\n")
+                    except OSError:  # the client went away mid-stream
+                        self.close_connection = True
+                    return
+                if resp.raw is not None:
+                    data = resp.raw
+                else:
+                    data = b"" if resp.body is None else json.dumps(resp.body).encode()
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -114,9 +134,15 @@ class JsonServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        class _Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that went away (or failed the TLS handshake) is no news
+
+        self._server = _Server((self.host, 0), _H)
         self._server.daemon_threads = True
-        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
+        thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         try:
             yield self

@@ -1,4 +1,6 @@
-"""An Elasticsearch stand-in: the ELSER model repository download and inference endpoints.
+"""An Elasticsearch stand-in: the ELSER model repository download and inference endpoints
+(the ``chat_completion`` ones, their license, validation call and streaming are
+:mod:`.inference`'s; the JVM's TLS trust they use is :mod:`.jvmtrust`'s).
 
 Enforced, as Elasticsearch does it (``x-pack/plugin/ml-package-loader``):
 
@@ -21,11 +23,14 @@ from __future__ import annotations
 import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from devkit.standins._http import JsonServer, Request, Response, basic_or_api_key
+from devkit.standins.inference import ChatInference
+from devkit.standins.jvmtrust import JvmTrust
 
 CHUNK = 1 << 20
 STREAMS = 5
@@ -54,9 +59,21 @@ class ElasticsearchStandIn(JsonServer):
         users: dict[str, str] | None = None,
         model_repository: str | None = None,
         wait: float = 20.0,
+        license: str = "basic",
+        truststore: Path | None = None,
+        truststore_password: str | None = None,
+        path_conf: Path | None = None,
     ) -> None:
+        """``truststore``/``truststore_password``: the PKCS12 store the JVM was started
+        with (``-Djavax.net.ssl.trustStore``); or ``path_conf``, whose
+        ``jvm.options.d/*.options`` name it, as on a node. Neither: the bundled CAs."""
         super().__init__()
         self.version = version
+        self.license = license  # "basic", "trial", "enterprise", ... (GET _license)
+        self.path_conf = path_conf
+        self._store = (truststore, truststore_password)
+        self.trust = JvmTrust()
+        self.restart()
         self.api_keys = api_keys or set()
         self.users = users or {}
         self.model_repository = model_repository
@@ -70,6 +87,19 @@ class ElasticsearchStandIn(JsonServer):
         self.route("GET", r"/_inference/sparse_embedding/(?P<id>[^/]+)", self._get)
         self.route("DELETE", r"/_inference/sparse_embedding/(?P<id>[^/]+)", self._delete)
         self.route("GET", r"/_ml/trained_models/(?P<id>[^/]+)/_stats", self._stats)
+        self.chat = ChatInference(self)
+
+    def restart(self) -> None:
+        """A node restart: the JVM reads its trust store again (and only then)."""
+        if self.path_conf is not None:
+            self.trust = JvmTrust.from_path_conf(self.path_conf)
+        else:
+            self.trust = JvmTrust(*self._store)
+
+    def use_truststore(self, store: Path | None, password: str | None = None) -> None:
+        """Start the JVM with ``-Djavax.net.ssl.trustStore=store`` (a restart)."""
+        self._store = (store, password)
+        self.restart()
 
     def check_auth(self, req: Request) -> Response | None:
         if basic_or_api_key(req, self.api_keys, self.users):
@@ -150,7 +180,7 @@ class ElasticsearchStandIn(JsonServer):
 
     def _put(self, req: Request) -> Response:
         ident = req.params["id"]
-        if ident in self.endpoints:
+        if ident in self.endpoints or ident in self.chat.endpoints:
             return _error(
                 400,
                 "resource_already_exists_exception",

@@ -1,4 +1,6 @@
-"""A Kibana stand-in: the connectors API as Kibana enforces it, for ``.gen-ai`` connectors.
+"""A Kibana stand-in: the connectors API as Kibana enforces it, for ``.gen-ai`` connectors
+(advanced settings, the inference plugin's routes and Feature settings are
+:mod:`.kibana_ai`'s).
 
 Enforced (from Kibana's behaviour and pull requests, see the module docs of
 :mod:`bundler.install.elastic.connector`):
@@ -30,6 +32,7 @@ from typing import Any
 import requests
 
 from devkit.standins._http import JsonServer, Request, Response, basic_or_api_key
+from devkit.standins.kibana_ai import KibanaAi
 
 
 def _v(text: str) -> tuple[int, int]:
@@ -76,13 +79,18 @@ class KibanaStandIn(JsonServer):
         users: dict[str, str] | None = None,
         spaces: tuple[str, ...] = ("default",),
         trusted_ca: Path | None = None,
+        elasticsearch: str | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
+        """``elasticsearch``: the cluster's URL (Kibana calls it as the calling user);
+        ``overrides``: kibana.yml's ``uiSettings.overrides``."""
         super().__init__()
         self.version = version
         self.api_keys = api_keys or set()
         self.users = users or {}
         self.spaces = set(spaces)
         self.trusted_ca = trusted_ca
+        self.overrides = dict(overrides or {})
         self.connectors: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in spaces}
         sp = r"(?:/s/(?P<space>[a-z0-9_-]+))?"
         self.route("GET", r"/api/status", self._status)
@@ -92,6 +100,7 @@ class KibanaStandIn(JsonServer):
         self.route("PUT", sp + r"/api/actions/connector/(?P<id>[^/]+)", self._update)
         self.route("DELETE", sp + r"/api/actions/connector/(?P<id>[^/]+)", self._delete)
         self.route("POST", sp + r"/api/actions/connector/(?P<id>[^/]+)/_execute", self._execute)
+        self.ai = KibanaAi(self, elasticsearch)
 
     # -- the rules every request meets -------------------------------------------------
 
@@ -107,7 +116,7 @@ class KibanaStandIn(JsonServer):
             )
         if req.method in ("POST", "PUT", "DELETE") and "kbn-xsrf" not in req.headers:
             return _bad("Request must contain a kbn-xsrf header.")
-        return None
+        return self.ai.internal_denied(req)
 
     def _space(self, req: Request) -> dict[str, dict[str, Any]] | None:
         space = req.params.get("space") or "default"

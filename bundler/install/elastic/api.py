@@ -207,8 +207,13 @@ class ApiClient:
         ok: Collection[int] = (200,),
         allow: Collection[int] = (),
         what: str = "",
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
     ) -> requests.Response:
         """Send with retries; return a response whose status is in ``ok`` or ``allow``.
+
+        ``headers`` are added to this request only; ``stream`` leaves the body unread
+        (the caller reads it bounded, and closes the response).
 
         Raises:
             InstallError: the server refused (with its message and a hint), or never
@@ -223,7 +228,13 @@ class ApiClient:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 r = self.session.request(
-                    method, url, json=json, timeout=self.timeout, verify=self.verify
+                    method,
+                    url,
+                    json=json,
+                    timeout=self.timeout,
+                    verify=self.verify,
+                    headers=headers,
+                    stream=stream,
                 )
             except requests.exceptions.SSLError as e:
                 raise InstallError(

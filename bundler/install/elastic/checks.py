@@ -1,75 +1,122 @@
-"""Kibana and Elasticsearch before an install: reachable, credentials accepted, ES ready
-for ELSER, checked before a byte of payload is read (the preflight's Elastic rows)."""
+"""Kibana and Elasticsearch before an install, checked before a byte of payload is read
+(the preflight's Elastic rows): reachable, credentials accepted, both versions read, the
+wiring chosen from them (:mod:`.wiring`) and said why, then what that wiring needs (the
+license for an inference endpoint, the model repository for ELSER)."""
 
 from __future__ import annotations
 
 from bundler.bundle.index import Index
 from bundler.errors import AirgapError, InstallError
+from bundler.install.elastic import kbsettings
+from bundler.install.elastic.api import json_object
 from bundler.install.elastic.artifacts import elser_ids
+from bundler.install.elastic.connector import Version, parse_version, version_text
 from bundler.install.elastic.elasticsearch import Elasticsearch
 from bundler.install.elastic.kibana import Kibana
+from bundler.install.elastic.wiring import Plan, check_license, choose
 from bundler.install.options import Check, InstallOptions
 from bundler.install.records import ServeRecord
 
 
 def elastic_preflight(
     opts: InstallOptions, index: Index, errors: dict[str, AirgapError], will_serve: bool
-) -> list[Check]:
-    """The Elastic rows of the preflight table; a failed row's error goes into ``errors``
-    under the row's name, so the caller raises the error itself (with its hint)."""
-    checks = []
-    serve = opts.serve
-    if opts.kibana is not None and opts.kibana.mode == "api":
+) -> tuple[list[Check], Plan | None]:
+    """The Elastic rows of the preflight table and the wiring chosen; a failed row's error
+    goes into ``errors`` under the row's name, so the caller raises the error itself."""
+    rows: dict[str, Check] = {}
+    notes: list[Check] = []
+    kibana_v: Version | None = None
+    ko = opts.kibana
+    if ko is not None and ko.mode == "api":
         try:
-            kibana = Kibana(opts.kibana)
+            kibana = Kibana(ko)
             try:
-                v = kibana.version()
+                kibana_v = kibana.version()
                 kibana.api.request(
                     "GET", kibana._path("connectors"), what=f"listing space {kibana.space}"
                 )
             finally:
                 kibana.close()
-            detail = f"{'.'.join(map(str, v))} at {kibana.api.base}, space {kibana.space}"
-            checks.append(Check("kibana", True, detail))
+            detail = f"{version_text(kibana_v)} at {kibana.api.base}, space {kibana.space}"
+            rows["kibana"] = Check("kibana", True, detail)
         except AirgapError as e:
             errors["kibana"] = e
-            checks.append(Check("kibana", False, e.message))
+            rows["kibana"] = Check("kibana", False, e.message)
+        serve = opts.serve
         if serve is not None and not (serve.server_names or serve.ips):
-            checks.append(
+            who = "Kibana and Elasticsearch run" if opts.elasticsearch else "Kibana runs"
+            notes.append(
                 Check(
                     "kibana calls",
                     None,
-                    f"https://localhost:{serve.port}: right only when Kibana runs on this "
+                    f"https://localhost:{serve.port}: right only when {who} on this "
                     "host; else give --server-name",
                 )
             )
-    elser = elser_ids(index)
+    elif ko is not None and ko.version:
+        kibana_v = parse_version(ko.version)
+    es_v: Version | None = None
+    es: Elasticsearch | None = None
     if opts.elasticsearch is not None:
         try:
-            if not elser:
-                raise InstallError(
-                    "--es-url: this bundle carries no ELSER model to deploy",
-                    hint="Drop --es-url, or build a bundle with elastic.elser in its manifest.",
-                )
-            expected = elser_repository(opts, will_serve=will_serve)
-            if expected is None:
-                raise InstallError(
-                    "--es-url: nothing will serve ELSER to Elasticsearch (--no-serve or "
-                    "--registry)",
-                    hint="Give --elser-dir with Elasticsearch's config/models directory, or "
-                    "let airgap serve the release.",
-                )
             es = Elasticsearch(opts.elasticsearch)
-            try:
-                version = es.version()
-                repo = es.check_repository(expected)
-            finally:
-                es.close()
-            checks.append(Check("elasticsearch", True, f"{version}, model repository {repo}"))
+            es_v = parse_version(es.version())
         except AirgapError as e:
             errors["elasticsearch"] = e
-            checks.append(Check("elasticsearch", False, e.message))
-    return checks
+            rows["elasticsearch"] = Check("elasticsearch", False, e.message)
+    plan = None
+    if (ko is not None or es is not None) and not errors:
+        try:
+            if ko is not None and ko.mode == "preconfigured":
+                why = "--kibana-mode preconfigured writes the connector into kibana.yml"
+                plan = Plan("connector", why, kibana_v, es_v)
+            else:
+                plan = choose(opts.llm, kibana_v, es_v, serving=will_serve)
+            rows["wiring"] = Check("wiring", None if plan.warning else True, plan.detail())
+        except AirgapError as e:
+            errors["wiring"] = e
+            rows["wiring"] = Check("wiring", False, e.message)
+    endpoint = plan is not None and plan.wiring == "inference-endpoint"
+    if endpoint and ko is not None and ko.mode == "api" and plan and plan.kibana_lists_endpoints:
+        try:
+            kibana = Kibana(ko)
+            try:
+                kbsettings.read(kibana.api, kibana.prefix)  # the settings it will change
+            finally:
+                kibana.close()
+        except AirgapError as e:
+            errors["kibana"] = e
+            rows["kibana"] = Check("kibana", False, e.message)
+    if es is not None and es_v is not None:
+        try:
+            parts = [version_text(es_v)]
+            if endpoint:
+                r = es.api.request("GET", "/_license", what="reading the license")
+                parts.append(check_license(json_object(r, "Check --es-url."), es.api.base))
+            if elser_ids(index):
+                expected = elser_repository(opts, will_serve=will_serve)
+                if expected is None:
+                    raise InstallError(
+                        "--es-url: nothing will serve ELSER to Elasticsearch (--no-serve or "
+                        "--registry)",
+                        hint="Give --elser-dir with Elasticsearch's config/models directory, "
+                        "or let airgap serve the release.",
+                    )
+                parts.append(f"model repository {es.check_repository(expected)}")
+            elif not endpoint:
+                raise InstallError(
+                    "--es-url: this bundle carries no ELSER model to deploy, and the model "
+                    f"is not wired through Elasticsearch ({plan.detail() if plan else ''})",
+                    hint="Drop --es-url, or build a bundle with elastic.elser in its manifest.",
+                )
+            rows["elasticsearch"] = Check("elasticsearch", True, ", ".join(parts))
+        except AirgapError as e:
+            errors["elasticsearch"] = e
+            rows["elasticsearch"] = Check("elasticsearch", False, e.message)
+    if es is not None:
+        es.close()
+    order = ("kibana", "elasticsearch", "wiring")
+    return [rows[k] for k in order if k in rows] + notes, plan
 
 
 def elser_repository(

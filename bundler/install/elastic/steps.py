@@ -10,6 +10,7 @@ receipt as soon as it exists; a rerun with other options keeps the earlier recor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,16 @@ from typing import Any
 from bundler.bundle.index import parse_index
 from bundler.errors import AirgapError, ElasticStepError, InstallError
 from bundler.fsutil import atomic_write_bytes
-from bundler.install.elastic import artifacts
+from bundler.install.elastic import artifacts, llm
 from bundler.install.elastic.api import Credentials
 from bundler.install.elastic.checks import elser_repository
 from bundler.install.elastic.connector import trust_snippet
 from bundler.install.elastic.elasticsearch import Elasticsearch, EsOptions, deploy_elser
+from bundler.install.elastic.endpoint import TrustHint, Wanted
 from bundler.install.elastic.kibana import KibanaOptions, register, unregister
+from bundler.install.elastic.records import ChatEndpointRecord, KibanaSettingsRecord
 from bundler.install.elastic.truststore_script import write_install_script
+from bundler.install.elastic.wiring import Plan
 from bundler.install.layout import Layout
 from bundler.install.options import InstallOptions, InstallResult
 from bundler.install.records import (
@@ -39,11 +43,20 @@ from bundler.install.records import (
 from bundler.install.state import ReceiptFile
 from bundler.manifest import parse_manifest
 
-ElasticPart = KibanaRecord | EndpointRecord | CopiedFiles
+ElasticPart = (
+    KibanaRecord | EndpointRecord | CopiedFiles | ChatEndpointRecord | KibanaSettingsRecord
+)
 
 
-def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: InstallOptions) -> None:
-    """After the release serves: Elastic files, settings to add, connector, ELSER endpoint.
+def run(
+    result: InstallResult,
+    layout: Layout,
+    store: ReceiptFile,
+    opts: InstallOptions,
+    plan: Plan | None = None,
+) -> None:
+    """After the release serves: Elastic files, settings to add, the model wired as the
+    preflight's ``plan`` says (connector, or inference endpoint), the ELSER endpoint.
 
     Raises:
         ElasticStepError: a step failed; the release stays installed and serving.
@@ -56,8 +69,11 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
     served = rel.serve
     previous = rel.elastic or ElasticRecord()
     earlier = list(previous.earlier)
-    record: dict[str, Any] = {}  # what this run recorded: kinds, settings_file
+    record: dict[str, Any] = {}  # what this run recorded: kinds, settings_file, wiring
     settings: list[tuple[str, str]] = []
+    wired = llm.Wired()
+    if plan is not None and plan.wiring != "none":
+        record["wiring"] = plan.wiring
 
     def keep(kind: ElasticKind, new: ElasticPart) -> None:
         """Record ``new``; an earlier, different object of this kind moves to ``earlier``."""
@@ -67,6 +83,14 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
         record[kind] = new
         save()
 
+    def forget(kind: ElasticKind, match: Callable[[Any], bool]) -> None:
+        """Drop this kind's records (current and earlier) that ``match``: deleted."""
+        earlier[:] = [e for e in earlier if not (e.kind == kind and match(e))]
+        current = record.get(kind, getattr(previous, kind))
+        if current is not None and match(current):
+            record[kind] = None
+        save()
+
     def save() -> None:
         now = store.receipt.releases[key]
         elastic = previous.model_copy(update={**record, "earlier": list(earlier)})
@@ -74,6 +98,10 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
 
     def as_json() -> dict[str, Any]:
         out = {k: v.to_json() if isinstance(v, ElasticPart) else v for k, v in record.items()}
+        if plan is not None:
+            out["plan"] = plan.to_json()
+        if plan is not None and plan.wiring == "inference-endpoint":
+            out.update(wired.to_json())
         return {**out, "settings": settings}
 
     try:
@@ -96,7 +124,10 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
         settings = artifacts.settings_lines(elser_repo, docs_repo)
         if served:
             ca_pem = Path(served.ca_cert).read_text()
-            settings.append(("kibana.yml", trust_snippet(served.url, ca_pem, "full")))
+            # Kibana calls the model only through a connector; an endpoint is called by
+            # Elasticsearch, whose trust is the per-node trust-store step instead
+            if plan is None or plan.wiring != "inference-endpoint":
+                settings.append(("kibana.yml", trust_snippet(served.url, ca_pem, "full")))
             write_install_script(layout, served)  # es-truststore.sh, for each ES node
         if settings:
             settings_file = layout.elastic_settings
@@ -104,7 +135,7 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
             text = artifacts.settings_text(settings).encode()
             atomic_write_bytes(settings_file, text, mode=0o644)
             record["settings_file"] = str(settings_file)
-        if opts.kibana is not None:
+        if opts.kibana is not None and (plan is None or plan.wiring == "connector"):
             if not served:
                 raise InstallError(
                     "the Kibana connector needs the served endpoint",
@@ -127,7 +158,27 @@ def run(result: InstallResult, layout: Layout, store: ReceiptFile, opts: Install
             if reg.test_reply is not None:
                 reply = reg.test_reply[:200]
                 record["kibana"] = record["kibana"].model_copy(update={"test_reply": reply})
-        if opts.elasticsearch is not None:
+        if plan is not None and plan.wiring == "inference-endpoint":
+            if not served or opts.elasticsearch is None:
+                raise InstallError(
+                    "the inference endpoint needs the served endpoint and --es-url",
+                    hint="Drop --no-serve/--registry, or wire the model by hand.",
+                )
+            own = bool(served.options and served.options.tls_cert)
+            llm.wire(
+                opts.elasticsearch,
+                opts.kibana,
+                opts.llm,
+                plan,
+                result.name,
+                Wanted(served.url, served.model, layout.token_file.read_text().strip()),
+                previous,
+                TrustHint(str(layout.es_truststore_script), own_cert=own),
+                keep,
+                forget,
+                wired,
+            )
+        if opts.elasticsearch is not None and artifacts.elser_ids(index):
             dep = deploy_elser(
                 opts.elasticsearch,
                 artifacts.elser_ids(index)[0],
@@ -166,7 +217,8 @@ class ElasticAccess:
 
 
 def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
-    """Delete the connector and the inference endpoint this tool created, files it copied.
+    """Delete what this tool created in Kibana and Elasticsearch (connectors, endpoints;
+    Kibana's default-model setting put back), and the files it copied.
 
     Raises:
         InstallError: something must be deleted in Kibana/Elasticsearch and no
@@ -186,8 +238,14 @@ def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
                 files += rec.files
             if isinstance(rec, KibanaRecord) and rec.mode == "preconfigured":
                 preconfigured.add(rec.connector_id)
+    everything = [
+        rec
+        for rel in receipt.releases.values()
+        for rec in (rel.elastic or ElasticRecord()).all_records()
+    ]
     removed = []
     if not access.keep:
+        llm.check_access(everything, access)
         if connectors and access.kibana is None:
             raise InstallError(
                 "airgap created Kibana connector(s) "
@@ -204,6 +262,7 @@ def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
                 hint="Set AIRGAP_ES_API_KEY (or --es-api-key-file / --es-credentials-file), "
                 "or pass --keep-elastic to leave them.",
             )
+        removed += llm.undo(everything, access)
         for (url, space, _), record in connectors.items():
             opts = KibanaOptions(
                 url=url,
@@ -233,7 +292,17 @@ def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
 
 
 def connector_note(receipt: Receipt, key: str, served: ServeRecord) -> list[str]:
-    """What the operator must do about Kibana after a rollback, from the recorded connector."""
+    """What the operator must do about Kibana after a rollback, from the recorded connector
+    or inference endpoint."""
+    endpoints = [
+        r.elastic.inference for r in receipt.releases.values() if r.elastic and r.elastic.inference
+    ]
+    if any(e.model_id != served.model for e in endpoints):
+        return [
+            f"the inference endpoint still names the newer release's model: run `airgap "
+            f"install` of {key}'s bundle with --allow-downgrade and the same --es-url/--kibana-* "
+            f"options to point it at {served.model} (it is deleted and created again)"
+        ]
     records = [
         r.elastic.kibana for r in receipt.releases.values() if r.elastic and r.elastic.kibana
     ]
