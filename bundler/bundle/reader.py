@@ -50,6 +50,11 @@ MAX_INDEX_SIZE = 64 * 1024 * 1024
 MAX_SIGNATURES = 64
 
 
+def _shown(name: str | None) -> str:
+    """A member name as errors show it: quoted when it is not a safe path."""
+    return repr(name) if name is None or path_problem(name) else name
+
+
 class _Reader:
     def __init__(self, loc: BundleLocation, stream: ChainedReader) -> None:
         self.loc = loc
@@ -108,7 +113,7 @@ class _Reader:
                 if info2.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
                     raise tarfmt.HeaderError("two pax headers in a row")
                 name = records.get("path", info2.name)
-                size = int(records["size"]) if "size" in records else info2.size
+                size = tarfmt.pax_size(records, info2.size, name)
                 return tarfmt.RawHeader(
                     name,
                     size,
@@ -118,8 +123,12 @@ class _Reader:
                 )
             return tarfmt.RawHeader(info.name, info.size, info.type, raw, info.linkname)
         except (tarfmt.HeaderError, ValueError) as e:
+            named = e.member if isinstance(e, tarfmt.HeaderError) else None
             raise self.error(
-                str(e), member=f"(header where {expecting} was expected)", at=start
+                str(e),
+                member=_shown(named) if named else f"(header where {expecting} was expected)",
+                at=start,
+                hint="This bundle was crafted or altered; do not use it." if named else None,
             ) from e
 
     def check_member(
@@ -176,6 +185,9 @@ def _first_header(r: _Reader) -> tarfmt.RawHeader | None:
     try:
         return r.read_header(INDEX_MEMBER)
     except BundleError as e:
+        cause = e.__cause__
+        if isinstance(cause, tarfmt.HeaderError) and cause.member is not None:
+            raise  # a tar header, with a size no member can have: named as it is
         raise r.error(
             "does not start with a tar header: not an airgap bundle, or damaged at its start",
             at=0,
