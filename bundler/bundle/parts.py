@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from bundler import canonical
+from bundler import canonical, safejson
 from bundler.bundle.signing import TrustedKey, verify_threshold
 from bundler.errors import BundleError, UsageError
 from bundler.formats import UPGRADE_HINT, newer_format
@@ -102,17 +102,28 @@ def _split_location(base: Path) -> BundleLocation:
     list_path = parts_list_path(base)
     if list_path.exists():
         try:
-            doc = canonical.loads(list_path.read_bytes().rstrip(b"\n"))
-            signed = doc["signed"]
+            doc = safejson.obj(canonical.loads(list_path.read_bytes().rstrip(b"\n")), "$")
+            signed = safejson.field(doc, "signed", dict, "$")
             if msg := newer_format(signed.get("format"), PARTS_FORMAT):
                 raise BundleError(msg, bundle=str(list_path), hint=UPGRADE_HINT)
             if signed.get("format") != PARTS_FORMAT:
                 raise ValueError(f"unknown format {signed.get('format')!r}")
-            sigs = tuple((k, bytes.fromhex(v)) for k, v in sorted(doc["signatures"].items()))
-            entries = [
-                (base.with_name(p["name"]), int(p["size"]), str(p["sha256"]))
-                for p in signed["parts"]
-            ]
+            signatures = safejson.field(doc, "signatures", dict, "$")
+            sigs = tuple(
+                (k, bytes.fromhex(safejson.text(v, f"$.signatures.{k}")))
+                for k, v in sorted(signatures.items())
+            )
+            entries: list[tuple[Path, int, str]] = []
+            for i, item in enumerate(safejson.field(signed, "parts", list, "$.signed")):
+                at = f"$.signed.parts[{i}]"
+                entry = safejson.obj(item, at)
+                entries.append(
+                    (
+                        base.with_name(safejson.field(entry, "name", str, at)),
+                        safejson.count(safejson.field(entry, "size", int, at), f"{at}.size"),
+                        str(safejson.field(entry, "sha256", str, at)),
+                    )
+                )
             for p, _, _ in entries:
                 if p.parent != base.parent or _PART_RE.match(p.name) is None:
                     raise ValueError(f"part name {p.name!r} is not a sibling part file")
