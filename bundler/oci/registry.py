@@ -28,7 +28,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from bundler import env, safejson
+from bundler import env, net, safejson
 from bundler.errors import AirgapError, FetchError, InstallError, UsageError
 from bundler.oci.media import (
     DOCKER_LIST,
@@ -137,12 +137,17 @@ class RegistryClient:
         realm = fields.pop("realm", None)
         if not realm:
             return False
+        timeout = env.net_timeout()
         try:
             r = self.session.get(
-                realm, params=fields, auth=self._basic, timeout=30, verify=self.verify
+                realm,
+                params=fields,
+                auth=self._basic,
+                timeout=(min(15, timeout), timeout),
+                verify=self.verify,
             )
         except requests.RequestException as e:
-            raise self._fail(f"token service unreachable: {e}", url=realm) from e
+            raise self._unreachable(e, realm, "token service", timeout) from e
         if r.status_code != 200:
             raise self._fail(
                 f"token service answered HTTP {r.status_code}",
@@ -161,7 +166,8 @@ class RegistryClient:
     def request(self, method: str, url: str, **kw: Any) -> requests.Response:
         """One request, logging in once when the registry asks (a body that is an
         iterator cannot be sent twice: such requests follow one that logged in)."""
-        timeout = kw.pop("timeout", (15, 120))
+        limit = env.net_timeout()
+        timeout = kw.pop("timeout", (min(15, limit), limit))
         extra = kw.pop("headers", {})
         try:
             r = self.session.request(
@@ -183,13 +189,26 @@ class RegistryClient:
                     **kw,
                 )
         except requests.RequestException as e:
-            raise self._fail(
-                f"registry unreachable ({method}): {e}",
-                url=url,
-                hint="Check the registry address; plain HTTP only for a registry named as "
-                "insecure.",
-            ) from e
+            raise self._unreachable(e, url, f"registry ({method})", limit) from e
         return r
+
+    def _unreachable(
+        self, e: requests.RequestException, url: str, what: str, timeout: float
+    ) -> AirgapError:
+        """No answer from the registry (or its token service), named, with the fix."""
+        pulling = self.error is FetchError
+        insecure = "--insecure-registry" if pulling else "--registry-insecure"
+        return self._fail(
+            f"{what} unreachable: {net.describe(e, timeout)}",
+            url=url,
+            hint=net.hint_for(
+                net.kind_of(e),
+                endpoint="the registry in the image reference" if pulling else "--registry",
+                tls="The registry's certificate is not trusted: give its CA with "
+                f"--registry-ca, or pass {insecure} if it speaks plain HTTP",
+                timeout=f"No answer within {timeout:g} s: raise AIRGAP_NET_TIMEOUT",
+            ),
+        )
 
     def refresh_auth(self, url: str) -> None:
         """Renew an expired bearer token (registries hand out short-lived ones)."""
