@@ -298,12 +298,18 @@ def test_fetch_and_build_with_a_hostile_lock(tmp_path: Path, key: Keys) -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
-    [b"[" * 100_000 + b"]" * 100_000, b'{"format":"\\ud800"}', b'{"x":' + b"1" * 5000 + b"}"],
+    "body, word",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64"),
+        (b'{"format":"\\ud800"}', "lone surrogate"),
+        (b'{"x":' + b"1" * 5000 + b"}", "integer with 5000 digits"),
+    ],
 )
-def test_status_rollback_uninstall_with_a_hostile_receipt(tmp_path: Path, body: bytes) -> None:
+def test_status_rollback_uninstall_with_a_hostile_receipt(
+    tmp_path: Path, body: bytes, word: str
+) -> None:
     prefix = tmp_path / "opt"
     (prefix / "state").mkdir(parents=True)
     (prefix / "state" / "receipt.json").write_bytes(body)
     for command in ("status", "rollback", "uninstall"):
-        clean(airgap(command, "--prefix", str(prefix)), 1, "receipt.json")
+        clean(airgap(command, "--prefix", str(prefix)), 1, "receipt.json", word)

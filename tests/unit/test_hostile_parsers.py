@@ -399,7 +399,7 @@ def load(path: Path) -> Any:
             "RepoTags: expected an array",
         ),
         (b'[{"Layers":["0/layer.tar"]}]', "Config: missing"),
-        (b'[{"Config":"c.json","Layers":[],"x":' + b"1" * 5000 + b"}]", "5000 digits"),
+        (b'[{"Config":"c.json","Layers":[],"x":' + b"1" * 5000 + b"}]", "integer with 5000 digits"),
     ],
 )
 def test_docker_archive_manifest_json_is_schema_checked(
@@ -465,6 +465,7 @@ def test_hostile_yaml_is_a_manifest_error(tmp_path: Path, text: str, message: st
     with pytest.raises(ManifestError, match=message) as e:
         load_manifest(path)
     assert e.value.exit_code == 2 and str(path) in str(e.value)
+    assert "\n" not in str(e.value)  # one line, with its line and column
 
 
 def test_an_oversized_manifest_is_refused_before_parsing(tmp_path: Path) -> None:
