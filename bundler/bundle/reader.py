@@ -50,11 +50,6 @@ MAX_INDEX_SIZE = 64 * 1024 * 1024
 MAX_SIGNATURES = 64
 
 
-def _shown(name: str | None) -> str:
-    """A member name as errors show it: quoted when it is not a safe path."""
-    return repr(name) if name is None or path_problem(name) else name
-
-
 class _Reader:
     def __init__(self, loc: BundleLocation, stream: ChainedReader) -> None:
         self.loc = loc
@@ -123,13 +118,8 @@ class _Reader:
                 )
             return tarfmt.RawHeader(info.name, info.size, info.type, raw, info.linkname)
         except (tarfmt.HeaderError, ValueError) as e:
-            named = e.member if isinstance(e, tarfmt.HeaderError) else None
-            raise self.error(
-                str(e),
-                member=_shown(named) if named else f"(header where {expecting} was expected)",
-                at=start,
-                hint="This bundle was crafted or altered; do not use it." if named else None,
-            ) from e
+            named = getattr(e, "member", None) or f"(header where {expecting} was expected)"
+            raise self.error(str(e), member=named, at=start) from e
 
     def check_member(
         self,
@@ -185,8 +175,7 @@ def _first_header(r: _Reader) -> tarfmt.RawHeader | None:
     try:
         return r.read_header(INDEX_MEMBER)
     except BundleError as e:
-        cause = e.__cause__
-        if isinstance(cause, tarfmt.HeaderError) and cause.member is not None:
+        if getattr(e.__cause__, "member", None) is not None:
             raise  # a tar header, with a size no member can have: named as it is
         raise r.error(
             "does not start with a tar header: not an airgap bundle, or damaged at its start",

@@ -80,7 +80,8 @@ class HeaderError(Exception):
 
     def __init__(self, message: str, member: str | None = None) -> None:
         super().__init__(message)
-        self.member = member
+        # shown in an error line: quoted when it holds control or non-printable characters
+        self.member = member if member is None or member.isprintable() else repr(member)
 
 
 def check_size(size: int, field: str, member: str) -> int:
