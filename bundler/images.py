@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler import canonical, safejson
+from bundler.bundle import tarfmt
 from bundler.bundle.index import BLOB_PREFIX, ImageEntry, Layer
 from bundler.bundle.plan import Payload
 from bundler.errors import SourceError
@@ -54,10 +55,13 @@ class _Store:
             try:
                 with tarfile.open(path, "r:") as tf:
                     for m in tf.getmembers():
+                        tarfmt.check_size(m.size, "tar header", m.name)
                         self._members[m.name.removeprefix("./")] = m
-            except (tarfile.TarError, OSError) as e:
+            except (tarfile.TarError, OSError, ValueError, OverflowError, tarfmt.HeaderError) as e:
+                # tarfile accepts a negative or huge size (base-256, pax) and fails later
+                where = f"member {e.member}: " if isinstance(e, tarfmt.HeaderError) else ""
                 raise SourceError(
-                    f"not a readable uncompressed tar: {e}",
+                    f"not a readable uncompressed tar: {where}{e}",
                     path=str(path),
                     hint="Give a `docker save` tar, an OCI archive tar, or an OCI layout directory "
                     "(decompress .tar.gz first).",

@@ -428,6 +428,26 @@ def test_docker_archive_config_is_schema_checked(
     assert "c.json" in str(e.value)
 
 
+@pytest.mark.parametrize("how", ["pax -5", "pax huge", "base-256 -5"])
+def test_an_image_archive_member_with_an_impossible_size_is_a_source_error(
+    tmp_path: Path, how: str
+) -> None:
+    image = Image([{"bin/sh": b"#!shell"}]).docker_archive(tmp_path / "good.tar", "x/y:1")
+    data = image.read_bytes()
+    if how.startswith("pax"):
+        head = pax_member("manifest.json", "-5" if how == "pax -5" else "9" * 30)
+    else:
+        info = tarfile.TarInfo("manifest.json")
+        head = base256_size(info.tobuf(tarfile.USTAR_FORMAT), -5)
+    path = tmp_path / "img.tar"
+    path.write_bytes(head + data)
+    with pytest.raises(SourceError, match="not a readable uncompressed tar") as e:
+        load(path)
+    assert "img.tar" in str(e.value)
+    if how != "pax huge":
+        assert "member manifest.json: negative member size -5" in str(e.value)
+
+
 def test_oci_layout_documents_are_schema_checked(tmp_path: Path) -> None:
     image = Image([{"bin/sh": b"#!shell"}])
     files = image.oci_files("x/y:1")
