@@ -46,6 +46,12 @@ def transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def from_http_client(e: BaseException) -> bool:
+    """``e`` is an HTTP client's own transport error (not a bare OS error such as a
+    missing file, which :func:`transport_errors` also admits)."""
+    return isinstance(e, transport_errors()) and type(e).__module__.split(".")[0] != "builtins"
+
+
 def causes(e: BaseException) -> Iterator[BaseException]:
     """``e`` and everything it wraps: causes, contexts, urllib3's ``reason``, arguments."""
     seen: set[int] = set()

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exception(e)
         from bundler import net
 
-        if isinstance(e, net.transport_errors()) and net.kind_of(e) != "other":
+        if net.from_http_client(e) and net.kind_of(e) != "other":
             click.echo(f"error: network: {net.describe(e)}", err=True)
             click.echo(
                 f"hint: check the address, the network and any proxy; {DEBUG_HINT}.", err=True

@@ -7,6 +7,7 @@ caught precisely; the guard is for the ones we do not know of yet."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,30 @@ def test_ctrl_c_exits_130_without_a_traceback(
 def test_our_own_errors_are_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(["validate", str(tmp_path / "missing.yaml")], capsys)
     assert code == 2 and err.startswith("error: ") and "internal error" not in err
+
+
+def test_a_stray_os_error_is_not_called_a_network_failure(
+    raising: list[BaseException], capsys: pytest.CaptureFixture[str]
+) -> None:
+    raising.append(FileNotFoundError(2, "No such file or directory", "/x/y.partial"))
+    code, err = run(["validate", "m.yaml"], capsys)
+    assert code == EXIT_FAILURE
+    assert err.startswith("error: /x/y.partial: No such file or directory") and "network" not in err
+
+
+def test_a_stray_transport_error_is_named_as_one(
+    raising: list[BaseException], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import requests
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    try:
+        requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+    except requests.ConnectionError as e:
+        raising.append(e)
+    code, err = run(["validate", "m.yaml"], capsys)
+    assert code == EXIT_FAILURE and "Traceback" not in err
+    assert err.startswith("error: network: connection refused"), err
