@@ -61,8 +61,7 @@ def serve_release(
     missing = [role for role in IMAGE_ROLES if role not in images]
     if missing:  # install refuses such an index; a release on disk may predate that check
         raise BundleError(
-            f"the signed index carries no {' or '.join(missing)} image, so {key} cannot be "
-            "served",
+            f"the signed index carries no {' or '.join(missing)} image, so {key} cannot be served",
             bundle=str(release_dir),
             member=INDEX_MEMBER,
             hint="Install a bundle built by `airgap build`, which carries both images.",
