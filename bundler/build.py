@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bundler import env
-from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry
+from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry, path_problem
 from bundler.bundle.plan import BuildPlan, BuildResult, Payload
 from bundler.bundle.signing import SigningKey
 from bundler.bundle.writer import write_bundle
-from bundler.errors import AirgapError, FetchError, SourceError
+from bundler.errors import AirgapError, FetchError, SourceError, UsageError
 from bundler.fetch.cache import Cache
 from bundler.fetch.remote import Fetcher, FetchOptions
 from bundler.fsutil import atomic_output
@@ -95,7 +95,9 @@ def walk_files(root: Path) -> list[tuple[str, Path]]:
     Hidden entries (``.git``, ``.cache/huggingface``) are tool metadata, not weights.
 
     Raises:
-        SourceError: ``root`` is missing, or a link points at something not a file.
+        SourceError: ``root`` is missing, a link points at something not a file, or a
+            file's name cannot be a bundle member (a control character, a backslash, not
+            UTF-8, too long).
     """
     if not root.is_dir():
         raise SourceError("directory does not exist", path=str(root))
@@ -108,7 +110,21 @@ def walk_files(root: Path) -> list[tuple[str, Path]]:
             p = Path(dirpath) / name
             if not p.is_file():
                 raise SourceError("not a regular file (broken link or device)", path=str(p))
-            found.append((p.relative_to(root).as_posix(), p.resolve()))
+            rel = p.relative_to(root).as_posix()
+            problem = path_problem(rel)
+            if problem is None and not rel.isascii():
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    problem = "name is not valid UTF-8"
+            if problem:
+                raise SourceError(
+                    f"this file name cannot go into a bundle: {problem}",
+                    path=ascii(str(p)),
+                    hint="Rename the file, or move it out of the directory (a bundle carries "
+                    "UTF-8 names without control characters or backslashes).",
+                )
+            found.append((rel, p.resolve()))
     return sorted(found)
 
 
@@ -324,6 +340,37 @@ def fetch_remote(
     return RemotePart(payloads, images, pins, path, written, downloaded)
 
 
+def validity(
+    m: Manifest, opts: BuildOptions, now: datetime | None = None
+) -> tuple[datetime, datetime]:
+    """The bundle's ``created`` and ``expires`` times.
+
+    Raises:
+        UsageError: the bundle would be expired already (an old ``SOURCE_DATE_EPOCH``
+            with too few ``--expires-days``): install would refuse it on arrival.
+    """
+    now = now or datetime.now(UTC)
+    created = env.source_date_epoch() or now.replace(microsecond=0)
+    days = opts.expires_days if opts.expires_days is not None else m.expires_days
+    expires = created + timedelta(days=days)
+    if expires <= now:
+        needed = (now - created).days + 1
+        stamp = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+        fix = (
+            f"pass --expires-days {needed} or more (at most 3650), or set"
+            if needed <= 3650
+            else "set"
+        )
+        raise UsageError(
+            f"the bundle would be expired when written: SOURCE_DATE_EPOCH dates it "
+            f"{created.strftime('%Y-%m-%dT%H:%M:%SZ')}, and {days} days of validity end at "
+            f"{stamp}, which is past",
+            hint=f"To rebuild an old release reproducibly, {fix} SOURCE_DATE_EPOCH to a "
+            "recent time; every host refuses an expired bundle.",
+        )
+    return created, expires
+
+
 def plan_build(
     m: Manifest,
     opts: BuildOptions,
@@ -338,8 +385,7 @@ def plan_build(
         SourceError: a local source is missing, incomplete or damaged.
     """
     reporter = reporter or NullReporter()
-    created = env.source_date_epoch() or datetime.now(UTC).replace(microsecond=0)
-    days = opts.expires_days if opts.expires_days is not None else m.expires_days
+    created, expires = validity(m, opts)
     payloads, model_lock = _model_payloads(m)
     images = list(remote.images) if remote else []
     payloads += remote.payloads if remote else []
@@ -379,7 +425,7 @@ def plan_build(
         name=m.name,
         version=m.version,
         created=created,
-        expires=created + timedelta(days=days),
+        expires=expires,
         manifest=m.to_signed_dict(),
         lock=lock,
         payloads=payloads,
@@ -396,6 +442,7 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             :func:`bundler.bundle.writer.write_bundle`.
     """
     reporter = reporter or NullReporter()
+    validity(m, opts)  # before anything is downloaded
     remote_needed = has_remote(m)
     cache_dir = opts.cache_dir or (env.cache_dir() if remote_needed else None)
     cache = Cache(cache_dir) if cache_dir is not None else None

@@ -30,6 +30,36 @@ def source_date_epoch() -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+DEFAULT_NET_TIMEOUT = 120.0
+
+
+def net_timeout() -> float:
+    """``AIRGAP_NET_TIMEOUT``: seconds to wait for a server to connect and to answer
+    (hub, registry, file server, container engine's probes); default 120.
+
+    Raises:
+        UsageError: not a number of seconds between 0 and one day.
+    """
+    value = os.environ.get("AIRGAP_NET_TIMEOUT")
+    if value is None or value == "":
+        return DEFAULT_NET_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 86400:
+        raise UsageError(
+            f"AIRGAP_NET_TIMEOUT={value!r} is not a number of seconds",
+            hint="Set it to seconds to wait for a server's answer, e.g. 120 (at most 86400).",
+        )
+    return seconds
+
+
+def debug() -> bool:
+    """``AIRGAP_DEBUG=1``: show the traceback of an unexpected error (as ``--debug``)."""
+    return os.environ.get("AIRGAP_DEBUG", "") not in ("", "0")
+
+
 def no_color() -> bool:
     """``NO_COLOR`` (no-color.org): plain output, no progress bars."""
     return bool(os.environ.get("NO_COLOR"))

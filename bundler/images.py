@@ -11,14 +11,14 @@ registry manifest, an OCI image manifest is generated (canonical JSON).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundler import canonical
+from bundler import canonical, safejson
+from bundler.bundle import tarfmt
 from bundler.bundle.index import BLOB_PREFIX, ImageEntry, Layer
 from bundler.bundle.plan import Payload
 from bundler.errors import SourceError
@@ -55,10 +55,13 @@ class _Store:
             try:
                 with tarfile.open(path, "r:") as tf:
                     for m in tf.getmembers():
+                        tarfmt.check_size(m.size, "tar header", m.name)
                         self._members[m.name.removeprefix("./")] = m
-            except (tarfile.TarError, OSError) as e:
+            except (tarfile.TarError, OSError, ValueError, OverflowError, tarfmt.HeaderError) as e:
+                # tarfile accepts a negative or huge size (base-256, pax) and fails later
+                where = f"member {e.member}: " if isinstance(e, tarfmt.HeaderError) else ""
                 raise SourceError(
-                    f"not a readable uncompressed tar: {e}",
+                    f"not a readable uncompressed tar: {where}{e}",
                     path=str(path),
                     hint="Give a `docker save` tar, an OCI archive tar, or an OCI layout directory "
                     "(decompress .tar.gz first).",
@@ -99,10 +102,22 @@ class _Store:
         return data
 
     def json(self, name: str) -> Any:
+        return self.parse(name, self.read(name))
+
+    def parse(self, name: str, data: bytes) -> Any:
+        """``data`` (the bytes of ``name``) as JSON, within :mod:`bundler.safejson`'s limits."""
         try:
-            return json.loads(self.read(name))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SourceError(f"{name} is not valid JSON: {e}", path=str(self.path)) from e
+            return safejson.loads(data)
+        except safejson.JSONInputError as e:
+            raise self.malformed(name, e) from e
+
+    def malformed(self, name: str, e: safejson.JSONInputError) -> SourceError:
+        return SourceError(
+            f"{name} is not a valid image document: {e}",
+            path=str(self.path),
+            hint="The archive is damaged or was not written by `docker save`/`skopeo`; save "
+            "or copy it again.",
+        )
 
     def head(self, r: FileRange, n: int = 4) -> bytes:
         with open(r.path, "rb") as f:
@@ -181,16 +196,29 @@ def _from_docker_archive(
         )
     item = doc[0]
     try:
-        config_name = str(item["Config"])
-        layer_names = [str(x) for x in item["Layers"]]
-    except (KeyError, TypeError) as e:
-        raise SourceError(f"manifest.json lacks {e}", path=str(store.path)) from e
+        config_name = safejson.field(item, "Config", str, "manifest.json[0]")
+        layer_names = [
+            safejson.text(x, f"manifest.json[0].Layers[{i}]")
+            for i, x in enumerate(safejson.field(item, "Layers", list, "manifest.json[0]"))
+        ]
+        tags = [
+            safejson.text(t, f"manifest.json[0].RepoTags[{i}]")
+            for i, t in enumerate(
+                safejson.arr(item.get("RepoTags") or [], "manifest.json[0].RepoTags")
+            )
+        ]
+    except safejson.JSONInputError as e:
+        raise store.malformed("manifest.json", e) from e
     config_bytes = store.read(config_name)
+    config = store.parse(config_name, config_bytes)
     try:
-        config = json.loads(config_bytes)
-        diff_ids = list(config["rootfs"]["diff_ids"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise SourceError(f"{config_name} is not an image config: {e}", path=str(store.path)) from e
+        rootfs = safejson.field(safejson.obj(config, config_name), "rootfs", dict, config_name)
+        diff_ids = [
+            safejson.text(d, f"{config_name}.rootfs.diff_ids[{i}]")
+            for i, d in enumerate(safejson.field(rootfs, "diff_ids", list, f"{config_name}.rootfs"))
+        ]
+    except safejson.JSONInputError as e:
+        raise store.malformed(config_name, e) from e
     if len(diff_ids) != len(layer_names):
         raise SourceError(
             "config lists a different number of layers than manifest.json", path=str(store.path)
@@ -204,7 +232,7 @@ def _from_docker_archive(
         if name.startswith("blobs/sha256/"):
             expected = "sha256:" + name.removeprefix("blobs/sha256/")
         if media_type == LAYER_TAR:
-            expected = str(diff_id)  # uncompressed: the blob digest is the diff_id
+            expected = diff_id  # uncompressed: the blob digest is the diff_id
         layers.append((r, media_type, expected))
     # Hash once here to know the digests the generated manifest needs.
     layer_digests = hash_with_cache([r for r, _, _ in layers], chunk_size, cache)
@@ -221,7 +249,6 @@ def _from_docker_archive(
             for (r, mt, _), d in zip(layers, layer_digests, strict=True)
         ],
     }
-    tags = [str(t) for t in item.get("RepoTags") or []]
     return _finish_known(
         store,
         role,
@@ -289,32 +316,48 @@ def _from_oci_layout(
     index = store.json("index.json")
     candidates: list[tuple[dict[str, Any], str | None]] = []  # descriptor, ref name
 
-    def walk(descs: Any, ref: str | None, depth: int) -> None:
+    def walk(descs: Any, ref: str | None, depth: int, where: str) -> None:
         if not isinstance(descs, list) or depth > 3:
-            raise SourceError("index.json: malformed manifests list", path=str(store.path))
+            raise SourceError(f"{where}: malformed manifests list", path=str(store.path))
         for d in descs:
             if not isinstance(d, dict):
                 continue
-            name = (d.get("annotations") or {}).get("org.opencontainers.image.ref.name", ref)
+            annotations = d.get("annotations")
+            name = ref
+            if isinstance(annotations, dict):
+                named = annotations.get("org.opencontainers.image.ref.name", ref)
+                name = named if isinstance(named, str) else ref
             mt = d.get("mediaType")
             if mt in IMAGE_INDEXES:
-                child = _verified_json(store, str(d.get("digest")))
-                walk(child.get("manifests"), name, depth + 1)
+                digest = safejson.field(d, "digest", str, f"{where}.manifests[]")
+                child = _verified_json(store, digest)
+                walk(
+                    child.get("manifests") if isinstance(child, dict) else None,
+                    name,
+                    depth + 1,
+                    f"blob {digest}",
+                )
             elif mt in IMAGE_MANIFESTS:
                 plat = d.get("platform")
                 if isinstance(plat, dict) and not platform_matches(platform_of(plat), platform):
                     continue
                 candidates.append((d, name))
 
-    walk(index.get("manifests") if isinstance(index, dict) else None, None, 0)
-    matching = []
-    for desc, name in candidates:
-        manifest_bytes = _verified_blob(store, str(desc["digest"]))
-        manifest = json.loads(manifest_bytes)
-        config_bytes = _verified_blob(store, str(manifest["config"]["digest"]))
-        config = json.loads(config_bytes)
-        if platform_matches(platform_of(config), platform):
-            matching.append((desc, name, manifest_bytes, manifest, config_bytes, config))
+    try:
+        walk(index.get("manifests") if isinstance(index, dict) else None, None, 0, "index.json")
+        matching = []
+        for desc, name in candidates:
+            digest = safejson.field(desc, "digest", str, "index.json: a descriptor")
+            manifest_bytes = _verified_blob(store, digest)
+            manifest = safejson.obj(store.parse(f"blob {digest}", manifest_bytes), digest)
+            config_desc = safejson.field(manifest, "config", dict, digest)
+            config_digest = safejson.field(config_desc, "digest", str, f"{digest}.config")
+            config_bytes = _verified_blob(store, config_digest)
+            config = safejson.obj(store.parse(f"blob {config_digest}", config_bytes), config_digest)
+            if platform_matches(platform_of(config), platform):
+                matching.append((desc, name, manifest_bytes, manifest, config_bytes, config))
+    except safejson.JSONInputError as e:
+        raise store.malformed("the OCI layout", e) from e
     if len(matching) != 1:
         found = ", ".join(sorted({platform_of(c[5]) for c in matching})) or "none"
         raise SourceError(
@@ -326,14 +369,22 @@ def _from_oci_layout(
     desc, name, manifest_bytes, manifest, config_bytes, config = matching[0]
     plat = platform_of(config)
     layers: list[tuple[FileRange, str, str | None]] = []
-    for la in manifest.get("layers", []):
-        r = store.range(_blob_name(str(la["digest"])))
-        if r.size != la.get("size"):
-            raise SourceError(
-                f"layer {la['digest']} is {r.size} bytes, manifest says {la.get('size')}",
-                path=str(store.path),
-            )
-        layers.append((r, str(la["mediaType"]), str(la["digest"])))
+    try:
+        for i, la in enumerate(safejson.arr(manifest.get("layers", []), "layers")):
+            at = f"layers[{i}]"
+            la = safejson.obj(la, at)
+            digest = safejson.field(la, "digest", str, at)
+            size = safejson.count(safejson.field(la, "size", int, at), f"{at}.size")
+            media_type = safejson.field(la, "mediaType", str, at)
+            r = store.range(_blob_name(digest))
+            if r.size != size:
+                raise SourceError(
+                    f"layer {digest} is {r.size} bytes, manifest says {size}",
+                    path=str(store.path),
+                )
+            layers.append((r, media_type, digest))
+    except safejson.JSONInputError as e:
+        raise store.malformed(f"image manifest {desc['digest']}", e) from e
     layer_digests = hash_with_cache([r for r, _, _ in layers], chunk_size, cache)
     ref = name if name and ("/" in name or ":" in name) else default_ref
     return _finish_known(
@@ -362,7 +413,4 @@ def _verified_blob(store: _Store, digest: str) -> bytes:
 
 
 def _verified_json(store: _Store, digest: str) -> Any:
-    try:
-        return json.loads(_verified_blob(store, digest))
-    except ValueError as e:
-        raise SourceError(f"blob {digest} is not JSON", path=str(store.path)) from e
+    return store.parse(f"blob {digest}", _verified_blob(store, digest))

@@ -16,10 +16,11 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from bundler import safejson
 from bundler.errors import ManifestError
 from bundler.formats import UPGRADE_HINT, newer_format
 from bundler.fsutil import atomic_write_bytes
-from bundler.pins import Pins
+from bundler.pins import Pins, error_location
 
 LOCK_FORMAT = "airgap-lock/1"
 _REDO = "Delete it and run `airgap lock` again."
@@ -52,10 +53,10 @@ def load_lock(path: Path) -> Lock | None:
         ManifestError: the file exists but is not a lock this airgap reads.
     """
     try:
-        doc = json.loads(path.read_text())
+        doc = safejson.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, safejson.JSONInputError) as e:
         raise ManifestError(f"unreadable lock: {e}", path=str(path), hint=_REDO) from e
     if isinstance(doc, dict) and (
         msg := newer_format(doc.get("format"), LOCK_FORMAT, requires=doc.get("requires"))
@@ -67,9 +68,10 @@ def load_lock(path: Path) -> Lock | None:
         return Lock.model_validate(doc)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        where = error_location(first["loc"])
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise ManifestError(
-            f"invalid lock: {loc}: {first['msg']}", path=str(path), hint=_REDO
+            f"invalid lock: {where}: {first['msg']}{more}", path=str(path), hint=_REDO
         ) from e
 
 

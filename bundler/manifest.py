@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from bundler import safejson
 from bundler.errors import ManifestError
 from bundler.names import BUNDLE_NAME_RE, ELSER_IDS, check_served_name
 from bundler.oci.ref import check_image_ref
@@ -30,6 +31,11 @@ NAME_RE = BUNDLE_NAME_RE.pattern
 PLATFORM_RE = r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$"
 Product = Literal["elasticsearch", "kibana", "observability", "security"]
 PRODUCTS: tuple[Product, ...] = ("elasticsearch", "kibana", "observability", "security")
+# A manifest is a page of YAML: these limits are far above any real one and keep a
+# crafted file from exhausting the parser (PyYAML composes nodes recursively).
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_YAML_DEPTH = 64
+_MAX_INT_CHARS = 24  # 20 digits, a sign and some '_' separators
 
 
 class _Strict(BaseModel):
@@ -215,21 +221,101 @@ def parse_manifest(
     return manifest
 
 
-def load_manifest(path: Path) -> Manifest:
-    """Read and validate a manifest file.
+class _ManifestLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with a nesting limit and bounded integers."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # Checked before the composer recurses into the node, so no input reaches
+        # Python's recursion limit.
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_YAML_DEPTH} levels (the limit)",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _bounded_int(loader: _ManifestLoader, node: yaml.ScalarNode) -> int:
+    if len(str(node.value)) > _MAX_INT_CHARS:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"integer of {len(str(node.value))} characters (the limit is 20 digits)",
+            node.start_mark,
+        )
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_ManifestLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: where, then what (without its excerpt of the file)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        mark = e.problem_mark
+        what = " ".join(p for p in (e.context, e.problem) if p)
+        return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+    return " ".join(str(e).split())
+
+
+def load_yaml(data: bytes, source: str) -> Any:
+    """Parse a manifest's bytes with the limits above.
 
     Raises:
-        ManifestError: unreadable file, invalid YAML, or invalid content.
+        ManifestError: not UTF-8, not YAML, beyond a limit, or holding a lone surrogate.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read manifest: {e}", path=str(path)) from e
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"not UTF-8 text (byte {e.start})", path=source) from e
     try:
-        data = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_ManifestLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise ManifestError(f"invalid YAML: {e}", path=str(path)) from e
-    return parse_manifest(data, source=str(path), base_dir=path.resolve().parent)
+        raise ManifestError(
+            f"invalid YAML: {_yaml_problem(e)}",
+            path=source,
+            hint="Fix the YAML at the line and column named above.",
+        ) from e
+    where = safejson.lone_surrogate_path(doc, "")
+    if where is not None:
+        raise ManifestError(
+            f"{where.lstrip('.') or '(top level)'}: lone surrogate escape (\\ud800-\\udfff) "
+            "in a string; it has no UTF-8 form",
+            path=source,
+            hint="Write the character itself, or a valid surrogate pair.",
+        )
+    return doc
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate a manifest file (at most :data:`MAX_MANIFEST_BYTES`).
+
+    Raises:
+        ManifestError: unreadable file, too large, invalid YAML, or invalid content.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise ManifestError(f"cannot read manifest: {e.strerror or e}", path=str(path)) from e
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"larger than {MAX_MANIFEST_BYTES} bytes, the limit for a manifest",
+            path=str(path),
+            hint="A manifest is a page of YAML; check that this is the right file.",
+        )
+    doc = load_yaml(data, str(path))
+    return parse_manifest(doc, source=str(path), base_dir=path.resolve().parent)
 
 
 def json_schema() -> dict[str, Any]:

@@ -16,11 +16,35 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    Tag,
+    model_serializer,
+)
 
 Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Size = Annotated[int, Field(ge=0)]
+Size = Annotated[int, Field(ge=0, strict=True)]
+BlobId = Annotated[str, Field(pattern=r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")]  # git sha1/sha256
+Url = Annotated[str, Field(pattern=r"^https?://")]
+
+
+def _relative(v: str) -> str:
+    """A path that can become a bundle member (a lock is edited by hand, an index signed
+    by a builder that may have been wrong: neither may name ``..`` or an absolute path)."""
+    from bundler.bundle.index import path_problem  # the index imports this module
+
+    if problem := path_problem(v):
+        raise ValueError(f"{v!r}: {problem}")
+    return v
+
+
+RelPath = Annotated[str, AfterValidator(_relative)]
 
 
 class _Pin(BaseModel):
@@ -38,9 +62,9 @@ class _Pin(BaseModel):
 class HfFile(_Pin):
     """One file of a Hugging Face repo at the pinned commit."""
 
-    path: str
+    path: RelPath
     size: Size
-    blob_id: str  # the git blob id (sha1): what the hub lists for every file
+    blob_id: BlobId  # the git blob id: what the hub lists for every file
     sha256: Sha256Hex | None = None  # LFS files: the oid the hub states
 
 
@@ -104,8 +128,8 @@ ImagePin = Annotated[RegistryImagePin | ArchiveImagePin, Field(discriminator="so
 class ElasticFilePin(_Pin):
     """One downloaded artifact, named as it is carried under ``elastic/``."""
 
-    name: str
-    url: str
+    name: RelPath
+    url: Url
     size: Size
     sha256: Sha256Hex
 
@@ -123,6 +147,27 @@ class PathElasticPin(_Pin):
     product_docs: tuple[str, ...]
 
 
+def _elastic_kind(v: object) -> str:
+    source = v.get("source") if isinstance(v, dict) else getattr(v, "source", None)
+    return "path" if source == "path" else "remote"
+
+
+ElasticPin = Annotated[
+    Annotated[RemoteElasticPin, Tag("remote")] | Annotated[PathElasticPin, Tag("path")],
+    Discriminator(_elastic_kind),
+]
+
+def error_location(loc: tuple[int | str, ...]) -> str:
+    """A validation error's place as an operator reads the document (``images.vllm.layers``),
+    without the union tag pydantic puts in (``images.vllm.registry.layers``): the tag sits
+    right after ``model`` and ``elastic``, and after ``images.<role>``."""
+    parts = list(loc)
+    at = 2 if parts[:1] == ["images"] else 1
+    if parts[:1] in (["model"], ["elastic"], ["images"]) and len(parts) > at + 1:
+        del parts[at]
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
 # -- all of them ----------------------------------------------------------------------
 
 
@@ -133,7 +178,7 @@ class Pins(_Pin):
 
     model: ModelPin | None = None
     images: dict[str, ImagePin] | None = None
-    elastic: RemoteElasticPin | PathElasticPin | None = None
+    elastic: ElasticPin | None = None
 
     @property
     def hf_model(self) -> HfModelPin | None:

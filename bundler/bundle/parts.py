@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from bundler import canonical
+from bundler import canonical, safejson
 from bundler.boundedio import (
     MAX_PARTS,
     MAX_PARTS_LIST_SIZE,
@@ -114,17 +114,29 @@ def _split_location(base: Path) -> BundleLocation:
     list_path = parts_list_path(base)
     if os.path.lexists(list_path):  # a link is refused by name, not taken for "no list"
         try:
-            doc = canonical.loads(read_bounded(list_path, MAX_PARTS_LIST_SIZE).rstrip(b"\n"))
-            signed = doc["signed"]
+            raw = read_bounded(list_path, MAX_PARTS_LIST_SIZE).rstrip(b"\n")
+            doc = safejson.obj(canonical.loads(raw), "$")
+            signed = safejson.field(doc, "signed", dict, "$")
             if msg := newer_format(signed.get("format"), PARTS_FORMAT):
                 raise BundleError(msg, bundle=str(list_path), hint=UPGRADE_HINT)
             if signed.get("format") != PARTS_FORMAT:
                 raise ValueError(f"unknown format {signed.get('format')!r}")
-            sigs = tuple((k, bytes.fromhex(v)) for k, v in sorted(doc["signatures"].items()))
-            entries = [
-                (base.with_name(p["name"]), int(p["size"]), str(p["sha256"]))
-                for p in signed["parts"]
-            ]
+            signatures = safejson.field(doc, "signatures", dict, "$")
+            sigs = tuple(
+                (k, bytes.fromhex(safejson.text(v, f"$.signatures.{k}")))
+                for k, v in sorted(signatures.items())
+            )
+            entries: list[tuple[Path, int, str]] = []
+            for i, item in enumerate(safejson.field(signed, "parts", list, "$.signed")):
+                at = f"$.signed.parts[{i}]"
+                entry = safejson.obj(item, at)
+                entries.append(
+                    (
+                        base.with_name(safejson.field(entry, "name", str, at)),
+                        safejson.count(safejson.field(entry, "size", int, at), f"{at}.size"),
+                        str(safejson.field(entry, "sha256", str, at)),
+                    )
+                )
             if len(entries) > MAX_PARTS:
                 raise ValueError(f"{len(entries)} parts, more than the {MAX_PARTS} allowed")
             for p, _, _ in entries:

@@ -107,7 +107,7 @@ class _Reader:
                 if info2.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
                     raise tarfmt.HeaderError("two pax headers in a row")
                 name = records.get("path", info2.name)
-                size = int(records["size"]) if "size" in records else info2.size
+                size = tarfmt.pax_size(records, info2.size, name)
                 return tarfmt.RawHeader(
                     name,
                     size,
@@ -117,9 +117,8 @@ class _Reader:
                 )
             return tarfmt.RawHeader(info.name, info.size, info.type, raw, info.linkname)
         except (tarfmt.HeaderError, ValueError) as e:
-            raise self.error(
-                str(e), member=f"(header where {expecting} was expected)", at=start
-            ) from e
+            named = getattr(e, "member", None) or f"(header where {expecting} was expected)"
+            raise self.error(str(e), member=named, at=start) from e
 
     def check_member(
         self,
@@ -175,6 +174,8 @@ def _first_header(r: _Reader) -> tarfmt.RawHeader | None:
     try:
         return r.read_header(INDEX_MEMBER)
     except BundleError as e:
+        if getattr(e.__cause__, "member", None) is not None:
+            raise  # a tar header, with a size no member can have: named as it is
         raise r.error(
             "does not start with a tar header: not an airgap bundle, or damaged at its start",
             at=0,

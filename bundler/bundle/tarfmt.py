@@ -17,6 +17,10 @@ from dataclasses import dataclass
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 MAX_PAX_HEADER = 64 * 1024
+# No file can be larger than off_t allows; a header that says more (base-256 and pax
+# sizes are unbounded) or less than zero was crafted.
+MAX_MEMBER_SIZE = 2**63 - 1
+_PAX_SIZE_DIGITS = 19  # len(str(MAX_MEMBER_SIZE))
 
 _TYPE_NAMES = {
     tarfile.SYMTYPE: "a symbolic link",
@@ -69,15 +73,58 @@ class RawHeader:
 
 
 class HeaderError(Exception):
-    """A header that cannot be parsed (the caller turns it into a BundleError)."""
+    """A header that cannot be parsed (the caller turns it into a BundleError).
+
+    ``member`` is the member's name when the header got far enough to give one.
+    """
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        # shown in an error line: quoted when it holds control or non-printable characters
+        self.member = member if member is None or member.isprintable() else repr(member)
+
+
+def check_size(size: int, field: str, member: str) -> int:
+    """``size`` if a member can have it: not negative, not beyond ``off_t``.
+
+    Raises:
+        HeaderError: naming the member, the header field and the limit.
+    """
+    if size < 0:
+        raise HeaderError(f"negative member size {size} in the {field}", member)
+    if size > MAX_MEMBER_SIZE:
+        raise HeaderError(
+            f"member size in the {field} is beyond the limit of {MAX_MEMBER_SIZE} bytes", member
+        )
+    return size
 
 
 def parse_ustar(block: bytes) -> tarfile.TarInfo:
-    """Parse one 512-byte header block, checksum included."""
+    """Parse one 512-byte header block, checksum included, and check its size field."""
     try:
-        return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
     except tarfile.HeaderError as e:
         raise HeaderError(f"corrupt tar header ({e})") from e
+    check_size(info.size, "tar header's size field", info.name)
+    return info
+
+
+def pax_size(records: dict[str, str], fallback: int, member: str) -> int:
+    """The member size: the pax ``size`` record (plain decimal digits only), else ``fallback``.
+
+    Raises:
+        HeaderError: a ``size`` record that is not a plain non-negative decimal number
+            (``-5``, ``+5``, `` 5``, ``5_0``) or is beyond the limit.
+    """
+    if "size" not in records:
+        return fallback
+    value = records["size"]
+    if not (value.isascii() and value.isdigit()) or len(value) > _PAX_SIZE_DIGITS:
+        shown = value if len(value) <= 24 else value[:24] + "…"
+        raise HeaderError(
+            f"pax size record {shown!r} is not a member size (0..{MAX_MEMBER_SIZE})", member
+        )
+    return check_size(int(value), "pax size record", member)
 
 
 def parse_pax_records(data: bytes) -> dict[str, str]:
@@ -86,7 +133,7 @@ def parse_pax_records(data: bytes) -> dict[str, str]:
     pos = 0
     while pos < len(data):
         space = data.find(b" ", pos)
-        if space < 0 or not data[pos:space].isdigit():
+        if space < 0 or not data[pos:space].isdigit() or space - pos > len(str(MAX_PAX_HEADER)):
             raise HeaderError("malformed pax record length")
         length = int(data[pos:space])
         end = pos + length

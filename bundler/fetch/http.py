@@ -22,6 +22,7 @@ from pathlib import Path
 
 import requests
 
+from bundler import env, net
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
 from bundler.hashing import Digests
@@ -194,6 +195,7 @@ class Downloader:
         """Stream into ``partial`` (resuming), hashing as bytes arrive."""
         downloaded = 0
         attempt = 0
+        timeout = env.net_timeout()
         digests: StreamDigests | None = None
         git_size = expect.size if expect.git_blob else None
 
@@ -225,7 +227,11 @@ class Downloader:
                     h["Range"] = f"bytes={offset}-"
                 try:
                     with session.get(
-                        url, headers=h, stream=True, timeout=(15, 120), verify=verify
+                        url,
+                        headers=h,
+                        stream=True,
+                        timeout=(min(15, timeout), timeout),
+                        verify=verify,
                     ) as r:
                         if r.status_code == 416 and offset:
                             partial.unlink()  # our partial is bad: start over
@@ -264,8 +270,13 @@ class Downloader:
                     requests.Timeout,
                     requests.exceptions.ChunkedEncodingError,
                 ) as e:
+                    kind = None if isinstance(e, _Retry) else net.kind_of(e)
+                    if kind in ("dns", "tls"):  # no retry will change these
+                        raise unreachable(e, url, what, timeout) from e
                     attempt += 1
                     if attempt > self.retries:
+                        if kind is not None:
+                            raise unreachable(e, url, what, timeout, self.retries) from e
                         raise FetchError(
                             f"{what}: giving up after {self.retries} retries ({e})",
                             url=url,
@@ -274,6 +285,8 @@ class Downloader:
                     delay = self.backoff * 2 ** (attempt - 1)
                     logger.info("%s: %s; retry %d in %.1fs", url, e, attempt, delay)
                     time.sleep(delay)
+                except requests.RequestException as e:  # an invalid URL, a redirect loop
+                    raise unreachable(e, url, what, timeout) from e
         finally:
             if digests is not None:
                 digests.abandon()
@@ -335,6 +348,37 @@ class Downloader:
 
 class _Retry(Exception):
     pass
+
+
+def unreachable(
+    e: BaseException, url: str, what: str, timeout: float, retries: int = 0
+) -> FetchError:
+    """A transport failure (no HTTP answer) of ``url``, named, with the fix for its kind."""
+    kind = net.kind_of(e)
+    after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
+    return FetchError(
+        f"{what}: {net.describe(e, timeout)}{after}",
+        url=url,
+        hint=net.hint_for(
+            kind,
+            endpoint=_endpoint_setting(url),
+            tls="The server's certificate is not trusted: for a private CA add it to "
+            "REQUESTS_CA_BUNDLE (registries: --registry-ca)",
+            timeout=f"No answer within {timeout:g} s: raise AIRGAP_NET_TIMEOUT",
+        )
+        + (
+            " What was downloaded is kept; run the same command again to resume." if retries else ""
+        ),
+    )
+
+
+def _endpoint_setting(url: str) -> str:
+    """Where the operator sets the address ``url`` came from."""
+    if "/v2/" in url:
+        return "the image reference in the manifest"
+    if "/resolve/" in url:
+        return "HF_ENDPOINT, the Hub or a local mirror"
+    return "elastic.elser_url / elastic.product_docs_url in the manifest"
 
 
 def _auth_hint(url: str) -> str:

@@ -20,7 +20,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile as HubFile
 from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]
 
-from bundler import env
+from bundler import env, net
 from bundler.errors import FetchError
 from bundler.fetch.http import Expect
 
@@ -81,16 +81,37 @@ def _translate(e: Exception, repo: str, revision: str) -> FetchError:
     )
 
 
+def _unreachable(e: BaseException, endpoint: str, repo: str, timeout: float) -> FetchError:
+    """A transport failure (no answer at all) of huggingface_hub's HTTP client, whichever
+    it is (httpx2 in 2.x, httpx in 1.x, requests before)."""
+    kind = net.kind_of(e)
+    return FetchError(
+        f"cannot reach the Hugging Face Hub for {repo}: {net.describe(e, timeout)}",
+        url=endpoint,
+        hint=net.hint_for(
+            kind,
+            endpoint=f"HF_ENDPOINT is {endpoint}; point it at the Hub or at a local mirror",
+            tls="The Hub's certificate is not trusted: for a mirror with a private CA, add "
+            "the CA to SSL_CERT_FILE (or the system trust store)",
+            timeout=f"The Hub did not answer within {timeout:g} s: raise AIRGAP_NET_TIMEOUT, "
+            "or set HF_ENDPOINT to a closer mirror",
+        )
+        + " A gated repo also needs HF_TOKEN, once it can be reached.",
+    )
+
+
 def resolve_repo(repo: str, revision: str, include: list[str], exclude: list[str]) -> ResolvedRepo:
     """Revision -> commit, and the selected files with their identities.
 
     Raises:
-        FetchError: not found, gated, unauthorized, or nothing selected.
+        FetchError: not found, gated, unauthorized, unreachable, an answer that is not
+            the Hub API's, or nothing selected.
     """
     endpoint = env.hf_endpoint()
+    timeout = env.net_timeout()
     api = HfApi(endpoint=endpoint, token=env.hf_token() or False)
     try:
-        commit = api.model_info(repo, revision=revision).sha
+        commit = api.model_info(repo, revision=revision, timeout=timeout).sha
         if not commit:
             raise FetchError(f"{repo}@{revision}: the Hub did not name a commit")
         entries = [
@@ -98,8 +119,19 @@ def resolve_repo(repo: str, revision: str, include: list[str], exclude: list[str
             for e in api.list_repo_tree(repo, revision=commit, recursive=True)
             if hasattr(e, "blob_id") and getattr(e, "size", None) is not None
         ]
-    except (HfHubHTTPError, OSError) as e:
+    except HfHubHTTPError as e:  # an HTTP answer (in huggingface_hub 0.x also an OSError)
         raise _translate(e, repo, revision) from e
+    except net.transport_errors() as e:
+        raise _unreachable(e, endpoint, repo, timeout) from e
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        # huggingface_hub parses the answer itself: a server that is not the Hub (or a
+        # hostile mirror) makes it fail in these ways.
+        raise FetchError(
+            f"{repo}: the answer is not the Hub API's ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]})",
+            url=endpoint,
+            hint=f"HF_ENDPOINT is {endpoint}: point it at the Hub or a Hub-compatible mirror.",
+        ) from e
     selected = list(
         filter_repo_objects(
             entries,

@@ -10,7 +10,6 @@ already known, so writing the bundle is a plain copy).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,8 @@ from urllib.parse import quote
 import requests
 from pydantic import ValidationError
 
-from bundler.bundle.index import BLOB_PREFIX, ImageEntry, Layer
+from bundler import safejson
+from bundler.bundle.index import BLOB_PREFIX, SHA256_RE, ImageEntry, Layer
 from bundler.bundle.plan import Payload
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
@@ -159,11 +159,17 @@ class Fetcher:
                 meta_url, Expect(), key=f"url-{meta_url}", what=f"ELSER {model_id} metadata"
             )
             try:
-                meta = json.loads(meta_file.path.read_text())
-                pt_sha, pt_size = str(meta["sha256"]), int(meta["size"])
-            except (ValueError, KeyError, TypeError) as err:
+                meta = safejson.obj(safejson.loads(meta_file.path.read_bytes()), "metadata")
+                pt_sha = safejson.field(meta, "sha256", str, "metadata")
+                pt_size = safejson.count(safejson.field(meta, "size", int, "metadata"), "size")
+                if not SHA256_RE.match(pt_sha):
+                    raise safejson.JSONInputError(f"metadata.sha256: {pt_sha[:80]!r} is not hex")
+            except safejson.JSONInputError as err:
                 raise FetchError(
-                    f"ELSER {model_id}: metadata lacks sha256/size ({err})", url=meta_url
+                    f"ELSER {model_id}: metadata lacks a valid sha256/size ({err})",
+                    url=meta_url,
+                    hint="Point elastic.elser_url at Elastic's model repository or a faithful "
+                    "mirror of it.",
                 ) from err
             vocab_url = f"{elser_base}/{model_id}.vocab.json"
             vocab = self.downloader.fetch(

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import requests
 
+from bundler import safejson
 from bundler.errors import InstallError
 from bundler.oci.engine import Containers
 
@@ -77,7 +79,10 @@ def prove(
     headers = {"Authorization": f"Bearer {token}"}
     try:
         r = session.get(f"{base}/v1/models", headers=headers, timeout=30, verify=ca)
-        names = [d.get("id") for d in r.json().get("data", [])] if r.ok else []
+        listed = _object(r).get("data") if r.ok else None
+        names = (
+            [d.get("id") for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []
+        )
         if model not in names:
             raise InstallError(
                 f"/v1/models through nginx answered {r.status_code} without {model!r} (got {names})"
@@ -93,10 +98,19 @@ def prove(
                 "messages": [{"role": "user", "content": "Say hello."}],
             },
         )
-        if r.status_code != 200 or not r.json().get("choices"):
+        if r.status_code != 200 or not _object(r).get("choices"):
             raise InstallError(f"the test chat completion answered {r.status_code}: {r.text[:300]}")
     except (requests.RequestException, ValueError) as e:
         raise InstallError(
             f"the endpoint did not answer correctly: {e}; vLLM log:\n"
             f"{containers.logs(started['vllm']['id'])}"
         ) from e
+
+
+def _object(r: requests.Response) -> dict[str, Any]:
+    """The answer as a JSON object (within :mod:`bundler.safejson`'s limits), else {}."""
+    try:
+        doc = safejson.loads(r.content)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}

@@ -25,8 +25,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from bundler.bundle.index import parse_index
-from bundler.errors import AirgapError, InstallError
+from bundler.bundle.index import INDEX_MEMBER, parse_index
+from bundler.errors import AirgapError, BundleError, InstallError
 from bundler.fsutil import atomic_write_bytes
 from bundler.install.health import prove, wait_healthy
 from bundler.install.layout import Layout
@@ -41,7 +41,7 @@ from bundler.install.serveconf import (
 )
 from bundler.install.tlsgen import current_secret, ensure_tls, new_secret, restore, snapshot
 from bundler.manifest import Manifest, parse_manifest
-from bundler.names import contained, model_mount
+from bundler.names import IMAGE_ROLES, contained, model_mount
 from bundler.oci.engine import Containers, Runtime
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,14 @@ def serve_release(
     index = parse_index(server.layout.index_file(release_dir).read_bytes())
     m = parse_manifest(index.manifest, source=f"{key} (signed manifest)")
     images = {img.role: img.config_digest for img in index.images}
+    missing = [role for role in IMAGE_ROLES if role not in images]
+    if missing:  # install refuses such an index; a release on disk may predate that check
+        raise BundleError(
+            f"the signed index carries no {' or '.join(missing)} image, so {key} cannot be served",
+            bundle=str(release_dir),
+            member=INDEX_MEMBER,
+            hint="Install a bundle built by `airgap build`, which carries both images.",
+        )
     return server.start(m, release_dir, key, images, serve, no_gpu)
 
 

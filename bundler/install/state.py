@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bundler import __version__
+from bundler import __version__, safejson
 from bundler.errors import HostStateError, InstallError, RollbackError
 from bundler.fsutil import atomic_write_bytes
 from bundler.install import hostfs
@@ -35,7 +35,7 @@ class VersionRegistry:
 
     def load(self) -> dict[str, int]:
         try:
-            data = json.loads(self.path.read_text())
+            data = safejson.loads(self.path.read_bytes())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
@@ -95,7 +95,7 @@ class ReceiptFile:
         """
         f = cls(state_dir)
         try:
-            data = json.loads(f.path.read_text())
+            data = safejson.loads(f.path.read_bytes())
         except FileNotFoundError:
             return f
         except (OSError, ValueError) as e:

@@ -23,7 +23,7 @@ import docker.errors
 import docker.types
 import requests
 
-from bundler import env
+from bundler import env, net
 from bundler.errors import InstallError, UsageError
 from bundler.names import container_name
 
@@ -54,13 +54,16 @@ class Runtime:
             raise UsageError(f"--runtime must be docker or podman, not {kind!r}")
         self.kind = kind
         self.url = url or env.container_host(kind) or DEFAULT_URLS[kind]
+        # The first request (API version) must answer quickly; loads may take long.
+        probe = min(timeout, env.net_timeout())
         try:
-            self.api = docker.APIClient(base_url=self.url, version="auto", timeout=timeout)
+            self.api = docker.APIClient(base_url=self.url, version="auto", timeout=probe)
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise InstallError(
-                f"cannot reach the {kind} engine at {self.url}: {e}",
-                hint="Start it, or point --runtime-url (or DOCKER_HOST) at its socket.",
+                f"cannot reach the {kind} engine at {self.url}: {net.describe(e, probe)}",
+                hint=_unreachable_hint(net.kind_of(e), probe),
             ) from e
+        self.api.timeout = timeout
 
     def info(self) -> RuntimeInfo:
         """Version, GPU support and storage root, for the preflight table.
@@ -185,6 +188,20 @@ class Runtime:
 MANAGED = "airgap.managed"
 OWNER = "airgap.prefix"
 Containers_ = dict[str, dict[str, str]]
+
+
+def _unreachable_hint(kind: net.Kind, timeout: float) -> str:
+    if kind == "tls":
+        return (
+            "The engine's TLS certificate is not trusted; airgap speaks to an engine over "
+            "its unix socket or plain tcp://: point --runtime-url (or DOCKER_HOST) there."
+        )
+    if kind == "timeout":
+        return (
+            f"The engine accepted the connection but did not answer within {timeout:g} s: "
+            "check that it is not hung, or raise AIRGAP_NET_TIMEOUT."
+        )
+    return "Start it, or point --runtime-url (or DOCKER_HOST) at its socket."
 
 
 def _check_binds(binds: dict[str, dict[str, str]]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from bundler import env
+from bundler import env, net, safejson
 from bundler.errors import AirgapError, FetchError, InstallError, UsageError
 from bundler.oci.media import (
     DOCKER_LIST,
@@ -53,16 +52,18 @@ def docker_config_auth(registry: str, config: Path | None = None) -> tuple[str, 
     """Basic credentials for ``registry`` from Docker's config.json (``auths``)."""
     path = config or env.docker_config_dir() / "config.json"
     try:
-        doc = json.loads(path.read_text())
+        doc = safejson.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    auths = doc.get("auths") or {}
+    auths = doc.get("auths") if isinstance(doc, dict) else None
+    if not isinstance(auths, dict):
+        return None
     keys = [registry, f"https://{registry}", f"http://{registry}"]
     if registry == "docker.io":
         keys += ["https://index.docker.io/v1/", "index.docker.io"]
     for k in keys:
         entry = auths.get(k)
-        if isinstance(entry, dict) and entry.get("auth"):
+        if isinstance(entry, dict) and isinstance(entry.get("auth"), str) and entry["auth"]:
             try:
                 user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
@@ -136,12 +137,17 @@ class RegistryClient:
         realm = fields.pop("realm", None)
         if not realm:
             return False
+        timeout = env.net_timeout()
         try:
             r = self.session.get(
-                realm, params=fields, auth=self._basic, timeout=30, verify=self.verify
+                realm,
+                params=fields,
+                auth=self._basic,
+                timeout=(min(15, timeout), timeout),
+                verify=self.verify,
             )
         except requests.RequestException as e:
-            raise self._fail(f"token service unreachable: {e}", url=realm) from e
+            raise self._unreachable(e, realm, "token service", timeout) from e
         if r.status_code != 200:
             raise self._fail(
                 f"token service answered HTTP {r.status_code}",
@@ -150,7 +156,7 @@ class RegistryClient:
                 hint=_LOGIN_HINT + " Or check the image name.",
             )
         try:
-            body = r.json()
+            body = safejson.loads(r.content)
         except ValueError as e:
             raise self._fail("token service answered no JSON", url=realm) from e
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
@@ -160,7 +166,8 @@ class RegistryClient:
     def request(self, method: str, url: str, **kw: Any) -> requests.Response:
         """One request, logging in once when the registry asks (a body that is an
         iterator cannot be sent twice: such requests follow one that logged in)."""
-        timeout = kw.pop("timeout", (15, 120))
+        limit = env.net_timeout()
+        timeout = kw.pop("timeout", (min(15, limit), limit))
         extra = kw.pop("headers", {})
         try:
             r = self.session.request(
@@ -182,13 +189,26 @@ class RegistryClient:
                     **kw,
                 )
         except requests.RequestException as e:
-            raise self._fail(
-                f"registry unreachable ({method}): {e}",
-                url=url,
-                hint="Check the registry address; plain HTTP only for a registry named as "
-                "insecure.",
-            ) from e
+            raise self._unreachable(e, url, f"registry ({method})", limit) from e
         return r
+
+    def _unreachable(
+        self, e: requests.RequestException, url: str, what: str, timeout: float
+    ) -> AirgapError:
+        """No answer from the registry (or its token service), named, with the fix."""
+        pulling = self.error is FetchError
+        insecure = "--insecure-registry" if pulling else "--registry-insecure"
+        return self._fail(
+            f"{what} unreachable: {net.describe(e, timeout)}",
+            url=url,
+            hint=net.hint_for(
+                net.kind_of(e),
+                endpoint="the registry in the image reference" if pulling else "--registry",
+                tls="The registry's certificate is not trusted: give its CA with "
+                f"--registry-ca, or pass {insecure} if it speaks plain HTTP",
+                timeout=f"No answer within {timeout:g} s: raise AIRGAP_NET_TIMEOUT",
+            ),
+        )
 
     def refresh_auth(self, url: str) -> None:
         """Renew an expired bearer token (registries hand out short-lived ones)."""
@@ -231,7 +251,9 @@ class RegistryClient:
             )
         media = r.headers.get("Content-Type", "").split(";")[0].strip()
         if media not in IMAGE_MANIFESTS + IMAGE_INDEXES:
-            media = str(json.loads(body).get("mediaType", ""))
+            doc = _document(body, url, ref)
+            found = doc.get("mediaType")
+            media = found if isinstance(found, str) else ""
         return body, digest, media
 
     def resolve(self, ref: ImageRef, platform: str, pinned: str | None = None) -> ResolvedImage:
@@ -241,29 +263,59 @@ class RegistryClient:
             FetchError: not found, unauthorized, no manifest for the platform, altered bytes.
         """
         body, digest, media = self._manifest(ref, pinned or ref.reference)
-        if media in IMAGE_INDEXES:
-            index = json.loads(body)
-            choices = [
-                d
-                for d in index.get("manifests", [])
-                if isinstance(d.get("platform"), dict)
-                and platform_matches(platform_of(d["platform"]), platform)
-            ]
-            if not choices:
-                have = sorted(
-                    platform_of(d.get("platform", {})) for d in index.get("manifests", [])
+        url = self._url(ref.repository, "manifests", pinned or ref.reference)
+        try:
+            if media in IMAGE_INDEXES:
+                entries = [
+                    safejson.obj(d, f"manifests[{i}]")
+                    for i, d in enumerate(
+                        safejson.arr(_document(body, url, ref).get("manifests", []), "manifests")
+                    )
+                ]
+                choices = [
+                    d
+                    for d in entries
+                    if isinstance(d.get("platform"), dict)
+                    and platform_matches(platform_of(d["platform"]), platform)
+                ]
+                if not choices:
+                    have = sorted(
+                        platform_of(d["platform"]) if isinstance(d.get("platform"), dict) else "?"
+                        for d in entries
+                    )
+                    raise FetchError(
+                        f"{ref}: no image for {platform} (has: {', '.join(have)})",
+                        hint="Set `platform` in the manifest to one the image has.",
+                    )
+                chosen = safejson.field(choices[0], "digest", str, "manifests[]")
+                url = self._url(ref.repository, "manifests", chosen)
+                body, digest, media = self._manifest(ref, chosen)
+            if media not in IMAGE_MANIFESTS:
+                raise FetchError(f"{ref}: unsupported manifest type {media!r}", url=url)
+            manifest = _document(body, url, ref)
+            config_desc = safejson.field(manifest, "config", dict, "manifest")
+            config_digest = safejson.field(config_desc, "digest", str, "config")
+            layers = []
+            for i, la in enumerate(safejson.arr(manifest.get("layers", []), "layers")):
+                at = f"layers[{i}]"
+                la = safejson.obj(la, at)
+                layers.append(
+                    {
+                        "digest": safejson.field(la, "digest", str, at),
+                        "size": safejson.count(safejson.field(la, "size", int, at), at),
+                        "mediaType": safejson.field(la, "mediaType", str, at),
+                    }
                 )
-                raise FetchError(
-                    f"{ref}: no image for {platform} (has: {', '.join(have)})",
-                    hint="Set `platform` in the manifest to one the image has.",
-                )
-            body, digest, media = self._manifest(ref, str(choices[0]["digest"]))
-        if media not in IMAGE_MANIFESTS:
-            raise FetchError(f"{ref}: unsupported manifest type {media!r}")
-        manifest = json.loads(body)
-        config_desc = manifest["config"]
-        config = self.blob_bytes(ref, str(config_desc["digest"]))
-        plat = platform_of(json.loads(config))
+        except safejson.JSONInputError as e:
+            raise FetchError(
+                f"{ref}: malformed manifest: {e}",
+                url=url,
+                hint="The registry serves a "
+                "manifest this tool cannot read; check the image reference.",
+            ) from e
+        config = self.blob_bytes(ref, config_digest)
+        config_url = self.blob_url(ref.repository, config_digest)
+        plat = platform_of(_document(config, config_url, ref))
         if not platform_matches(plat, platform):
             raise FetchError(f"{ref}: image is for {plat}, not {platform}")
         return ResolvedImage(
@@ -271,12 +323,9 @@ class RegistryClient:
             manifest_digest=digest,
             manifest_media_type=media,
             manifest=body,
-            config_digest=str(config_desc["digest"]),
+            config_digest=config_digest,
             config_size=len(config),
-            layers=[
-                {"digest": la["digest"], "size": int(la["size"]), "mediaType": la["mediaType"]}
-                for la in manifest.get("layers", [])
-            ],
+            layers=layers,
             platform=plat,
         )
 
@@ -370,8 +419,11 @@ class RegistryClient:
                 return out
             self._check(r, 200)
             try:
-                got = r.json().get("tags") or []
-            except (ValueError, AttributeError) as e:
+                doc = safejson.loads(r.content)
+                got = (doc.get("tags") if isinstance(doc, dict) else None) or []
+                if not isinstance(got, list):
+                    raise ValueError("tags is not a list")
+            except ValueError as e:
                 raise self._fail("tag list is not JSON", url=url) from e
             out += [str(t) for t in got if isinstance(t, str)]
             link = re.match(r'\s*<([^>]+)>\s*;\s*rel="next"', r.headers.get("Link", ""))
@@ -381,6 +433,22 @@ class RegistryClient:
     def delete_manifest(self, repository: str, digest: str) -> bool:
         r = self.request("DELETE", self._url(repository, "manifests", digest))
         return r.status_code in (200, 202)
+
+
+def _document(body: bytes, url: str, ref: ImageRef) -> dict[str, Any]:
+    """A registry's JSON document (manifest, index, config) as an object, within limits.
+
+    Raises:
+        FetchError: not JSON, beyond :mod:`bundler.safejson`'s limits, or not an object.
+    """
+    try:
+        return safejson.obj(safejson.loads(body), "document")
+    except safejson.JSONInputError as e:
+        raise FetchError(
+            f"{ref}: the registry sent a document this tool cannot read: {e}",
+            url=url,
+            hint="Check the image reference and the registry (or the proxy in front of it).",
+        ) from e
 
 
 class Registry(RegistryClient):

@@ -11,7 +11,7 @@ from bundler import canonical
 json_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers()
+    | st.integers(min_value=-(10**20 - 1), max_value=10**20 - 1)  # the 20-digit limit
     | st.text()
     | st.floats(allow_nan=False, allow_infinity=False),
     lambda children: st.lists(children) | st.dictionaries(st.text(), children),

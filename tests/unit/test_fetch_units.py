@@ -57,7 +57,7 @@ def test_drift_names_every_change() -> None:
                 "repo": "a/b",
                 "revision": "main",
                 "commit": "1",
-                "files": [{"path": "w", "size": 1, "blob_id": "x"}],
+                "files": [{"path": "w", "size": 1, "blob_id": "b" * 40}],
             },
             "images": {
                 "vllm": {
@@ -72,7 +72,9 @@ def test_drift_names_every_change() -> None:
                 }
             },
             "elastic": {
-                "files": [{"name": "elser/e.pt", "url": "u", "size": 1, "sha256": "a" * 64}]
+                "files": [
+                    {"name": "elser/e.pt", "url": "http://u/e.pt", "size": 1, "sha256": "a" * 64}
+                ]
             },
         }
     )

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from bundler import safejson
 from bundler.errors import InstallError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def load_credentials(
 def json_object(r: requests.Response, hint: str) -> dict[str, Any]:
     """The answer as a JSON object, or an error naming the URL (a proxy page, say)."""
     try:
-        data = r.json()
+        data = safejson.loads(r.content)
     except ValueError:
         data = None
     if not isinstance(data, dict):
@@ -133,7 +134,7 @@ def json_object(r: requests.Response, hint: str) -> dict[str, Any]:
 def _message(r: requests.Response) -> str:
     """The server's own words: Kibana's ``message`` or Elasticsearch's ``error.reason``."""
     try:
-        body = r.json()
+        body = safejson.loads(r.content)
     except ValueError:
         return r.text.strip()[:300] or r.reason
     if isinstance(body, dict):
