@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bundler.bundle.index import ImageEntry, Index
+from bundler.facts import ModelFacts
 from bundler.hashing import Digests, FileRange
 from bundler.pins import Pins
 
@@ -42,6 +43,7 @@ class BuildPlan:
     payloads: list[Payload]
     images: list[ImageEntry] = field(default_factory=list)
     chunk_size: int = 64 * 1024 * 1024
+    model_facts: ModelFacts | None = None  # signed in the index for the GPU preflight
 
 
 @dataclass(frozen=True)
