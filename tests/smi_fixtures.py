@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class FakeHost:
         text = re.sub(r"<cuda_version>[^<]*<", f"<cuda_version>{cuda}<", text)
         return re.sub(r"<attached_gpus>\d+<", f"<attached_gpus>{len(self.gpus)}<", text)
 
-    def runner(self, calls: list[list[str]] | None = None):  # type: ignore[no-untyped-def]
+    def runner(self, calls: list[list[str]] | None = None) -> Callable[[list[str]], str]:
         """A stand-in for :func:`bundler.gpu.smi.run_smi` (records the arguments)."""
 
         def run(args: list[str]) -> str:

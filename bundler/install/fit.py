@@ -24,16 +24,20 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler.bundle.index import PREVIOUS_FORMAT, Index
 from bundler.errors import AirgapError, InstallError
-from bundler.facts import ModelFacts
+from bundler.facts import ImageCuda, ModelFacts
 from bundler.gpu import cuda, fit
 from bundler.gpu.smi import Gpu, HostGpus, Runner, read_host, select
 from bundler.install.options import Check, InstallOptions
-from bundler.manifest import parse_manifest
-from bundler.oci.engine import RuntimeInfo
+from bundler.manifest import Serve, parse_manifest
+
+if TYPE_CHECKING:  # only the type: scripts/device-gpu-check runs this where docker-py is not
+    from bundler.oci.engine import RuntimeInfo
 
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 HOOK = "nvidia-container-runtime-hook"
@@ -91,6 +95,33 @@ def runtime_row(info: RuntimeInfo, cdi_dirs: tuple[str, ...] = CDI_DIRS) -> Chec
     )
 
 
+@dataclass(frozen=True)
+class Subject:
+    """What the GPU rows judge: the signed facts, serve settings and image requirement."""
+
+    label: str  # "<name> v<version>"
+    serve: Serve
+    facts: ModelFacts | str  # a string: why there are none
+    image: ImageCuda | None  # the vLLM image's CUDA requirement
+    image_note: str = ""  # set when the requirement is not known (format 1)
+
+    @classmethod
+    def of(cls, index: Index) -> Subject:
+        m = parse_manifest(index.manifest, source="signed manifest")
+        vllm = next((i for i in index.images if i.role == "vllm"), None)
+        if index.format == PREVIOUS_FORMAT:
+            facts: ModelFacts | str = (
+                f"not checked: {PREVIOUS_FORMAT} carries no model facts (rebuild to get them)"
+            )
+            note = f"not checked: {PREVIOUS_FORMAT} does not record the image's CUDA requirement"
+        else:
+            facts = index.model_facts or "not checked: the bundle carries no model"
+            note = ""
+        return cls(
+            f"{index.name} v{index.version}", m.serve, facts, vllm.cuda if vllm else None, note
+        )
+
+
 def _host_props(host: HostGpus, g: Gpu) -> cuda.HostProps:
     return cuda.HostProps(
         cuda=host.cuda or cuda.cuda_of_driver(host.driver),
@@ -100,34 +131,23 @@ def _host_props(host: HostGpus, g: Gpu) -> cuda.HostProps:
     )
 
 
-def driver_row(index: Index, host: HostGpus, chosen: tuple[Gpu, ...], skip: bool) -> Check:
-    vllm = next((i for i in index.images if i.role == "vllm"), None)
-    if index.format == PREVIOUS_FORMAT:
-        return Check("driver", None, f"driver {host.driver}; not checked: {PREVIOUS_FORMAT} "
-                     "does not record the image's CUDA requirement")  # fmt: skip
-    verdicts = [cuda.judge(vllm.cuda if vllm else None, _host_props(host, g)) for g in chosen]
+def driver_row(s: Subject, host: HostGpus, chosen: tuple[Gpu, ...], skip: bool) -> Check:
+    if s.image_note:
+        return Check("driver", None, f"driver {host.driver}; {s.image_note}")
+    verdicts = [cuda.judge(s.image, _host_props(host, g)) for g in chosen]
     worst = next((v for v in verdicts if v.ok is False), verdicts[0])
     if worst.ok is False and skip:
         return Check("driver", None, worst.detail + " (--skip-driver-check)")
     return Check("driver", worst.ok, worst.detail)
 
 
-def _facts(index: Index) -> ModelFacts | str:
-    if index.model_facts is None:
-        if index.format == PREVIOUS_FORMAT:
-            return f"not checked: {PREVIOUS_FORMAT} carries no model facts (rebuild to get them)"
-        return "not checked: the bundle carries no model"
-    return index.model_facts
-
-
 def fit_rows(
-    index: Index, opts: InstallOptions, chosen: tuple[Gpu, ...], errors: dict[str, AirgapError]
+    s: Subject, opts: InstallOptions, chosen: tuple[Gpu, ...], errors: dict[str, AirgapError]
 ) -> Iterator[Check]:
     """``tensor parallel``, ``gpu memory`` and ``fit``."""
     assert opts.serve is not None
-    m = parse_manifest(index.manifest, source="signed manifest")
-    shape = fit.shape_of(m.serve, opts.serve.extra_vllm_args)
-    facts = _facts(index)
+    shape = fit.shape_of(s.serve, opts.serve.extra_vllm_args)
+    facts = s.facts
     skip = " (--skip-fit-check)" if opts.skip_fit_check else ""
     problem = fit.parallel_problem(facts, shape) if isinstance(facts, ModelFacts) else ""
     if shape.gpus > len(chosen):
@@ -169,7 +189,7 @@ def fit_rows(
         line = f"does not fit: {line}"
         if not skip:
             errors["fit"] = InstallError(
-                f"{index.name} v{index.version} on {len(used)} x {used[0].name}: {line}",
+                f"{s.label} on {len(used)} x {used[0].name}: {line}",
                 hint="Ways out: " + fit.ways_out(result, len(chosen)) + "; or --skip-fit-check "
                 "to try anyway (vLLM then decides, after loading the weights).",
             )
@@ -179,21 +199,25 @@ def fit_rows(
 
 
 def gpu_preflight(
-    index: Index,
+    subject: Index | Subject,
     opts: InstallOptions,
-    info: RuntimeInfo,
+    info: RuntimeInfo | None,
     errors: dict[str, AirgapError],
     runner: Runner | None = None,
     cdi_dirs: tuple[str, ...] = CDI_DIRS,
 ) -> list[Check]:
-    """The GPU rows for a run that serves on an engine with GPUs (see the module doc).
+    """The GPU rows for a run that serves on an engine with GPUs (see the module doc);
+    ``info`` None: no engine to ask (the device check script).
 
     Failed rows put the error to raise into ``errors`` under the row's name.
     """
     assert opts.serve is not None
-    rows = [runtime_row(info, cdi_dirs)]
-    if rows[0].ok is False:
-        errors["gpu runtime"] = InstallError(rows[0].detail, hint=RUNTIME_HINT)
+    s = subject if isinstance(subject, Subject) else Subject.of(subject)
+    rows = []
+    if info is not None:
+        rows.append(runtime_row(info, cdi_dirs))
+        if rows[0].ok is False:
+            errors["gpu runtime"] = InstallError(rows[0].detail, hint=RUNTIME_HINT)
     try:
         host = read_host(runner)
         chosen = select(host.gpus, opts.serve.gpus)
@@ -218,26 +242,25 @@ def gpu_preflight(
                 "a MIG instance has less memory than the fit below assumes",
             )
         )
-    rows.append(driver_row(index, host, chosen, opts.skip_driver_check))
+    rows.append(driver_row(s, host, chosen, opts.skip_driver_check))
     if rows[-1].ok is False:
         errors["driver"] = InstallError(
             rows[-1].detail,
             hint=(
                 f"Install NVIDIA driver >= {needed} (NVIDIA's CUDA/driver table)"
-                if (needed := _needed(index, host, chosen))
+                if (needed := _needed(s, host, chosen))
                 else "Install a newer NVIDIA driver"
             )
             + ", or --skip-driver-check if the image carries CUDA forward-compatibility "
             "libraries for this driver.",
         )
-    rows.extend(fit_rows(index, opts, chosen, errors))
+    rows.extend(fit_rows(s, opts, chosen, errors))
     return rows
 
 
-def _needed(index: Index, host: HostGpus, chosen: tuple[Gpu, ...]) -> str | None:
-    vllm = next((i for i in index.images if i.role == "vllm"), None)
+def _needed(s: Subject, host: HostGpus, chosen: tuple[Gpu, ...]) -> str | None:
     for g in chosen:
-        v = cuda.judge(vllm.cuda if vllm else None, _host_props(host, g))
+        v = cuda.judge(s.image, _host_props(host, g))
         if v.needed_driver:
             return v.needed_driver
     return None

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,8 +134,10 @@ def test_gpu_preflight_refuses_before_the_payload_and_leaves_nothing(
     bin_dir = tmp_path / "bin"
     before = docker_state(docker_engine)
 
-    def refused(host: FakeHost | None, *extra: str, **kw: object) -> tuple[str, str]:
-        r = run(bundle, key, prefix, docker_engine, host, bin_dir, *extra, **kw)  # type: ignore[arg-type]
+    def refused(
+        host: FakeHost | None, *extra: str, hook: bool = True, env: dict[str, str] | None = None
+    ) -> tuple[str, str]:
+        r = run(bundle, key, prefix, docker_engine, host, bin_dir, *extra, hook=hook, env=env)
         err = r.stderr.decode()
         assert r.returncode == 1, err
         # nothing behind: no release, no staging dir, no receipt, no image, no container
@@ -235,3 +238,48 @@ def test_gpu_preflight_refuses_before_the_payload_and_leaves_nothing(
     assert rows(r)["gpu"] == {"name": "gpu", "ok": None, "detail": "skipped (--no-gpu)"}
     assert docker_state(docker_engine) == before
     assert os.listdir(prefix) == [".airgap.lock"]
+
+
+def test_device_gpu_check_script_reads_the_real_capture(tmp_path: Path) -> None:
+    """scripts/device-gpu-check.sh, which the lead runs on a real H200 host, here against a
+    fake nvidia-smi that prints the real capture from that host."""
+    from smi_fixtures import H200_UUID, real_query, real_xml
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "q.txt").write_text(real_query())
+    (bin_dir / "x.xml").write_text(real_xml())
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text(
+        f'#!/bin/sh\nif [ "$1" = -q ]; then cat {bin_dir}/x.xml; '
+        f'elif [ "$1" = -L ]; then echo "GPU 0: NVIDIA H200 (UUID: {H200_UUID})"; '
+        f"else cat {bin_dir}/q.txt; fi\n"
+    )
+    fake.chmod(0o755)
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        ["bash", str(repo / "scripts/device-gpu-check.sh")],
+        env={
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "OUT": str(tmp_path / "out"),
+            "PYTHON": sys.executable,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "out" / "gpu.md").read_text()
+    assert f"| 0 | NVIDIA H200 | {H200_UUID} | 143771 | 616 | 0 | 143156 | 139.80 | 9.0 |" in md
+    assert "driver 580.159.04, CUDA 13.0, problems: none" in md
+    assert "- CUDA 12.8: ok: driver 580.159.04 (CUDA 13.0) meets" in md
+    assert "- CUDA 13.1: REFUSED: " in md and "needs driver >= 590.44.01" in md
+    # Llama 3.3 70B wants 4 GPUs (its manifest's TP), and one H200 cannot hold it at TP 1
+    llama = md.split("### llama-3.3-70b-instruct.yaml")[1].split("###")[0]
+    assert (
+        "| tensor parallel | False | tensor_parallel_size 4 x pipeline_parallel_size 1 needs 4 GPUs; 1 chosen |"
+        in llama
+    )
+    assert "At TP 1 on GPU 0: fits: False; per GPU: weights 131.4 GiB" in llama
