@@ -58,6 +58,11 @@ def test_edited_hosts_parse_like_the_real_one() -> None:
             "<nvidia_smi_log><driver_version>&e;</driver_version></nvidia_smi_log>",
             "entities or an internal DTD",
         ),
+        (  # an internal subset without entities (attribute defaults) is refused too
+            '<?xml version="1.0"?><!DOCTYPE nvidia_smi_log [<!ATTLIST gpu id CDATA "x">]>'
+            "<nvidia_smi_log><driver_version>1</driver_version></nvidia_smi_log>",
+            "entities or an internal DTD",
+        ),
         ("<nvidia_smi_log>" + "<a>" * 40 + "</a>" * 40 + "</nvidia_smi_log>", "too deep"),
         ("<nvidia_smi_log><gpu>", "not well-formed"),
     ],
