@@ -283,3 +283,30 @@ def test_device_gpu_check_script_reads_the_real_capture(tmp_path: Path) -> None:
         in llama
     )
     assert "At TP 1 on GPU 0: fits: False; per GPU: weights 131.4 GiB" in llama
+
+
+def test_inspect_shows_the_signed_facts_and_the_fit_table(gpu_bundle: tuple[Path, Keys]) -> None:
+    """On the connected side, from the index alone: what hardware the bundle needs."""
+    bundle, _ = gpu_bundle
+    r = airgap("inspect", str(bundle), "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    doc = json.loads(r.stdout)
+    assert doc["format"] == "airgap-bundle/2"
+    facts = doc["model_facts"]
+    assert (facts["layers"], facts["kv_heads"], facts["dtype"]) == (80, 64, "bfloat16")
+    assert facts["weights"]["files"] == ["model.safetensors"]
+    cells = {(c["gpu"], c["tensor_parallel_size"]): c for c in doc["fit"]}
+    assert len(cells) == 6 * 4
+    assert cells[("A100 40GB", 2)]["fits"] is False
+    assert cells[("A100 80GB", 2)]["fits"] is True
+    assert cells[("A100 80GB", 2)]["kv_bytes"] == 40 * 2**30  # 2 x 80 x 32 x 128 x 2 x 32768
+    r = airgap("inspect", str(bundle))
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "model facts (signed): LlamaForCausalLM, 80 layers" in out
+    assert "fits? (as vLLM budgets memory)" in out and "H200 141GB" in out
+    # a format-1 bundle (the golden one) carries no facts, and says so
+    golden = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "bundle.tar"
+    r = airgap("inspect", str(golden))
+    assert r.returncode == 0 and "model facts: none (airgap-bundle/1 does not carry them)" in (
+        r.stdout.decode()
+    )
