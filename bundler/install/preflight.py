@@ -144,9 +144,10 @@ def gather(
     errors: dict[str, AirgapError] = {}
     elastic = tuple(elastic_preflight(opts, index, errors, will_serve))
     gpu_errors: dict[str, AirgapError] = {}
+    on_gpus = opts.serve is not None and opts.serve.gpus != "none" and not opts.no_gpu
     gpus = (
         tuple(gpu_preflight(index, opts, info, gpu_errors))
-        if will_serve and info is not None and not opts.no_gpu
+        if will_serve and on_gpus and info is not None
         else ()
     )
     reusable = bool(
