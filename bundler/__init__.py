@@ -1,3 +1,3 @@
 """airgap: signed bundles that carry a private LLM stack for Elastic into air-gapped networks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

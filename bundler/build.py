@@ -26,6 +26,7 @@ from bundler.hashing import FileRange
 from bundler.images import load_image_archive
 from bundler.lock import load_lock, lock_path, save_lock
 from bundler.manifest import ImageArchive, Manifest
+from bundler.modelfacts import measure
 from bundler.names import DOC_FILE_RE, ELSER_FILE_RE
 from bundler.pins import ArchiveImagePin, ImagePin, PathElasticPin, PathModelPin, Pins, drift
 from bundler.progress import NullReporter, Reporter
@@ -421,6 +422,7 @@ def plan_build(
     lock = Pins(
         model=model_lock or pins.model, images=image_lock, elastic=elastic_lock or pins.elastic
     )
+    facts, images = measure(m, {p.path: p.source for p in payloads}, images)
     return BuildPlan(
         name=m.name,
         version=m.version,
@@ -431,6 +433,7 @@ def plan_build(
         payloads=payloads,
         images=images,
         chunk_size=opts.chunk_size,
+        model_facts=facts,
     )
 
 

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bundler.bundle.index import BLOB_PREFIX, Index
+from bundler.errors import ManifestError
+from bundler.facts import ModelFacts
+from bundler.gpu.catalog import Cell, fit_table
+from bundler.gpu.fit import shape_of
+from bundler.manifest import parse_manifest
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class BundleInfo:
     elastic: list[ElasticFileInfo]
     files: int
     total_bytes: int
+    model_facts: ModelFacts | None = None  # format 2: signed facts for the GPU checks
+    fit: list[Cell] = dataclasses.field(default_factory=list)  # common GPUs x TP sizes
 
     def to_json(self) -> dict[str, object]:
         """What ``airgap inspect --json`` prints (keys in this order)."""
@@ -96,7 +103,20 @@ class BundleInfo:
             "elastic": [e.to_json() for e in self.elastic],
             "files": self.files,
             "total_bytes": self.total_bytes,
+            "model_facts": self.model_facts.model_dump(mode="json") if self.model_facts else None,
+            "fit": [c.to_json() for c in self.fit],
         }
+
+
+def _fit(index: Index) -> list[Cell]:
+    """The fit table from the signed facts and the signed manifest's serve section."""
+    if index.model_facts is None:
+        return []
+    try:
+        serve = parse_manifest(index.manifest, source="signed manifest").serve
+    except ManifestError:
+        return []
+    return fit_table(index.model_facts, shape_of(serve))
 
 
 def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
@@ -144,4 +164,6 @@ def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
         elastic=elastic,
         files=len(index.files),
         total_bytes=index.payload_bytes,
+        model_facts=index.model_facts,
+        fit=_fit(index),
     )

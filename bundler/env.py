@@ -104,3 +104,9 @@ def kibana_api_key() -> str | None:
 def es_api_key() -> str | None:
     """``AIRGAP_ES_API_KEY``: an Elasticsearch API key (the encoded form), never stored."""
     return os.environ.get("AIRGAP_ES_API_KEY") or None
+
+
+def cuda_visible_devices() -> str | None:
+    """``CUDA_VISIBLE_DEVICES``: the GPUs to serve on when ``--gpus`` is not given
+    (indices or ``GPU-`` UUIDs, as ``nvidia-smi -L`` shows them)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() or None

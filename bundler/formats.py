@@ -20,9 +20,17 @@ _REQUIRES_RE = re.compile(r"^airgap>=(?P<v>[0-9]+(?:\.[0-9]+){1,2})$")
 
 
 def newer_format(
-    found: object, current: str, *, requires: object = None, tool: object = None
+    found: object,
+    current: str,
+    *,
+    requires: object = None,
+    tool: object = None,
+    reads: tuple[str, ...] = (),
 ) -> str | None:
-    """The refusal message if ``found`` is a later format of ``current``'s family, else None."""
+    """The refusal message if ``found`` is a later format of ``current``'s family, else None.
+
+    ``reads``: every format of the family this release reads (default: ``current`` alone).
+    """
     have, want = _FORMAT_RE.match(str(found)), _FORMAT_RE.match(current)
     if not (have and want) or have["family"] != want["family"] or int(have["n"]) <= int(want["n"]):
         return None
@@ -30,7 +38,8 @@ def newer_format(
     needed = m["v"] if m else None
     return (
         f"format {found} needs airgap >= {needed or 'the release that wrote it'} "
-        f"(this is airgap {__version__}, which reads {current}); it is not damaged"
+        f"(this is airgap {__version__}, which reads {' and '.join(reads or (current,))}); "
+        "it is not damaged"
     )
 
 

@@ -20,6 +20,33 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# A tiny Llama's shape, as a Hugging Face config.json gives it (the build records it).
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "torch_dtype": "float32",
+}
+
+
+def safetensors_bytes(size: int, fill: bytes = bytes(range(256))) -> bytes:
+    """A valid safetensors file of exactly ``size`` bytes: one U8 tensor of ``fill``.
+
+    The stand-in for vLLM never reads it; the build reads its header (model facts).
+    """
+    header = b""
+    for _ in range(3):  # the length's digits change the header's length at most twice
+        n = size - 8 - len(header)
+        body = json.dumps({"filler": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}})
+        header = body.encode().ljust(-(-len(body) // 8) * 8)  # space-padded, as safetensors does
+    n = size - 8 - len(header)
+    return len(header).to_bytes(8, "little") + header + (fill * (n // len(fill) + 1))[:n]
+
+
 def tar_bytes(files: dict[str, bytes]) -> bytes:
     """A deterministic tar of ``files`` (an image layer)."""
     buf = io.BytesIO()
@@ -43,6 +70,7 @@ class Image:
         arch: str = "amd64",
         compress: bool = False,
         cmd: list[str] | None = None,
+        env: list[str] | None = None,
     ) -> None:
         self.diff_tars = [tar_bytes(files) for files in layers]
         self.blobs = [gzip.compress(t, mtime=0) if compress else t for t in self.diff_tars]
@@ -54,7 +82,7 @@ class Image:
             {
                 "architecture": arch,
                 "os": "linux",
-                "config": {"Cmd": cmd or ["/bin/sh"]},
+                "config": {"Cmd": cmd or ["/bin/sh"], **({"Env": env} if env else {})},
                 "rootfs": {
                     "type": "layers",
                     "diff_ids": ["sha256:" + sha(t) for t in self.diff_tars],
@@ -139,9 +167,9 @@ def make_demo_sources(
     """
     weights = root / "weights"
     (weights / "tokenizer").mkdir(parents=True)
-    (weights / "config.json").write_text('{"model_type": "llama", "hidden_size": 128}\n')
+    (weights / "config.json").write_text(json.dumps(TINY_CONFIG) + "\n")
     (weights / "tokenizer" / "tokenizer.json").write_text('{"version": "1.0"}\n')
-    (weights / "model.safetensors").write_bytes(bytes(range(256)) * (model_bytes // 256))
+    (weights / "model.safetensors").write_bytes(safetensors_bytes(model_bytes // 256 * 256))
     (weights / "empty.txt").write_bytes(b"")
     if big:
         with open(weights / "model-big.safetensors", "wb") as f:

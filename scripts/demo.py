@@ -41,7 +41,12 @@ sys.path.insert(0, str(REPO))  # devkit/ is not installed: this checkout's kit a
 import requests  # noqa: E402
 
 from devkit import services  # noqa: E402
-from devkit.demo_data import nginx_image, openai_stub_image  # noqa: E402
+from devkit.demo_data import (  # noqa: E402
+    TINY_CONFIG,
+    nginx_image,
+    openai_stub_image,
+    safetensors_bytes,
+)
 from devkit.standins.elasticsearch import ElasticsearchStandIn  # noqa: E402
 from devkit.standins.jvmtrust import write_truststore  # noqa: E402
 from devkit.standins.kibana import KibanaStandIn  # noqa: E402
@@ -114,12 +119,10 @@ def connected_world(work: Path, stack: contextlib.ExitStack) -> Path:
     print("  pushed airgap-demo/nginx:1 and airgap-demo/openai-stub:1 (assembled offline)")
 
     weights = {
-        "config.json": json.dumps(
-            {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128}
-        ).encode(),
+        "config.json": json.dumps(TINY_CONFIG).encode(),
         "generation_config.json": b'{"max_new_tokens": 16}\n',
         "tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}\n',
-        "model.safetensors": hashlib.sha256(b"tiny").digest() * (1_600_000 // 32),
+        "model.safetensors": safetensors_bytes(1_600_000, hashlib.sha256(b"tiny").digest()),
         "README.md": b"# tiny-llama\nA random-weight model for the airgap demo.\n",
     }
     commit = services.git_commit_repo(

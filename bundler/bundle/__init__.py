@@ -1,1 +1,1 @@
-"""The bundle format v1 (``airgap-bundle/1``): index, signatures, writer and reader."""
+"""The bundle format (``airgap-bundle/2``, still reading ``/1``): index, signatures, I/O."""

@@ -13,15 +13,29 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from bundler import canonical
 from bundler.boundedio import MAX_INDEX_SIZE, MAX_INDEX_VALUES, json_values_bound
 from bundler.errors import BundleError
+from bundler.facts import ImageCuda, ModelFacts
 from bundler.formats import UPGRADE_HINT, newer_format
 from bundler.pins import Pins
 
-FORMAT = "airgap-bundle/1"
+FORMAT = "airgap-bundle/2"  # what this release writes
+PREVIOUS_FORMAT = "airgap-bundle/1"
+READS = (PREVIOUS_FORMAT, FORMAT)
+# The first release that reads FORMAT: what a newer format's refusal names as needed.
+REQUIRES = "airgap>=0.2.0"
 INDEX_MEMBER = "airgap/index.json"
 SIGNATURE_DIR = "airgap/signatures/"
 SUMS_MEMBER = "airgap/SHA256SUMS"
@@ -75,6 +89,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Optional(_Strict):
+    """A model whose unset optional keys are left out, never written as null (no release
+    wrote a null in the index, and the index must re-serialise to its signed bytes)."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
 class FileEntry(_Strict):
     path: str
     size: Annotated[int, Field(ge=0)]
@@ -100,7 +124,7 @@ class Layer(_Strict):
     media_type: str
 
 
-class ImageEntry(_Strict):
+class ImageEntry(_Optional):
     role: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")]
     ref: str
     tags: list[str] = Field(default_factory=list)
@@ -109,16 +133,48 @@ class ImageEntry(_Strict):
     manifest_media_type: str
     config_digest: Digest
     layers: list[Layer]
+    cuda: ImageCuda | None = None  # format 2: the config's CUDA requirement (for the preflight)
 
     @property
     def blob_digests(self) -> list[str]:
         return [self.manifest_digest, self.config_digest, *(la.digest for la in self.layers)]
 
 
-class Index(_Strict):
-    """The parsed, validated ``airgap/index.json``."""
+class SbomRef(_Strict):
+    """Format 2, not written yet: the SBOM member under ``airgap/``, signed through its hash."""
 
-    format: Literal["airgap-bundle/1"]
+    path: str
+    sha256: Sha256Hex
+
+    @field_validator("path")
+    @classmethod
+    def _under_airgap(cls, v: str) -> str:
+        problem = path_problem(v)
+        if problem or not v.startswith("airgap/") or v == INDEX_MEMBER:
+            raise ValueError(f"{v!r}: {problem or 'the SBOM is a member under airgap/'}")
+        return v
+
+
+class BaseRef(_Strict):
+    """Format 2, not written yet: a delta bundle's base, and per payload path whether its
+    bytes are carried in this bundle or reused from the base."""
+
+    index_sha256: Sha256Hex
+    files: dict[str, Literal["carried", "reused"]]
+
+    @field_validator("files")
+    @classmethod
+    def _paths(cls, v: dict[str, str]) -> dict[str, str]:
+        for path in v:
+            if problem := path_problem(path):
+                raise ValueError(f"{path!r}: {problem}")
+        return v
+
+
+class Index(_Optional):
+    """The parsed, validated ``airgap/index.json`` (format 1 or 2)."""
+
+    format: Literal["airgap-bundle/1", "airgap-bundle/2"]
     tool: str
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     version: Annotated[int, Field(ge=1)]
@@ -129,6 +185,11 @@ class Index(_Strict):
     lock: Pins
     files: list[FileEntry]
     images: list[ImageEntry] = Field(default_factory=list)
+    # Format 2 (all optional keys; a format-1 index has none of them):
+    requires: Annotated[str, Field(pattern=r"^airgap>=[0-9]+(\.[0-9]+){1,2}$")] | None = None
+    model_facts: ModelFacts | None = None
+    sbom: SbomRef | None = None
+    base: BaseRef | None = None
 
     @field_validator("created", "expires")
     @classmethod
@@ -145,6 +206,13 @@ class Index(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Index:
+        if self.format == PREVIOUS_FORMAT:
+            v2 = [k for k in ("requires", "model_facts", "sbom", "base") if getattr(self, k)]
+            v2 += [f"images.{i.role}.cuda" for i in self.images if i.cuda is not None]
+            if v2:
+                raise ValueError(f"{', '.join(v2)}: not part of {PREVIOUS_FORMAT}")
+        elif self.requires is None:
+            raise ValueError(f"{self.format} names the release it needs (requires)")
         if parse_time(self.expires) <= parse_time(self.created):
             raise ValueError("expires must be after created")
         previous = ""
@@ -191,11 +259,12 @@ class Index(_Strict):
 
 
 def parse_index(data: bytes, *, bundle: str | None = None) -> Index:
-    """Parse the exact bytes of ``airgap/index.json``.
+    """Parse the exact bytes of ``airgap/index.json`` (format 1 or 2).
 
     Raises:
-        BundleError: not canonical JSON, or not a valid v1 index, or larger than an index
-            may be (its bytes or its number of values), which is checked before parsing.
+        BundleError: not canonical JSON, a newer format, or not a valid index, or larger
+            than an index may be (its bytes or its number of values), which is checked
+            before parsing.
     """
     values = json_values_bound(data)
     if len(data) > MAX_INDEX_SIZE or values > MAX_INDEX_VALUES:
@@ -214,13 +283,18 @@ def parse_index(data: bytes, *, bundle: str | None = None) -> Index:
         ) from e
     if isinstance(doc, dict) and (
         msg := newer_format(
-            doc.get("format"), FORMAT, requires=doc.get("requires"), tool=doc.get("tool")
+            doc.get("format"),
+            FORMAT,
+            requires=doc.get("requires"),
+            tool=doc.get("tool"),
+            reads=READS,
         )
     ):
         raise BundleError(msg, bundle=bundle, member=INDEX_MEMBER, hint=UPGRADE_HINT)
-    if isinstance(doc, dict) and doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in READS:
+        found = doc.get("format") if isinstance(doc, dict) else None
         raise BundleError(
-            f"unsupported bundle format {doc.get('format')!r} (this airgap reads {FORMAT})",
+            f"unsupported bundle format {found!r} (this airgap reads {' and '.join(READS)})",
             bundle=bundle,
             member=INDEX_MEMBER,
             hint="Use an airgap release that reads this format.",

@@ -12,6 +12,7 @@ from bundler.boundedio import MAX_INDEX_SIZE, MAX_INDEX_VALUES, MAX_PARTS, json_
 from bundler.bundle import tarfmt
 from bundler.bundle.index import ImageEntry, Index
 from bundler.errors import UsageError
+from bundler.facts import ModelFacts
 from bundler.hashing import Digests, FileRange
 from bundler.pins import Pins
 
@@ -46,6 +47,7 @@ class BuildPlan:
     payloads: list[Payload]
     images: list[ImageEntry] = field(default_factory=list)
     chunk_size: int = 64 * 1024 * 1024
+    model_facts: ModelFacts | None = None  # signed in the index for the GPU preflight
 
 
 def check_limits(

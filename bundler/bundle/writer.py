@@ -22,7 +22,9 @@ from pathlib import Path
 from bundler import __version__, canonical
 from bundler.bundle import tarfmt
 from bundler.bundle.index import (
+    FORMAT,
     INDEX_MEMBER,
+    REQUIRES,
     SIGNATURE_DIR,
     SUMS_MEMBER,
     FileEntry,
@@ -264,7 +266,8 @@ def _sha256_file(path: Path) -> str:
 def build_index(plan: BuildPlan, entries: list[FileEntry], *, validate: bool = True) -> Index:
     """The index for ``entries``; ``validate=False`` only to size a placeholder."""
     fields = dict(
-        format="airgap-bundle/1",
+        format=FORMAT,
+        requires=REQUIRES,
         tool=f"airgap {__version__}",
         name=plan.name,
         version=plan.version,
@@ -275,6 +278,7 @@ def build_index(plan: BuildPlan, entries: list[FileEntry], *, validate: bool = T
         lock=plan.lock,
         files=entries,
         images=plan.images,
+        model_facts=plan.model_facts,
     )
     return Index(**fields) if validate else Index.model_construct(**fields)  # type: ignore[arg-type]
 

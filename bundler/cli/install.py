@@ -35,6 +35,16 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Verify trust and run the preflight; change nothing.")
 @click.option("--allow-downgrade", is_flag=True, help="Install a lower version on purpose.")
 @click.option("--no-gpu", is_flag=True, help="Do not expect a GPU (CPU images, tests).")
+@click.option(
+    "--skip-fit-check",
+    is_flag=True,
+    help="Warn instead of refusing when the model does not fit the GPUs' memory.",
+)
+@click.option(
+    "--skip-driver-check",
+    is_flag=True,
+    help="Warn instead of refusing when the driver is older than the image's CUDA needs.",
+)
 @serve_options
 @image_options
 @elastic_options
@@ -49,6 +59,8 @@ def install(
     dry_run: bool,
     allow_downgrade: bool,
     no_gpu: bool,
+    skip_fit_check: bool,
+    skip_driver_check: bool,
     serve: ServeOptions | None,
     images: ImageDestination,
     elastic: ElasticRequest,
@@ -95,6 +107,8 @@ def install(
         replace_tags=images.replace_tags,
         tag_source_refs=images.tag_source_refs,
         no_gpu=no_gpu,
+        skip_fit_check=skip_fit_check,
+        skip_driver_check=skip_driver_check,
         ports=() if serve is None else (serve.port,),
         serve=serve,
         kibana=kibana,

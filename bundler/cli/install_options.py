@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
+from bundler import env
 from bundler.cli.options import Decorator, Params, dir_option, file_option, option_group
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def _serve_options(kw: Params) -> ServeOptions | None:
         tls_cert=tls_cert,
         tls_key=tls_key,
         rotate_token=kw.pop("rotate_token"),
-        gpus=kw.pop("gpus"),
+        gpus=kw.pop("gpus") or env.cuda_visible_devices() or "all",
         health_timeout=kw.pop("health_timeout"),
         network=kw.pop("network"),
         extra_vllm_args=kw.pop("vllm_args"),
@@ -78,9 +79,9 @@ serve_options = option_group(
     click.option("--rotate-token", is_flag=True, help="Replace the bearer token and vLLM key."),
     click.option(
         "--gpus",
-        default="all",
-        show_default=True,
-        help="GPUs for vLLM: all, or a list like 0,1 (--no-gpu for none).",
+        default=None,
+        help="GPUs for vLLM: all, or indices/GPU-UUIDs like 0,1 (default: CUDA_VISIBLE_DEVICES, "
+        "else all; --no-gpu for none).",
     ),
     click.option(
         "--health-timeout",

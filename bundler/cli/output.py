@@ -214,6 +214,9 @@ def render_inspect(info: BundleInfo) -> None:
     for e in info.elastic:
         console.print(f"elastic {e.path} {human(e.bytes)}")
     console.print(f"total: {info.files} files, {human(info.total_bytes)}")
+    from bundler.cli.fitview import render_fit
+
+    render_fit(console, info)
 
 
 # -- install, status, rollback, uninstall --------------------------------------------------

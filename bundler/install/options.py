@@ -38,6 +38,8 @@ class InstallOptions:
     dry_run: bool = False
     allow_downgrade: bool = False
     no_gpu: bool = False
+    skip_fit_check: bool = False  # a model that does not fit is a warning, not a refusal
+    skip_driver_check: bool = False  # a driver older than the image wants: a warning
     ports: tuple[int, ...] = ()
     serve: ServeOptions | None = None  # None: put files and images in place, start nothing
     registry: str | None = None  # HOST[:PORT][/PREFIX]: push images there instead

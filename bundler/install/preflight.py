@@ -27,6 +27,7 @@ from bundler.fsutil import free_space
 from bundler.install.contents import check_signed_names
 from bundler.install.elastic.checks import elastic_preflight
 from bundler.install.elastic.wiring import Plan
+from bundler.install.fit import gpu_preflight
 from bundler.install.layout import Layout
 from bundler.install.options import Check, InstallOptions
 from bundler.install.records import Receipt, Release
@@ -74,6 +75,8 @@ class Facts:
     elastic: tuple[Check, ...] = ()
     elastic_errors: dict[str, AirgapError] = field(default_factory=dict)
     elastic_plan: Plan | None = None  # how the model is wired into Elastic (None: not at all)
+    gpus: tuple[Check, ...] = ()  # serving with GPUs: nvidia-smi, driver, fit (install/fit.py)
+    gpu_errors: dict[str, AirgapError] = field(default_factory=dict)
 
 
 def _port_free(port: int) -> bool:
@@ -142,6 +145,13 @@ def gather(
         ports[port] = "ours" if port in ours else ("free" if _port_free(port) else "busy")
     errors: dict[str, AirgapError] = {}
     elastic, plan = elastic_preflight(opts, index, errors, will_serve)
+    gpu_errors: dict[str, AirgapError] = {}
+    on_gpus = opts.serve is not None and opts.serve.gpus != "none" and not opts.no_gpu
+    gpus = (
+        tuple(gpu_preflight(index, opts, info, gpu_errors))
+        if will_serve and on_gpus and info is not None
+        else ()
+    )
     reusable = bool(
         known
         and layout.release(key).is_dir()
@@ -175,6 +185,8 @@ def gather(
         elastic=tuple(elastic),
         elastic_errors=errors,
         elastic_plan=plan,
+        gpus=gpus,
+        gpu_errors=gpu_errors,
     )
 
 
@@ -229,6 +241,8 @@ def evaluate(f: Facts, opts: InstallOptions) -> list[Check]:
         checks.append(Check("gpu", None, "skipped (--no-gpu)"))
     elif f.gpu is None:
         checks.append(Check("gpu", None, "not checked: images go to a registry"))
+    elif f.gpus:
+        checks.extend(f.gpus)
     else:
         hint = "" if f.gpu else "; use --no-gpu for CPU images"
         checks.append(Check("gpu", True if f.gpu else None, f.gpu_detail + hint))
@@ -258,6 +272,8 @@ def decide(f: Facts, checks: list[Check], opts: InstallOptions) -> Decision:
     failed = [c for c in checks if c.ok is False]
     if failed and failed[0].name in f.elastic_errors:
         raise f.elastic_errors[failed[0].name]
+    if failed and failed[0].name in f.gpu_errors:
+        raise f.gpu_errors[failed[0].name]
     if failed:
         if failed[0].name == "version" and "older" in failed[0].detail:
             raise RollbackError(f"bundle {f.name} {failed[0].detail}")

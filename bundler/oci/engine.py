@@ -44,6 +44,8 @@ class RuntimeInfo:
     gpu: bool
     gpu_detail: str
     root_dir: str | None
+    runtimes: tuple[str, ...] = ()  # the engine's OCI runtimes (Docker: "nvidia" for GPUs)
+    cdi_dirs: tuple[str, ...] = ()  # where the engine reads CDI specs, when it says so
 
 
 class Runtime:
@@ -87,6 +89,8 @@ class Runtime:
             gpu=gpu,
             gpu_detail=detail,
             root_dir=info.get("DockerRootDir"),
+            runtimes=tuple(sorted(str(r) for r in runtimes)),
+            cdi_dirs=tuple(str(d) for d in info.get("CDISpecDirs") or ()),
         )
 
     def free_bytes(self, root_dir: str | None) -> int | None:

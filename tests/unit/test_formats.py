@@ -32,10 +32,15 @@ def test_newer_format_names_the_release_that_reads_it() -> None:
 
 
 def test_index_of_a_newer_format() -> None:
-    data = canonical.dumps({"format": "airgap-bundle/2", "tool": "airgap 0.4.0", "name": "x"})
+    data = canonical.dumps({"format": "airgap-bundle/3", "tool": "airgap 0.4.0", "name": "x"})
     with pytest.raises(BundleError) as e:
         parse_index(data)
     assert "needs airgap >= 0.4.0" in e.value.message and "damaged" not in (e.value.hint or "")
+    # this release reads both formats, and says so
+    assert "which reads airgap-bundle/1 and airgap-bundle/2" in e.value.message
+    data = canonical.dumps({"format": "airgap-bundle/3", "requires": "airgap>=0.7", "tool": "x"})
+    with pytest.raises(BundleError, match=r"needs airgap >= 0\.7 "):
+        parse_index(data)
     with pytest.raises(BundleError, match="unsupported bundle format"):
         parse_index(canonical.dumps({"format": "zip/1"}))
 
@@ -48,7 +53,7 @@ def test_signed_bundle_of_a_newer_format_is_refused_as_newer(
 
     def v2(files: list[dict[str, object]]) -> bytes:
         doc = json.loads(original(files))
-        doc["format"], doc["tool"] = "airgap-bundle/2", "airgap 0.4.0"
+        doc["format"], doc["tool"] = "airgap-bundle/3", "airgap 0.4.0"
         return canonical.dumps(doc)
 
     monkeypatch.setattr(test_malicious, "index_bytes", v2)
