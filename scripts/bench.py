@@ -52,6 +52,7 @@ VERIFY = "airgap verify"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 MB = 1000 * 1000
+NOTES = "<!-- notes below are kept when scripts/bench.py rewrites this file -->"
 
 # Run in a child on the chosen cores: prints bytes per second.
 # sha256 THREADS BYTES_PER_THREAD | read THREADS PATH
@@ -313,13 +314,16 @@ def main() -> None:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     report: list[str] = []
+    # Hand-written notes (the profile summary) below NOTES in --out survive a rerun.
+    old = args.out.read_text() if args.out and args.out.exists() else ""
+    notes = "\n" + old[old.index(NOTES) :] if NOTES in old else ""
 
     def publish(section: list[str]) -> None:
         """Add a section and write everything so far (a killed run keeps what it had)."""
         report.extend(section)
         text = "\n".join([*header(results), *report, *footer(results, args)])
         if args.out:
-            args.out.write_text(text)
+            args.out.write_text(text + notes)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1) + "\n")
         print("\n".join(section), flush=True)
