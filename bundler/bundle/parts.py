@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import mmap
 import os
 import re
 from collections.abc import Sequence
@@ -234,7 +233,6 @@ class ChainedReader:
         self._i = 0
         self._cur: Readable | None = stdin
         self._fio: io.FileIO | None = None  # the current part, when reading files
-        self.last_origin: tuple[int, int, int] | None = None  # (fd, offset, size) of map()
         if stdin is None and not loc.parts:
             raise UsageError("no input")
 
@@ -247,37 +245,38 @@ class ChainedReader:
             f = io.FileIO(open_regular(part.path, follow_symlinks=True), "rb")
         except OSError as e:
             raise BundleError(f"cannot open part: {e.strerror}", part=part.path.name) from e
+        if hasattr(os, "posix_fadvise"):  # a larger read-ahead window for a cold cache
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         self._files.append(f)
         self._cur = self._fio = f
         return True
 
-    def map(self, n: int) -> memoryview | None:
-        """A zero-copy view of the next ``n`` bytes, or None (stdin, or across a part end).
+    def skip(self, n: int) -> list[tuple[int, int, int]]:
+        """Step over the next ``n`` bytes without reading them; return where they lie.
 
-        Verification hashes straight from the page cache this way instead of copying
-        every byte into a buffer first. Each view maps only its own bytes, so the
-        mapping is gone (and RSS back down) once the view is released.
+        The result is ``(fd, offset, size)`` ranges of the part files (more than one
+        when the bytes cross into the next part), for workers that ``pread`` them in
+        parallel. They add up to less than ``n`` where the bundle ends early. The fds
+        stay open until :meth:`close`. Only for files, not stdin.
         """
-        if not self.loc.parts or n <= 0:
-            return None
-        if self._cur is None and not self._open_next():
-            return None
-        f = self._fio
-        if f is None:
-            return None
-        local = f.tell()
-        # A file shorter than the mapping would fault (SIGBUS) on access: check first.
-        if local + n > os.fstat(f.fileno()).st_size:
-            return None
-        start = local - local % mmap.ALLOCATIONGRANULARITY
-        try:
-            mm = mmap.mmap(f.fileno(), local + n - start, access=mmap.ACCESS_READ, offset=start)
-        except (OSError, ValueError):
-            return None
-        f.seek(local + n)
-        self.pos += n
-        self.last_origin = (f.fileno(), local, n)
-        return memoryview(mm)[local - start :]
+        ranges: list[tuple[int, int, int]] = []
+        left = n
+        while left > 0:
+            if self._fio is None and not self._open_next():
+                break
+            f = self._fio
+            assert f is not None
+            local = f.tell()
+            take = min(left, max(0, os.fstat(f.fileno()).st_size - local))
+            if take == 0:  # this part is used up: on to the next one
+                self._cur = self._fio = None
+                continue
+            ranges.append((f.fileno(), local, take))
+            f.seek(local + take)
+            left -= take
+            self.pos += take
+        return ranges
 
     def readinto(self, view: memoryview) -> int:
         """Fill ``view`` as far as the stream allows; returns bytes read (0 at the end)."""

@@ -38,13 +38,13 @@ from bundler.bundle.parts import (
     ChainedReader,
     Readable,
     check_parts_list,
-    damaged_parts,
     locate_bundle,
 )
+from bundler.bundle.payload import expect_member, payload_error, verify_ranges
 from bundler.bundle.policy import Sink, TrustPolicy, VerifyResult
 from bundler.bundle.signing import KEYID_RE, SIGNATURE_SIZE, verify_threshold
 from bundler.errors import BundleError, ExpiredError
-from bundler.hashing import BLOCK_SIZE, StreamHasher
+from bundler.hashing import BLOCK_SIZE, ChunkMismatch, StreamHasher
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +356,23 @@ def _stream_payload(
     workers: int | None,
     progress: Callable[[int], None] | None,
 ) -> None:
+    if sink is None and r.loc.parts:  # a file, nothing takes the bytes: every core preads
+        failure = verify_ranges(r, index, mtime, workers, progress)
+    else:
+        failure = _stream_chunks(r, index, mtime, sink, workers, progress)
+    if failure is not None:
+        raise payload_error(r, index, failure)
+
+
+def _stream_chunks(
+    r: _Reader,
+    index: Index,
+    mtime: int,
+    sink: Sink | None,
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+) -> ChunkMismatch | None:
+    """Read the payload as a stream, hash its chunks on lanes, hand the bytes to ``sink``."""
     chunk_size = index.chunk_size
     block = min(BLOCK_SIZE, chunk_size)
     listed = {f.path for f in index.files}
@@ -365,11 +382,7 @@ def _stream_payload(
     chunk_id = 0
     try:
         for entry in index.files:
-            at = r.stream.pos
-            h = r.check_member(r.read_header(entry.path), entry.path, entry.size, listed, seen, at)
-            if h.raw != tarfmt.member_header(entry.path, entry.size, mtime):
-                raise r.error("tar header differs from the canonical one", member=entry.path, at=at)
-            seen.add(entry.path)
+            expect_member(r, entry, mtime, listed, seen)
             deferred = sink is not None and sink.verified_only(entry)
             if deferred:
                 assert delivery is not None
@@ -383,23 +396,19 @@ def _stream_payload(
                 held: list[tuple[memoryview, bytearray | None]] = []
                 while left > 0:
                     n = min(block, left)
-                    buf = None
-                    # Zero-copy from the page cache only when nothing keeps the bytes: a
-                    # sink must get the very bytes that were hashed, and a mapping would
-                    # show later changes to the file (or fault if it shrinks).
-                    view = r.stream.map(n) if sink is None else None
-                    if view is None:  # stdin, or a block that crosses into the next part
-                        buf = hasher.get_buffer()
-                        view = memoryview(buf)[:n]
-                        got = r.stream.readinto(view)
-                        if got != n:
-                            hasher.release(buf)
-                            missing = entry.size - (r.stream.pos - data_start)
-                            raise r.error(
-                                f"bundle ends early inside this member ({missing} bytes missing)",
-                                member=entry.path,
-                                hint="Copy the bundle (or its last part) again; it is incomplete.",
-                            )
+                    # Copied, never mapped: a sink must get the very bytes that were hashed.
+                    buf = hasher.get_buffer()
+                    view = memoryview(buf)[:n]
+                    got = r.stream.readinto(view)
+                    if got != n:
+                        hasher.release(buf)
+                        missing = entry.size - (r.stream.pos - data_start)
+                        raise r.error(
+                            "bundle ends early inside this member: truncated, "
+                            f"{missing} bytes missing",
+                            member=entry.path,
+                            hint="Copy the bundle (or its last part) again; it is incomplete.",
+                        )
                     if deferred:
                         held.append((view, buf))  # delivered once the chunk verified
                         hasher.update(chunk_id, view)
@@ -435,35 +444,7 @@ def _stream_payload(
         if delivery is not None:
             delivery.stop()
         mismatch = hasher.close()
-    if mismatch is not None:
-        size = min(
-            chunk_size,
-            next(f.size for f in index.files if f.path == mismatch.member)
-            - mismatch.chunk * chunk_size,
-        )
-        start = mismatch.chunk * chunk_size
-        message = (
-            f"content differs from the signed hash in chunk {mismatch.chunk} "
-            f"(bytes {start}..{start + size} of the file)"
-        )
-        damaged = _damaged_parts(r.loc, mismatch.offset, size)
-        if damaged:
-            raise BundleError(
-                message,
-                bundle=r.label,
-                member=mismatch.member,
-                part=", ".join(damaged),
-                hint=f"Copy {', '.join(damaged)} again; the parts list has every part's sha256.",
-            )
-        raise r.error(message, member=mismatch.member, at=mismatch.offset)
-
-
-def _damaged_parts(loc: BundleLocation, offset: int, size: int) -> list[str]:
-    """When a chunk spans parts, hash those parts against the signed parts list."""
-    spanned = [p for p in loc.parts if p.start < offset + size and offset < p.start + p.size]
-    if len(spanned) < 2 or any(p.sha256 is None for p in spanned):
-        return []
-    return damaged_parts(spanned)
+    return mismatch
 
 
 @dataclass(frozen=True)
