@@ -23,7 +23,7 @@ from bundler.cli.output import note, print_json, render_checks, show_install
 if TYPE_CHECKING:
     from bundler.cli.install_options import ElasticRequest, ImageDestination
     from bundler.cli.options import HostInputs, TrustInputs
-    from bundler.install.elastic.kb import KbOptions
+    from bundler.install.elastic.kbroutes import KbOptions
     from bundler.install.elastic.steps import ElasticAccess
     from bundler.install.elastic.wiring import LlmOptions
     from bundler.install.options import Check

@@ -10,14 +10,14 @@ import click
 from bundler.cli.options import option_group
 
 if TYPE_CHECKING:
-    from bundler.install.elastic.kb import KbOptions
+    from bundler.install.elastic.kbroutes import KbOptions
 
 # Elasticsearch's id grammar; Elastic's own (built-in) endpoints start with '.'
 INFERENCE_ID_RE = re.compile(r"^\.?[a-z0-9](?:[a-z0-9_.-]{0,62}[a-z0-9])?$")
 
 
 def _kb_options(kw: dict[str, Any]) -> KbOptions:
-    from bundler.install.elastic.kb import KbOptions
+    from bundler.install.elastic.kbroutes import KbOptions
 
     ident = kw.pop("kb_inference_id")
     if not INFERENCE_ID_RE.match(ident):

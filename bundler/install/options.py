@@ -9,7 +9,7 @@ from typing import Any, Literal
 from bundler.boundedio import DEFAULT_STALL_TIMEOUT
 from bundler.bundle.signing import TrustedKey
 from bundler.install.elastic.elasticsearch import EsOptions
-from bundler.install.elastic.kb import KbOptions
+from bundler.install.elastic.kbroutes import KbOptions
 from bundler.install.elastic.kibana import KibanaOptions
 from bundler.install.elastic.wiring import LlmOptions
 from bundler.install.layout import DEFAULT_PREFIX

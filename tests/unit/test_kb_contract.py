@@ -27,7 +27,8 @@ from bundler.install.elastic import kb
 from bundler.install.elastic.api import ApiClient, Credentials
 from bundler.install.elastic.elasticsearch import EsOptions
 from bundler.install.elastic.embedding import deploy
-from bundler.install.elastic.kb import KbOptions, install_docs, plan, setup_kb
+from bundler.install.elastic.kb import plan
+from bundler.install.elastic.kbroutes import KbOptions, install_docs, setup_kb
 from bundler.install.elastic.records import ElasticRecord
 from bundler.install.elastic.steps import ElasticAccess
 from bundler.install.serveconf import product_docs_listing
@@ -373,9 +374,9 @@ def test_before_817_airgap_creates_its_own_elser_endpoint(stack: Stack) -> None:
 def test_knowledge_base_set_up_then_kept(stack: Stack) -> None:
     deploy(stack.es_opts(), [ELSER], ELSER_EP, None, lambda d: None, [])
     api = stack.client()
-    assert setup_kb(api, "", FAST, ours=False) == ("NOT_INSTALLED", "set up", None)
+    assert setup_kb(api, "", FAST, mine=None) == ("NOT_INSTALLED", "set up", None)
     assert stack.kibana.kb.kb_state == "READY"
-    assert setup_kb(api, "", FAST, ours=True) == ("READY", "kept", None)
+    assert setup_kb(api, "", FAST, mine=ELSER_EP) == ("READY", "kept", None)
     setups = [p for m, p, _ in stack.kibana.log if "/kb/setup" in p]
     assert setups == [f"{KBS}/setup?inference_id={ELSER_EP}"]
 
@@ -385,12 +386,14 @@ def test_knowledge_base_on_the_sites_own_endpoint_is_left_alone(stack: Stack) ->
     kbs.kb_state, kbs.kb_inference = "READY", "their-e5"
     kbs.entries.append({"id": "runbook", "text": "theirs"})
     api = stack.client()
-    assert setup_kb(api, "", FAST, ours=False) == ("READY", "left", "their-e5")
+    assert setup_kb(api, "", FAST, mine=None) == ("READY", "left", "their-e5")
+    # set up by airgap on another endpoint, moved by the site since: left too
+    assert setup_kb(api, "", FAST, mine=ELSER_EP) == ("READY", "left", "their-e5")
     assert kbs.kb_inference == "their-e5" and not [
         p for _, p, _ in stack.kibana.log if "setup" in p
     ]
-    # one airgap set up before may move (Kibana re-indexes the entries, keeps them)
-    assert setup_kb(api, "", FAST, ours=True)[1] == "set up"
+    # one airgap set up there may move (Kibana re-indexes the entries, keeps them)
+    assert setup_kb(api, "", FAST, mine="their-e5")[1] == "set up"
     assert kbs.kb_inference == ELSER_EP and kbs.entries == [{"id": "runbook", "text": "theirs"}]
 
 
@@ -399,12 +402,12 @@ def test_knowledge_base_error_and_stuck_state_are_named(
 ) -> None:
     stack.es.model_repository = None
     with pytest.raises(InstallError) as e:
-        setup_kb(stack.client(), "", FAST, ours=False)
+        setup_kb(stack.client(), "", FAST, mine=None)
     assert "state ERROR" in e.value.message and "UnknownHostException" in e.value.message
     assert "xpack.ml.model_repository" in str(e.value.hint)
     monkeypatch.setattr(stack.kibana.kb, "_warm_up", lambda *a: None)  # a model that never starts
     with pytest.raises(InstallError) as e:
-        setup_kb(stack.client(), "", KbOptions(timeout=0.3, poll=0.05), ours=False)
+        setup_kb(stack.client(), "", KbOptions(timeout=0.3, poll=0.05), mine=None)
     assert "was not READY after 0s: it stayed in state DEPLOYING_MODEL" in e.value.message
     assert "--kb-timeout" in str(e.value.hint)
 

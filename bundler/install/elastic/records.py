@@ -106,6 +106,9 @@ class KnowledgeBaseRecord(Record):
     state_before: str | None = None  # kbState before this tool's setup call
     action: str  # "set up", "kept", or "left" (the site's own, on another endpoint)
     state: str  # kbState at the end ("READY")
+    # this tool's setup call made it READY on this endpoint (so a rerun may move it to
+    # another); uninstall leaves it all the same
+    set_up_by_us: bool = False
 
     def identity(self) -> tuple[object, ...]:
         return (self.url,)
