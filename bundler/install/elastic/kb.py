@@ -171,7 +171,7 @@ def run(
             )
         if p.docs:
             was_docs = previous.product_docs
-            mine = bool(
+            docs_ours = bool(
                 was_docs
                 and was_docs.identity() == (api.base, kb.inference_id)
                 and was_docs.created_by_us
@@ -183,7 +183,7 @@ def run(
                     url=api.base,
                     inference_id=kb.inference_id,
                     kibana_version=version,
-                    created_by_us=mine or action == "installed",
+                    created_by_us=docs_ours or action == "installed",
                     action=action,
                     state="installed",
                     artifacts=list(p.docs),
