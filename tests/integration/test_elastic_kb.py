@@ -91,7 +91,7 @@ def test_knowledge_base_and_product_docs_set_up_kept_checked_and_uninstalled(
             assert e["state"] == "started" and e["action"] == "built-in"
             k, d = el["knowledge_base"], el["product_docs"]
             assert k["state"] == "READY" and k["inference_id"] == ".elser-2-elasticsearch"
-            assert k["action"] == ("set up" if run == 0 else "kept")
+            assert k["action"] == ("set up" if run == 0 else "kept") and k["set_up_by_us"]
             assert d["state"] == "installed" and d["created_by_us"] is True
             assert d["action"] == ("installed" if run == 0 else "kept")
             assert d["artifacts"] == DOCS_95

@@ -67,7 +67,8 @@ def run(
     plan: Plan | None = None,
 ) -> None:
     """After the release serves: Elastic files, settings to add, the model wired as the
-    preflight's ``plan`` says (connector, or inference endpoint), the ELSER endpoint.
+    preflight's ``plan`` says (connector, or inference endpoint), the embedding model
+    (:mod:`.embedding`), then Kibana's knowledge base and product docs (:mod:`.kb`).
 
     Raises:
         ElasticStepError: a step failed; the release stays installed and serving.
