@@ -40,7 +40,7 @@ from devkit.standins._http import JsonServer, Request, Response
 from devkit.standins.elasticsearch import ElasticsearchStandIn
 from devkit.standins.kibana import KibanaStandIn
 
-from conftest import build_bundle, make_key
+from conftest import airgap, build_bundle, make_key
 
 KEY = "a2I6a2V5"
 H = {"Authorization": f"ApiKey {KEY}"}
@@ -659,3 +659,11 @@ def test_fetch_resolves_downloads_and_locks_the_new_artifacts(tmp_path: Path) ->
         }  # type: ignore[union-attr]
     )
     assert any(one.name in line for line in drift(pins, moved))
+
+
+def test_kb_inference_id_is_checked_before_anything_else(tmp_path: Path) -> None:
+    bad = airgap("install", str(tmp_path / "x.tar"), "--kb-inference-id", "Bad Id")
+    assert bad.returncode == 2
+    assert b"'Bad Id' is not an Elasticsearch inference endpoint id" in bad.stderr
+    good = airgap("install", str(tmp_path / "x.tar"), "--kb-inference-id", E5_EP)
+    assert b"--kb-inference-id" not in good.stderr  # refused later, for the missing bundle
