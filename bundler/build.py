@@ -147,18 +147,14 @@ def _model_payloads(m: Manifest) -> tuple[list[Payload], PathModelPin | None]:
 def _elastic_payloads(m: Manifest) -> tuple[list[Payload], PathElasticPin | None]:
     if m.elastic is None:
         return [], None
-    wanted_elser = set(m.elastic.elser)
-    wanted_docs = (
-        {(p, m.elastic.product_docs.version) for p in m.elastic.product_docs.products}
-        if m.elastic.product_docs
-        else set()
-    )
+    wanted_elser = set(m.elastic.model_ids())
+    wanted_docs = set(m.elastic.product_docs.artifact_names()) if m.elastic.product_docs else set()
     if m.elastic.source_dir is None:
         return [], None  # fetched by bundler.fetch
     root = m.resolve(m.elastic.source_dir)
     payloads: list[Payload] = []
     elser_files: dict[str, set[str]] = {}
-    docs: set[tuple[str, str]] = set()
+    docs: set[str] = set()
     for rel, p in walk_files(root):
         name = rel.rsplit("/", 1)[-1]
         if e := ELSER_FILE_RE.match(name):
@@ -166,15 +162,17 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], PathElasticPin | None
                 continue
             elser_files.setdefault(e["id"], set()).add(name)
             payloads.append(_file_payload(f"elastic/elser/{name}", p))
-        elif d := DOC_FILE_RE.match(name):
-            if wanted_docs and (d["product"], d["ver"]) not in wanted_docs:
+        elif DOC_FILE_RE.match(name):
+            if wanted_docs and name not in wanted_docs:
                 continue
-            docs.add((d["product"], d["ver"]))
+            docs.add(name)
             payloads.append(_file_payload(f"elastic/product-docs/{name}", p))
         else:
             raise SourceError(
-                "not an ELSER file (<id>.metadata.json|.pt|.vocab.json) or a product-doc "
-                "artifact (kb-product-doc-<product>-<major>.<minor>.zip)",
+                "not an ELSER or E5 file (<id>.metadata.json|.pt|.vocab.json) or a "
+                "knowledge-base artifact (kb-product-doc-<product>-<major>.<minor>.zip, "
+                "security-labs-<YYYY.MM.DD>.zip, either with --<inference id> for a "
+                "non-ELSER endpoint)",
                 path=str(p),
                 hint="Remove it from elastic.source_dir.",
             )
@@ -188,13 +186,20 @@ def _elastic_payloads(m: Manifest) -> tuple[list[Payload], PathElasticPin | None
             )
     missing_docs = wanted_docs - docs
     if missing_docs:
-        names = ", ".join(f"kb-product-doc-{p}-{v}.zip" for p, v in sorted(missing_docs))
+        names = ", ".join(sorted(missing_docs))
         raise SourceError(f"missing product docs: {names}", path=str(root))
+    plain = {
+        f"{d['product']}-{d['ver']}"
+        for n in docs
+        if (d := DOC_FILE_RE.match(n)) and d["product"] and not d["inference"]
+    }
+    others = tuple(sorted(n for n in docs if n.removeprefix("kb-product-doc-")[:-4] not in plain))
     return payloads, PathElasticPin(
         source="path",
         path=m.elastic.source_dir,
         elser=tuple(sorted(elser_files)),
-        product_docs=tuple(sorted(f"{p}-{v}" for p, v in docs)),
+        product_docs=tuple(sorted(plain)),
+        knowledge_base=others or None,
     )
 
 
@@ -203,7 +208,7 @@ def has_remote(m: Manifest) -> bool:
     return (
         m.model.repo is not None
         or any(not isinstance(s, ImageArchive) for _, s in m.images.items())
-        or (e is not None and e.source_dir is None and bool(e.elser or e.product_docs))
+        or (e is not None and e.source_dir is None and bool(e.model_ids() or e.product_docs))
     )
 
 

@@ -24,7 +24,14 @@ from pydantic import (
 
 from bundler import safejson
 from bundler.errors import ManifestError
-from bundler.names import BUNDLE_NAME_RE, ELSER_IDS, check_served_name
+from bundler.names import (
+    BUNDLE_NAME_RE,
+    E5_IDS,
+    ELSER_IDS,
+    INFERENCE_SUFFIX_RE,
+    check_served_name,
+    doc_suffix,
+)
 from bundler.oci.ref import check_image_ref
 
 NAME_RE = BUNDLE_NAME_RE.pattern
@@ -88,20 +95,67 @@ class Images(_Strict):
         return [("nginx", self.nginx), ("vllm", self.vllm)]
 
 
+InferenceId = Annotated[str, Field(pattern="^" + INFERENCE_SUFFIX_RE + "$")]
+SECURITY_LABS_VERSION = r"^[0-9]{4}\.[0-9]{2}\.[0-9]{2}(-[0-9]{6})?$"
+
+
 class ProductDocs(_Strict):
+    """Kibana's knowledge-base artifacts, all from one repository (``product_docs_url``).
+
+    Every key added after the first release is optional and defaults to None, so a
+    manifest without it signs exactly as before.
+    """
+
     version: Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+$")]
     products: list[Product] = Field(default_factory=lambda: list(PRODUCTS), min_length=1)
+    inference_ids: Annotated[list[InferenceId], Field(min_length=1)] | None = Field(
+        default=None,
+        description="Embedding endpoints the artifacts are built for: an ELSER one (an id "
+        "naming ELSER) means the plain names, another (.multilingual-e5-small-elasticsearch) "
+        "the names ending in --<id>. Default: ELSER only.",
+    )
+    openapi: bool | None = Field(
+        default=None,
+        description="Also kb-product-doc-openapi-<version>.zip (the Elasticsearch and Kibana "
+        "API specs; Kibana 9.5+).",
+    )
+    security_labs: Annotated[str, Field(pattern=SECURITY_LABS_VERSION)] | None = Field(
+        default=None,
+        description="Also security-labs-<this>.zip (Elastic Security Labs content), a date "
+        "such as 2026.08.15.",
+    )
+
+    def artifact_names(self) -> list[str]:
+        """Every file name these keys ask for, as Kibana names them."""
+        names = []
+        ids: list[str | None] = [*self.inference_ids] if self.inference_ids else [None]
+        products: list[str] = [*self.products, *(["openapi"] if self.openapi else [])]
+        for ident in ids:
+            suffix = doc_suffix(ident)
+            names += [f"kb-product-doc-{p}-{self.version}{suffix}.zip" for p in products]
+            if self.security_labs:
+                names.append(f"security-labs-{self.security_labs}{suffix}.zip")
+        return sorted(set(names))
 
 
 class Elastic(_Strict):
     """Elastic artifacts: ELSER models and AI Assistant product docs."""
 
     elser: list[Literal[ELSER_IDS]] = Field(default_factory=list)  # type: ignore[valid-type]
+    e5: list[Literal[E5_IDS]] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="The E5 model of Elasticsearch's .multilingual-e5-small-elasticsearch "
+        "endpoint, from the same model repository as ELSER (elser_url), carried beside it.",
+    )
     product_docs: ProductDocs | None = None
     source_dir: str | None = None
     # Where to download from (mirrors); defaults are Elastic's public repositories.
     elser_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     product_docs_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+
+    def model_ids(self) -> list[str]:
+        """The model repository's ids to carry: ``elser`` then ``e5``, each once."""
+        return list(dict.fromkeys([*self.elser, *(self.e5 or [])]))
 
 
 class Serve(_Strict):

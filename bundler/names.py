@@ -21,18 +21,38 @@ from pathlib import Path
 SERVED_NAME_RE = re.compile(r"^(?=.{1,128}$)[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)*$", re.ASCII)
 BUNDLE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 IMAGE_ROLES = ("nginx", "vllm")
-ELSER_IDS = (
-    "elser_model_2",
-    "elser_model_2_linux-x86_64",
-    "multilingual-e5-small",
-    "multilingual-e5-small_linux-x86_64",
-)
+E5_IDS = ("multilingual-e5-small", "multilingual-e5-small_linux-x86_64")
+# The model repository's ids (``elastic.elser`` has always taken the E5 ones too).
+ELSER_IDS = ("elser_model_2", "elser_model_2_linux-x86_64", *E5_IDS)
 # The only file names a bundle carries under elastic/elser/ and elastic/product-docs/
 # (the ids go into Elasticsearch API paths, the names into Nginx and a listing).
 ELSER_FILE_RE = re.compile(
     r"^(?P<id>" + "|".join(re.escape(i) for i in ELSER_IDS) + r")\.(metadata\.json|pt|vocab\.json)$"
 )
-DOC_FILE_RE = re.compile(r"^kb-product-doc-(?P<product>[a-z]+)-(?P<ver>[0-9]+\.[0-9]+)\.zip$")
+# Knowledge-base artifacts Kibana reads from one repository (``@kbn/product-doc-common``):
+# ``kb-product-doc-<product>-<maj.min>.zip`` (``openapi`` is a product here too) and
+# ``security-labs-<YYYY.MM.DD[-HHMMSS]>.zip``, each built for one embedding endpoint: a
+# non-ELSER one (E5) adds ``--<inference id>`` (Kibana's grammar for it), an ELSER one
+# adds nothing, so ``--`` followed by an id that names ELSER is no name Kibana asks for.
+INFERENCE_SUFFIX_RE = r"\.?[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?"
+DOC_FILE_RE = re.compile(
+    r"^(?:kb-product-doc-(?P<product>[a-z]+)-(?P<ver>[0-9]+\.[0-9]+)"
+    r"|security-labs-(?P<date>[0-9]{4}\.[0-9]{2}\.[0-9]{2}(?:-[0-9]{6})?))"
+    r"(?:--(?!\S*elser)(?P<inference>" + INFERENCE_SUFFIX_RE + r"))?\.zip$"
+)
+
+
+def implies_elser(inference_id: str | None) -> bool:
+    """Kibana's rule (``isImpliedDefaultElserInferenceId``): no id, or one that names ELSER,
+    means the unsuffixed artifacts."""
+    return inference_id is None or "elser" in inference_id.lower()
+
+
+def doc_suffix(inference_id: str | None) -> str:
+    """The ``--<inference id>`` part of a knowledge-base artifact's name ('' for ELSER)."""
+    return "" if implies_elser(inference_id) else f"--{inference_id}"
+
+
 # One path component of an image repository (the strictest of the three grammars a slug
 # must satisfy: repository component, tag, container name).
 _COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")

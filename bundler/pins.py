@@ -143,8 +143,11 @@ class PathElasticPin(_Pin):
 
     source: Literal["path"]
     path: str
-    elser: tuple[str, ...]
-    product_docs: tuple[str, ...]
+    elser: tuple[str, ...]  # model ids (ELSER, and E5 since it has a key of its own)
+    product_docs: tuple[str, ...]  # <product>-<major>.<minor> of the plain product docs
+    # The other knowledge-base artifacts by file name (Security Labs, OpenAPI, --<id>
+    # variants); left out when there are none, as every bundle before them has none.
+    knowledge_base: tuple[str, ...] | None = None
 
 
 def _elastic_kind(v: object) -> str:

@@ -16,8 +16,11 @@
    the stand-in's node (a PKCS12 store in ``jvm.options.d``, restart); the same command
    again proves Elasticsearch → model and Kibana → Elasticsearch → model and makes the
    endpoint Kibana's default model; ELSER deployed by the Elasticsearch stand-in from
-   Nginx. Then the connector path for an older Kibana (9.2), a damaged part named, and
-   an uninstall that removes both and puts Kibana's setting back.
+   Nginx behind its built-in ``.elser-2-elasticsearch`` endpoint, Kibana's knowledge base
+   set up on it and the product docs installed from the same Nginx. Then the connector
+   path for an older Kibana (9.2), a damaged part named, and an uninstall that removes
+   both, uninstalls the product docs, keeps the knowledge base and puts Kibana's
+   setting back.
 
 Everything it starts is stopped and every file it writes is removed at the end.
 """
@@ -146,7 +149,8 @@ def connected_world(work: Path, stack: contextlib.ExitStack) -> Path:
             }
         )
     )
-    (www / "product-docs" / "kb-product-doc-kibana-9.2.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    for name in ("kb-product-doc-kibana-9.5.zip", "kb-product-doc-openapi-9.5.zip"):
+        (www / "product-docs" / name).write_bytes(b"PK\x05\x06" + bytes(18))
 
     text = (REPO / "manifests" / "demo-tiny.yaml").read_text()
     text = text.replace("127.0.0.1:5000", reg.url)
@@ -258,7 +262,9 @@ def run_air_gapped(
     kibana.ai.settings["default"]["genAiSettings:defaultAIConnector"] = "their-model"
     port, artifacts = services.free_port(), services.free_port()
     es.model_repository = f"http://127.0.0.1:{artifacts}/elser"
-    print(f"  Kibana 9.5 stand-in {kibana.url} (default AI model: their-model)")
+    kibana.kb.artifact_repository = f"http://127.0.0.1:{artifacts}/product-docs"
+    print(f"  Kibana 9.5 stand-in {kibana.url} (default AI model: their-model;")
+    print(f"  xpack.productDocBase.artifactRepositoryUrl: {kibana.kb.artifact_repository})")
     print(f"  ES 9.5 stand-in {es.url} (trial license; ES_PATH_CONF {es_conf.name}/;")
     print(f"  xpack.ml.model_repository: {es.model_repository})")
     print(f"  Kibana 9.2 stand-in {old_kibana.url} (trusts the CA airgap makes, as the")
@@ -342,6 +348,12 @@ def run_air_gapped(
         f"ES fetched ELSER in {len(es.range_requests)} Range requests "
         f"({', '.join(sorted({str(s) for _, s in es.range_requests}))})"
     )
+    print(
+        f"Kibana 9.5's knowledge base is {kibana.kb.kb_state} on {kibana.kb.kb_inference} "
+        f"(ES's built-in endpoint; ES holds {len(es.endpoints)} endpoint(s) of airgap's own); "
+        f"product docs {kibana.kb.status_doc('.elser-2-elasticsearch')['overall']} from "
+        f"{sum(u.endswith('.zip') for u in kibana.kb.downloads)} ZIPs read through Nginx"
+    )
     airgap("-q", "install", part0, *trust, *target, *elastic, label="rerun")
     n = len(kibana.connectors["default"])
     print(f"after a rerun: still {len(es.chat.endpoints)} endpoint, {n} connectors in Kibana 9.5")
@@ -364,6 +376,8 @@ def run_air_gapped(
         raise SystemExit("demo failed: uninstall left the connector or an endpoint")
     if kibana.ai.settings["default"].get("genAiSettings:defaultAIConnector") != "their-model":
         raise SystemExit("demo failed: uninstall did not put Kibana's default model back")
+    if kibana.kb.docs or kibana.kb.kb_state != "READY":
+        raise SystemExit("demo failed: uninstall left the product docs or removed the KB")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bundler.cli.install_options import elastic_options, image_options, serve_options
+from bundler.cli.kb_options import kb_options
 from bundler.cli.llm_options import llm_options
 from bundler.cli.options import (
     elastic_access_options,
@@ -22,6 +23,7 @@ from bundler.cli.output import note, print_json, render_checks, show_install
 if TYPE_CHECKING:
     from bundler.cli.install_options import ElasticRequest, ImageDestination
     from bundler.cli.options import HostInputs, TrustInputs
+    from bundler.install.elastic.kbroutes import KbOptions
     from bundler.install.elastic.steps import ElasticAccess
     from bundler.install.elastic.wiring import LlmOptions
     from bundler.install.options import Check
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 @image_options
 @elastic_options
 @llm_options
+@kb_options
 @elastic_access_options
 @stall_timeout_option
 @json_option
@@ -65,13 +68,15 @@ def install(
     images: ImageDestination,
     elastic: ElasticRequest,
     llm: LlmOptions,
+    kb: KbOptions,
     access: ElasticAccess,
     stall_timeout: float,
     as_json: bool,
 ) -> None:
     """Verify BUNDLE and install it: files into a release, images into the engine, then
     serve the model and wire it into Elastic (an Elasticsearch inference endpoint made
-    Kibana's default model, or a Kibana connector), and ELSER into Elasticsearch."""
+    Kibana's default model, or a Kibana connector), ELSER into Elasticsearch, and Kibana's
+    knowledge base and product docs on it."""
     from bundler.bundle.detached import collect_signatures
     from bundler.bundle.parts import locate_bundle
     from bundler.install.elastic.wiring import check_request
@@ -114,6 +119,7 @@ def install(
         kibana=kibana,
         elasticsearch=es,
         llm=llm,
+        kb=kb,
         elser_dir=elastic.elser_dir,
         product_docs_dir=elastic.product_docs_dir,
         stall_timeout=stall_timeout,

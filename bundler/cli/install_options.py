@@ -202,7 +202,7 @@ class ElasticRequest:
     kibana_verification: Verification
     kibana_test: bool
     es_url: str | None
-    elser_endpoint_id: str
+    elser_endpoint_id: str | None
     es_timeout: float
     elser_dir: Path | None
     product_docs_dir: Path | None
@@ -242,7 +242,8 @@ class ElasticRequest:
             access.es,
             ca=access.es_ca,
             insecure=access.es_insecure,
-            endpoint_id=self.elser_endpoint_id,
+            endpoint_id=self.elser_endpoint_id or "airgap-elser",
+            endpoint_id_given=self.elser_endpoint_id is not None,
             timeout=self.es_timeout,
         )
 
@@ -297,9 +298,10 @@ elastic_options = option_group(
         "--elser-endpoint-id",
         "--es-inference-id",
         "elser_endpoint_id",
-        default="airgap-elser",
-        show_default=True,
-        help="Id of the ELSER inference endpoint (--es-inference-id is its older name).",
+        default=None,
+        help="Id of the ELSER endpoint airgap creates on Elasticsearch before 8.17 (default "
+        "airgap-elser; 8.17+ has .elser-2-elasticsearch built in). --es-inference-id is "
+        "its older name.",
     ),
     click.option(
         "--es-timeout",

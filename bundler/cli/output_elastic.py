@@ -51,6 +51,20 @@ def show_elastic(el: dict[str, Any]) -> None:
             f"elasticsearch: inference endpoint {e['endpoint_id']} ({e['model_id']}) "
             f"{e.get('action', 'kept')}, deployment {e['state']}, in {e['url']}"
         )
+    kb = el.get("knowledge_base")
+    if kb:
+        click.echo(
+            f"kibana: knowledge base {kb['state']} on {kb['inference_id']} ({kb['action']}; "
+            f"was {kb.get('state_before')}) in {kb['url']}"
+        )
+    docs = el.get("product_docs")
+    if docs:
+        click.echo(
+            f"kibana: product docs {docs['state']} for {docs['inference_id']} "
+            f"({docs['action']}, from {len(docs['artifacts'])} artifact(s)) in {docs['url']}"
+        )
+    for line in el.get("notes") or []:
+        click.echo(f"  note: {line}")
     for key in ("elser_dir", "product_docs_dir"):
         if el.get(key):
             click.echo(f"copied {len(el[key]['files'])} verified file(s) into {el[key]['path']}")
@@ -60,6 +74,11 @@ def show_elastic(el: dict[str, Any]) -> None:
             first = line.splitlines()[0]
             more = " ..." if "\n" in line.rstrip("\n") else ""
             click.echo(f"  {target}: {first}{more}")
+    if el.get("trust_step"):
+        click.echo(
+            "Elasticsearch trust step (on each node; again on a new node and after every "
+            f"Elasticsearch upgrade): {el['trust_step']}"
+        )
 
 
 def show_release_elastic(el: dict[str, Any], live: dict[str, Any] | None = None) -> None:
@@ -95,5 +114,15 @@ def show_release_elastic(el: dict[str, Any], live: dict[str, Any] | None = None)
     e = el.get("elasticsearch") or {}
     if e:
         click.echo(f"      inference endpoint {e['endpoint_id']} in {e['url']}")
+    kb = el.get("knowledge_base") or {}
+    if kb:
+        click.echo(
+            f"      knowledge base on {kb['inference_id']} in {kb['url']}{mark('knowledge_base')}"
+        )
+    docs = el.get("product_docs") or {}
+    if docs:
+        click.echo(
+            f"      product docs for {docs['inference_id']} in {docs['url']}{mark('product_docs')}"
+        )
     if el.get("settings_file"):
         click.echo(f"      Elastic settings to add: {el['settings_file']}")

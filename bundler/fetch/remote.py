@@ -153,7 +153,7 @@ class Fetcher:
             return []
         out: list[ElasticFilePin] = []
         elser_base = (e.elser_url or ELSER_URL).rstrip("/")
-        for model_id in e.elser:
+        for model_id in e.model_ids():
             meta_url = f"{elser_base}/{model_id}.metadata.json"
             meta_file = self.downloader.fetch(
                 meta_url, Expect(), key=f"url-{meta_url}", what=f"ELSER {model_id} metadata"
@@ -203,12 +203,11 @@ class Fetcher:
             ]
         if e.product_docs is not None:
             docs_base = (e.product_docs_url or PRODUCT_DOCS_URL).rstrip("/")
-            for product in e.product_docs.products:
-                name = f"kb-product-doc-{product}-{e.product_docs.version}.zip"
+            # product docs, OpenAPI specs, Security Labs and their E5 variants: one
+            # repository, the names Kibana asks it for
+            for name in e.product_docs.artifact_names():
                 url = f"{docs_base}/{quote(name)}"
-                got = self.downloader.fetch(
-                    url, Expect(), key=f"url-{url}", what=f"product docs {product}"
-                )
+                got = self.downloader.fetch(url, Expect(), key=f"url-{url}", what=name)
                 out.append(
                     ElasticFilePin(
                         name=f"product-docs/{name}", url=url, size=got.size, sha256=got.sha256

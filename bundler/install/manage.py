@@ -14,7 +14,7 @@ import requests
 from bundler.bundle.index import BLOB_PREFIX, parse_index
 from bundler.errors import AirgapError, InstallError
 from bundler.hashing import FileRange, hash_sources
-from bundler.install.elastic import llm
+from bundler.install.elastic import kb, llm
 from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
 from bundler.install.elastic.truststore_state import check_nodes
 from bundler.install.layout import Layout
@@ -72,7 +72,7 @@ def status(
                 serving = _probe(Server(target.runtime, layout, rel.name), rel.serve)
             live = None
             if key == receipt.current and rel.elastic and access is not None:
-                live = llm.live(rel.elastic, access)
+                live = {**llm.live(rel.elastic, access), **kb.live(rel.elastic, access)}
             row = ReleaseStatus(
                 release=key,
                 version=rel.version,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from bundler.boundedio import DEFAULT_STALL_TIMEOUT
 from bundler.bundle.signing import TrustedKey
 from bundler.install.elastic.elasticsearch import EsOptions
+from bundler.install.elastic.kbroutes import KbOptions
 from bundler.install.elastic.kibana import KibanaOptions
 from bundler.install.elastic.wiring import LlmOptions
 from bundler.install.layout import DEFAULT_PREFIX
@@ -50,6 +51,7 @@ class InstallOptions:
     kibana: KibanaOptions | None = None  # register the connector (needs serve)
     elasticsearch: EsOptions | None = None  # the chat_completion endpoint, ELSER
     llm: LlmOptions = field(default_factory=LlmOptions)  # how the model is wired into Elastic
+    kb: KbOptions = field(default_factory=KbOptions)  # the knowledge base and product docs
     elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
     product_docs_dir: Path | None = None  # copy product docs (+ index.xml) for file://
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # bundle "-": stdin may send nothing this long

@@ -41,7 +41,7 @@ from bundler.install.serveconf import (
 )
 from bundler.install.tlsgen import current_secret, ensure_tls, new_secret, restore, snapshot
 from bundler.manifest import Manifest, parse_manifest
-from bundler.names import IMAGE_ROLES, contained, model_mount
+from bundler.names import DOC_FILE_RE, IMAGE_ROLES, contained, model_mount
 from bundler.oci.engine import Containers, Runtime
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,9 @@ class Server:
         )
         elastic_dir = release_dir / "elastic"
         elser = any((elastic_dir / "elser").glob("*.metadata.json"))
-        docs = sorted((elastic_dir / "product-docs").glob("kb-product-doc-*.zip"))
+        docs = sorted(  # product docs, OpenAPI specs, Security Labs: one repository
+            p for p in (elastic_dir / "product-docs").glob("*.zip") if DOC_FILE_RE.match(p.name)
+        )
         listing = serve_dir / "product-docs.xml"
         atomic_write_bytes(listing, product_docs_listing(docs).encode(), mode=0o644)
         atomic_write_bytes(

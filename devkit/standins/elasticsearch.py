@@ -15,7 +15,8 @@ Enforced, as Elasticsearch does it (``x-pack/plugin/ml-package-loader``):
   time-out); ``resource_already_exists_exception`` for a second PUT;
 * ``GET _ml/trained_models/<id>/_stats`` ``deployment_stats.state`` is ``started``
   (``fully_allocated``) or ``failed`` with the reason;
-* ``GET``/``DELETE _inference/sparse_embedding/<id>``.
+* ``GET``/``DELETE _inference/sparse_embedding/<id>``;
+* from 8.17 the built-in endpoints (:mod:`.embeddings`), deployed on their first use.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import requests
 
 from devkit.standins._http import JsonServer, Request, Response, basic_or_api_key
+from devkit.standins.embeddings import BuiltinEndpoints
 from devkit.standins.inference import ChatInference
 from devkit.standins.jvmtrust import JvmTrust
 
@@ -83,6 +85,7 @@ class ElasticsearchStandIn(JsonServer):
         self.range_requests: list[tuple[str, int]] = []  # (Range header, status)
         self.route("GET", r"/", self._root)
         self.route("GET", r"/_nodes/settings", self._nodes)
+        self.builtin = BuiltinEndpoints(self)  # its routes (ids with a '.') go first
         self.route("PUT", r"/_inference/sparse_embedding/(?P<id>[^/]+)", self._put)
         self.route("GET", r"/_inference/sparse_embedding/(?P<id>[^/]+)", self._get)
         self.route("DELETE", r"/_inference/sparse_embedding/(?P<id>[^/]+)", self._delete)
@@ -178,6 +181,14 @@ class ElasticsearchStandIn(JsonServer):
         finally:
             m["done"].set()
 
+    def start_download(self, model_id: str) -> dict[str, Any]:
+        """Start downloading and deploying ``model_id`` unless it is (being) deployed."""
+        with self.lock:
+            if model_id not in self.models or self.models[model_id]["state"] == "failed":
+                self.models[model_id] = {"state": "downloading", "done": threading.Event()}
+                threading.Thread(target=self._download, args=(model_id,), daemon=True).start()
+            return self.models[model_id]
+
     def _put(self, req: Request) -> Response:
         ident = req.params["id"]
         if ident in self.endpoints or ident in self.chat.endpoints:
@@ -190,11 +201,7 @@ class ElasticsearchStandIn(JsonServer):
         settings = body.get("service_settings") or {}
         if body.get("service") != "elasticsearch" or not str(settings.get("model_id", "")):
             return _error(400, "status_exception", "Unknown service or missing model_id")
-        model_id = str(settings["model_id"])
-        if model_id not in self.models or self.models[model_id]["state"] == "failed":
-            self.models[model_id] = {"state": "downloading", "done": threading.Event()}
-            threading.Thread(target=self._download, args=(model_id,), daemon=True).start()
-        m = self.models[model_id]
+        m = self.start_download(str(settings["model_id"]))
         m["done"].wait(self.wait)
         if m["state"] == "failed":
             return _error(500, "status_exception", str(m["reason"]))
@@ -233,7 +240,7 @@ class ElasticsearchStandIn(JsonServer):
                 f"No known trained model with model_id [{model_id}]",
             )
         entries = []
-        for ident, ep in sorted(self.endpoints.items()):
+        for ident, ep in sorted({**self.endpoints, **self.builtin.deployments()}.items()):
             if ep["service_settings"].get("model_id") != model_id:
                 continue
             dep: dict[str, Any] = {

@@ -1,6 +1,6 @@
 """A Kibana stand-in: the connectors API as Kibana enforces it, for ``.gen-ai`` connectors
 (advanced settings, the inference plugin's routes and Feature settings are
-:mod:`.kibana_ai`'s).
+:mod:`.kibana_ai`'s, the knowledge base and product docs :mod:`.kibana_kb`'s).
 
 Enforced (from Kibana's behaviour and pull requests, see the module docs of
 :mod:`bundler.install.elastic.connector`):
@@ -33,6 +33,7 @@ import requests
 
 from devkit.standins._http import JsonServer, Request, Response, basic_or_api_key
 from devkit.standins.kibana_ai import KibanaAi
+from devkit.standins.kibana_kb import KibanaKb
 
 
 def _v(text: str) -> tuple[int, int]:
@@ -101,6 +102,7 @@ class KibanaStandIn(JsonServer):
         self.route("DELETE", sp + r"/api/actions/connector/(?P<id>[^/]+)", self._delete)
         self.route("POST", sp + r"/api/actions/connector/(?P<id>[^/]+)/_execute", self._execute)
         self.ai = KibanaAi(self, elasticsearch)
+        self.kb = KibanaKb(self)  # the knowledge base and product docs
 
     # -- the rules every request meets -------------------------------------------------
 

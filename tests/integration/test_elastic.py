@@ -215,7 +215,8 @@ def test_preconfigured_mode_writes_the_kibana_yml(site: dict, key: Keys) -> None
 
 
 def test_elser_and_product_docs_served_by_nginx(site: dict, key: Keys) -> None:
-    es = ElasticsearchStandIn(api_keys={ES_KEY}, model_repository=None)
+    # before 8.17 airgap creates the ELSER endpoint (8.17+: test_elastic_kb.py)
+    es = ElasticsearchStandIn("8.16.0", api_keys={ES_KEY}, model_repository=None)
     with es.running():
         # a cluster without the setting is refused before anything is installed
         r = install(site, key, "--es-url", es.url)
@@ -274,7 +275,7 @@ def test_elser_and_product_docs_served_by_nginx(site: dict, key: Keys) -> None:
 
 def test_elser_endpoint_id_under_its_new_and_its_old_name(site: dict, key: Keys) -> None:
     repo = f"http://127.0.0.1:{site['artifacts']}/elser"
-    es = ElasticsearchStandIn(api_keys={ES_KEY}, model_repository=repo)
+    es = ElasticsearchStandIn("8.16.0", api_keys={ES_KEY}, model_repository=repo)
     with es.running():
         r = install(site, key, "--es-url", es.url, "--elser-endpoint-id", "elser-new-name")
         assert r.returncode == 0, r.stderr.decode()

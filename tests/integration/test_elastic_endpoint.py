@@ -162,6 +162,10 @@ def test_untrusted_ca_names_the_trust_store_step_and_a_rerun_finishes(
         assert "installed and serving" in err and "PKIX path building failed" in err
         assert "airgap elastic-truststore" in err and "restart the nodes one at a time" in err
         assert f"{site['prefix']}/elastic/es-truststore.sh" in err
+        # the exact command for each node, as the script's own usage has it
+        node = "sh es-truststore.sh --es-home /usr/share/elasticsearch --es-path-conf "
+        node += "/etc/elasticsearch"
+        assert node in " ".join(err.split())
         assert (site["prefix"] / "current").exists() and es.chat.endpoints == {}
         assert DEFAULT not in kibana.ai.settings["default"]  # nothing pointed at a missing model
         trust_our_ca(site, es, tmp_path)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from bundler.bundle.index import Index
 from bundler.errors import AirgapError, InstallError
-from bundler.install.elastic import kbsettings
+from bundler.install.elastic import kb, kbsettings
 from bundler.install.elastic.api import json_object
-from bundler.install.elastic.artifacts import elser_ids
+from bundler.install.elastic.artifacts import DOCS_DIR, elser_ids
 from bundler.install.elastic.connector import Version, parse_version, version_text
 from bundler.install.elastic.elasticsearch import Elasticsearch
 from bundler.install.elastic.kibana import Kibana
@@ -115,8 +115,22 @@ def elastic_preflight(
             rows["elasticsearch"] = Check("elasticsearch", False, e.message)
     if es is not None:
         es.close()
-    order = ("kibana", "elasticsearch", "wiring")
+    docs_repo = opts.product_docs_dir is not None or will_serve
+    kbp = kb_plan(opts, plan, index, docs_repo)
+    if opts.kb.enabled and plan is not None and plan.kibana and ko and ko.mode == "api":
+        ok = None if kbp.notes else True
+        rows["knowledge base"] = Check("knowledge base", ok, kbp.detail(opts.kb.inference_id))
+    order = ("kibana", "elasticsearch", "wiring", "knowledge base")
     return [rows[k] for k in order if k in rows] + notes, plan
+
+
+def kb_plan(opts: InstallOptions, plan: Plan | None, index: Index, docs_repo: bool) -> kb.KbPlan:
+    """What the Kibana knowledge-base step will do with this bundle and these versions."""
+    if plan is None or opts.kibana is None or opts.kibana.mode != "api":
+        return kb.KbPlan()
+    docs = [f.path.rsplit("/", 1)[1] for f in index.files if f.path.startswith(DOCS_DIR + "/")]
+    es = plan.es if opts.elasticsearch is not None else None
+    return kb.plan(opts.kb, plan.kibana, es, elser_ids(index), docs, docs_repo)
 
 
 def elser_repository(

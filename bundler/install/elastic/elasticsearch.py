@@ -27,7 +27,8 @@ class EsOptions:
     credentials: Credentials | None
     ca: Path | None = None
     insecure: bool = False
-    endpoint_id: str = "airgap-elser"
+    endpoint_id: str = "airgap-elser"  # before 8.17 only (then the built-in endpoint)
+    endpoint_id_given: bool = False  # --elser-endpoint-id was given
     timeout: float = 1200.0  # model download + deployment
     attempts: int = 6
 

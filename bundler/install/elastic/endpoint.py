@@ -21,12 +21,14 @@ import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from bundler.errors import InstallError
 from bundler.install.elastic.api import ApiClient, json_object
+from bundler.install.elastic.truststore_script import node_command
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,9 @@ class TrustHint:
                 "of every Elasticsearch node (or in the node's bundled cacerts)."
             )
         return (
-            "Elasticsearch does not trust the endpoint's CA. On every Elasticsearch node run "
-            f"`sh {self.script} --es-home $ES_HOME --es-path-conf $ES_PATH_CONF` (copy the "
-            "file there; on a node with airgap: `airgap elastic-truststore --es-home ... "
-            "--es-path-conf ...`), restart the nodes one at a time, then run the same "
-            "install again."
+            f"Elasticsearch does not trust the endpoint's CA: {node_command(Path(self.script))}"
+            "; then run the same install again (the paths are a package install's: give the "
+            "node's own Elasticsearch home and config directory otherwise)."
         )
 
 

@@ -11,6 +11,12 @@ left out when unset, so receipts written before them read and write back unchang
 * :class:`KibanaSettingsRecord`: the Kibana settings changed in one space, with their
   values before, which uninstall puts back.
 * :class:`CopiedFiles`: artifacts copied into a directory.
+* :class:`KnowledgeBaseRecord`: the Observability AI Assistant's knowledge base as
+  install left it. It is Kibana's, and holds the users' own entries: uninstall never
+  removes it.
+* :class:`ProductDocsRecord`: the product documentation installed for one embedding
+  endpoint; ``created_by_us`` when it was not installed before this tool installed it,
+  and only then does uninstall remove it again.
 """
 
 from __future__ import annotations
@@ -92,6 +98,35 @@ class KibanaSettingsRecord(Record):
         return (self.url, self.space)
 
 
+class KnowledgeBaseRecord(Record):
+    url: str  # Kibana
+    space: str = "default"
+    inference_id: str  # the embedding endpoint it uses
+    kibana_version: str
+    state_before: str | None = None  # kbState before this tool's setup call
+    action: str  # "set up", "kept", or "left" (the site's own, on another endpoint)
+    state: str  # kbState at the end ("READY")
+    # this tool's setup call made it READY on this endpoint (so a rerun may move it to
+    # another); uninstall leaves it all the same
+    set_up_by_us: bool = False
+
+    def identity(self) -> tuple[object, ...]:
+        return (self.url,)
+
+
+class ProductDocsRecord(Record):
+    url: str  # Kibana
+    inference_id: str
+    kibana_version: str
+    created_by_us: bool = False  # not installed for this endpoint before this tool
+    action: str  # "installed" or "kept"
+    state: str  # the overall status at the end ("installed")
+    artifacts: list[str] = Field(default_factory=list)  # the bundle's files Kibana reads
+
+    def identity(self) -> tuple[object, ...]:
+        return (self.url, self.inference_id)
+
+
 class EarlierKibana(KibanaRecord):
     kind: Literal["kibana"]
 
@@ -112,14 +147,43 @@ class EarlierSettings(KibanaSettingsRecord):
     kind: Literal["kibana_settings"]
 
 
+class EarlierKnowledgeBase(KnowledgeBaseRecord):
+    kind: Literal["knowledge_base"]
+
+
+class EarlierProductDocs(ProductDocsRecord):
+    kind: Literal["product_docs"]
+
+
 Earlier = Annotated[
-    EarlierKibana | EarlierEndpoint | EarlierFiles | EarlierChatEndpoint | EarlierSettings,
+    EarlierKibana
+    | EarlierEndpoint
+    | EarlierFiles
+    | EarlierChatEndpoint
+    | EarlierSettings
+    | EarlierKnowledgeBase
+    | EarlierProductDocs,
     Field(discriminator="kind"),
 ]
 ElasticKind = Literal[
-    "kibana", "elasticsearch", "elser_dir", "product_docs_dir", "inference", "kibana_settings"
+    "kibana",
+    "elasticsearch",
+    "elser_dir",
+    "product_docs_dir",
+    "inference",
+    "kibana_settings",
+    "knowledge_base",
+    "product_docs",
 ]
-AnyElastic = KibanaRecord | EndpointRecord | CopiedFiles | ChatEndpointRecord | KibanaSettingsRecord
+AnyElastic = (
+    KibanaRecord
+    | EndpointRecord
+    | CopiedFiles
+    | ChatEndpointRecord
+    | KibanaSettingsRecord
+    | KnowledgeBaseRecord
+    | ProductDocsRecord
+)
 
 
 class ElasticRecord(Record):
@@ -136,6 +200,8 @@ class ElasticRecord(Record):
             "wiring",
             "inference",
             "kibana_settings",
+            "knowledge_base",
+            "product_docs",
         }
     )
 
@@ -148,6 +214,8 @@ class ElasticRecord(Record):
     wiring: str | None = None  # "connector" or "inference-endpoint": how the last run wired it
     inference: ChatEndpointRecord | None = None
     kibana_settings: KibanaSettingsRecord | None = None
+    knowledge_base: KnowledgeBaseRecord | None = None
+    product_docs: ProductDocsRecord | None = None
 
     def all_records(self) -> list[AnyElastic]:
         """Current and earlier records alike."""
@@ -158,6 +226,8 @@ class ElasticRecord(Record):
             self.product_docs_dir,
             self.inference,
             self.kibana_settings,
+            self.knowledge_base,
+            self.product_docs,
         ]
         return [r for r in now if r is not None] + list(self.earlier)
 
@@ -169,4 +239,6 @@ EARLIER: dict[str, Any] = {
     "product_docs_dir": EarlierFiles,
     "inference": EarlierChatEndpoint,
     "kibana_settings": EarlierSettings,
+    "knowledge_base": EarlierKnowledgeBase,
+    "product_docs": EarlierProductDocs,
 }

@@ -18,15 +18,20 @@ from typing import Any
 from bundler.bundle.index import parse_index
 from bundler.errors import AirgapError, ElasticStepError, InstallError
 from bundler.fsutil import atomic_write_bytes
-from bundler.install.elastic import artifacts, llm
+from bundler.install.elastic import artifacts, embedding, kb, llm
 from bundler.install.elastic.api import Credentials
-from bundler.install.elastic.checks import elser_repository
+from bundler.install.elastic.checks import elser_repository, kb_plan
 from bundler.install.elastic.connector import trust_snippet
-from bundler.install.elastic.elasticsearch import Elasticsearch, EsOptions, deploy_elser
+from bundler.install.elastic.elasticsearch import Elasticsearch, EsOptions
 from bundler.install.elastic.endpoint import TrustHint, Wanted
 from bundler.install.elastic.kibana import KibanaOptions, register, unregister
-from bundler.install.elastic.records import ChatEndpointRecord, KibanaSettingsRecord
-from bundler.install.elastic.truststore_script import write_install_script
+from bundler.install.elastic.records import (
+    ChatEndpointRecord,
+    KibanaSettingsRecord,
+    KnowledgeBaseRecord,
+    ProductDocsRecord,
+)
+from bundler.install.elastic.truststore_script import node_command, write_install_script
 from bundler.install.elastic.wiring import Plan
 from bundler.install.layout import Layout
 from bundler.install.options import InstallOptions, InstallResult
@@ -44,7 +49,13 @@ from bundler.install.state import ReceiptFile
 from bundler.manifest import parse_manifest
 
 ElasticPart = (
-    KibanaRecord | EndpointRecord | CopiedFiles | ChatEndpointRecord | KibanaSettingsRecord
+    KibanaRecord
+    | EndpointRecord
+    | CopiedFiles
+    | ChatEndpointRecord
+    | KibanaSettingsRecord
+    | KnowledgeBaseRecord
+    | ProductDocsRecord
 )
 
 
@@ -56,7 +67,8 @@ def run(
     plan: Plan | None = None,
 ) -> None:
     """After the release serves: Elastic files, settings to add, the model wired as the
-    preflight's ``plan`` says (connector, or inference endpoint), the ELSER endpoint.
+    preflight's ``plan`` says (connector, or inference endpoint), the embedding model
+    (:mod:`.embedding`), then Kibana's knowledge base and product docs (:mod:`.kb`).
 
     Raises:
         ElasticStepError: a step failed; the release stays installed and serving.
@@ -71,6 +83,8 @@ def run(
     earlier = list(previous.earlier)
     record: dict[str, Any] = {}  # what this run recorded: kinds, settings_file, wiring
     settings: list[tuple[str, str]] = []
+    notes: list[str] = []  # what the embedding and knowledge-base steps left out, and why
+    trust_step: list[str] = []  # the per-node trust command, once the endpoint works
     wired = llm.Wired()
     if plan is not None and plan.wiring != "none":
         record["wiring"] = plan.wiring
@@ -102,7 +116,9 @@ def run(
             out["plan"] = plan.to_json()
         if plan is not None and plan.wiring == "inference-endpoint":
             out.update(wired.to_json())
-        return {**out, "settings": settings}
+        if trust_step:
+            out["trust_step"] = trust_step[0]
+        return {**out, "settings": settings, "notes": notes}
 
     try:
         index = parse_index(layout.index_file(release).read_bytes())
@@ -122,13 +138,14 @@ def run(
         elif served:
             docs_repo = served.artifacts.get("product_docs")
         settings = artifacts.settings_lines(elser_repo, docs_repo)
+        script = None
         if served:
             ca_pem = Path(served.ca_cert).read_text()
             # Kibana calls the model only through a connector; an endpoint is called by
             # Elasticsearch, whose trust is the per-node trust-store step instead
             if plan is None or plan.wiring != "inference-endpoint":
                 settings.append(("kibana.yml", trust_snippet(served.url, ca_pem, "full")))
-            write_install_script(layout, served)  # es-truststore.sh, for each ES node
+            script = write_install_script(layout, served)  # es-truststore.sh, each ES node
         if settings:
             settings_file = layout.elastic_settings
             settings_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -178,14 +195,23 @@ def run(
                 forget,
                 wired,
             )
+            if served and script is not None:  # our CA: every node, again after upgrades
+                trust_step.append(node_command(script))
         if opts.elasticsearch is not None and artifacts.elser_ids(index):
-            dep = deploy_elser(
+            dep = embedding.deploy(
                 opts.elasticsearch,
-                artifacts.elser_ids(index)[0],
+                artifacts.elser_ids(index),
+                opts.kb.inference_id,
                 previous.elasticsearch.to_json() if previous.elasticsearch else None,
-                on_created=lambda d: keep("elasticsearch", EndpointRecord.model_validate(d)),
+                lambda d: keep("elasticsearch", EndpointRecord.model_validate(d)),
+                notes,
             )
-            keep("elasticsearch", EndpointRecord.model_validate(dep))
+            if dep is not None:
+                keep("elasticsearch", EndpointRecord.model_validate(dep))
+        kbp = kb_plan(opts, plan, index, docs_repo is not None)
+        notes += kbp.notes
+        if (kbp.kb or kbp.docs) and opts.kibana is not None and plan and plan.kibana:
+            kb.run(opts.kibana, kbp, opts.kb, plan.kibana, previous, keep, str(docs_repo), notes)
     except BaseException as e:
         save()
         result.elastic = as_json()
@@ -246,6 +272,7 @@ def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
     removed = []
     if not access.keep:
         llm.check_access(everything, access)
+        kb.check_access(everything, access)
         if connectors and access.kibana is None:
             raise InstallError(
                 "airgap created Kibana connector(s) "
@@ -263,6 +290,7 @@ def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
                 "or pass --keep-elastic to leave them.",
             )
         removed += llm.undo(everything, access)
+        removed += kb.undo(everything, access)
         for (url, space, _), record in connectors.items():
             opts = KibanaOptions(
                 url=url,
