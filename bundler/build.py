@@ -8,11 +8,11 @@ local, the build refuses it with a clear error instead of guessing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bundler import env
+from bundler import __version__, env
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry
 from bundler.bundle.plan import BuildPlan, BuildResult, Payload
 from bundler.bundle.signing import SigningKey
@@ -29,6 +29,7 @@ from bundler.manifest import ImageArchive, Manifest
 from bundler.names import DOC_FILE_RE, ELSER_FILE_RE
 from bundler.pins import ArchiveImagePin, ImagePin, PathElasticPin, PathModelPin, Pins, drift
 from bundler.progress import NullReporter, Reporter
+from bundler.sbom.generate import add_sbom, check_model_licence
 
 
 @dataclass(frozen=True)
@@ -411,9 +412,12 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             reporter.stage("exporting images from docker")
             exported = export_from_docker(m, opts, cache)
         plan = plan_build(m, opts, reporter, hashes, remote, exported)
+        _, sbom_input = check_model_licence(plan, m)
+        reporter.stage("reading image layers for the SBOM")
+        sbom = add_sbom(plan, sbom_input, f"airgap {__version__}")
         total = sum(p.size for p in plan.payloads)
         reporter.stage("hashing and writing", 2 * total)
-        return write_bundle(
+        result = write_bundle(
             plan,
             opts.output,
             opts.keys,
@@ -422,6 +426,7 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             hash_progress=reporter.advance,
             hash_cache=hashes,
         )
+        return replace(result, sbom=sbom)
     finally:
         if cache is not None:
             cache.close()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bundler.bundle.index import BLOB_PREFIX, Index
+from bundler.pins import LicensePin
+
+if TYPE_CHECKING:
+    from bundler.sbom.model import SbomSummary
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,9 @@ class BundleInfo:
     elastic: list[ElasticFileInfo]
     files: int
     total_bytes: int
+    license: LicensePin | None = None  # the model's licence (bundles built with an SBOM)
+    license_accepted: str | None = None  # the builder's acceptance, from the signed manifest
+    sbom: SbomSummary | None = None  # counts and licences from the SBOM member (unverified)
 
     def to_json(self) -> dict[str, object]:
         """What ``airgap inspect --json`` prints (keys in this order)."""
@@ -96,10 +103,15 @@ class BundleInfo:
             "elastic": [e.to_json() for e in self.elastic],
             "files": self.files,
             "total_bytes": self.total_bytes,
+            "license": self.license.model_dump(mode="json") if self.license else None,
+            "license_accepted": self.license_accepted,
+            "sbom": self.sbom.to_json() if self.sbom else None,
         }
 
 
-def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
+def describe(
+    index: Index, index_sha256: str, signers: list[str], sbom: SbomSummary | None = None
+) -> BundleInfo:
     """A JSON-able summary of a bundle's signed index."""
     by_path = {f.path: f for f in index.files}
     model_files = [f for f in index.files if f.path.startswith("models/")]
@@ -144,4 +156,7 @@ def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
         elastic=elastic,
         files=len(index.files),
         total_bytes=index.payload_bytes,
+        license=index.lock.license,
+        license_accepted=model.section.get("license_accepted"),
+        sbom=sbom,
     )

@@ -32,7 +32,7 @@ from bundler.bundle.index import (
     render_sha256sums,
 )
 from bundler.bundle.parts import PARTS_FORMAT, part_name, parts_list_path, parts_sums_path
-from bundler.bundle.plan import BuildPlan, BuildResult, Payload, check_limits
+from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload, check_limits
 from bundler.bundle.signing import SigningKey
 from bundler.errors import SourceError, UsageError
 from bundler.fsutil import atomic_write_bytes, fsync_close, fsync_dir
@@ -80,7 +80,8 @@ def compute_entries(
     digests: list[Digests | None] = [p.digests for p in payloads]
     todo = [i for i, d in enumerate(digests) if d is None]
     try:
-        computed = hash_with_cache([payloads[i].source for i in todo], chunk_size, cache, progress)
+        sources = [s for i in todo if not isinstance(s := payloads[i].source, LateBytes)]
+        computed = hash_with_cache(sources, chunk_size, cache, progress)
     except (OSError, EOFError) as e:
         raise SourceError(
             f"cannot read source: {e}", hint="Check the file exists and is readable."
@@ -368,9 +369,11 @@ def write_bundle(
         head_size,
     )
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-all")
+    early = [p for p in payloads if not isinstance(p.source, LateBytes)]
     entries_future = hashing.submit(
-        compute_entries, payloads, plan.chunk_size, hash_progress, hash_cache
+        compute_entries, early, plan.chunk_size, hash_progress, hash_cache
     )
+    late: list[FileEntry] = []
     out = _Output(output, split_size, head_size)
     fds: dict[Path, int] = {}
     try:
@@ -379,6 +382,10 @@ def write_bundle(
             out.write(tarfmt.member_header(p.path, p.size, mtime))
             if isinstance(p.source, bytes):
                 out.write(p.source)
+            elif isinstance(p.source, LateBytes):
+                data = _render_late(p, p.source, entries_future.result())
+                late += compute_entries([Payload(p.path, data)], plan.chunk_size)
+                out.write(data)
             else:
                 src = p.source
                 if src.path not in fds:
@@ -394,7 +401,7 @@ def write_bundle(
                 progress(p.size)
         out.write(tarfmt.END_OF_ARCHIVE)
         out.finish()
-        entries = entries_future.result()
+        entries = sorted([*entries_future.result(), *late], key=lambda e: e.path)
         for path, stamp in before.items():
             if _stamp(path) != stamp:
                 raise SourceError(
@@ -426,6 +433,13 @@ def write_bundle(
         size=out.total,
         signers=tuple(k for k, _ in signatures),
     )
+
+
+def _render_late(p: Payload, late: LateBytes, entries: Sequence[FileEntry]) -> bytes:
+    data = late.render(entries)
+    if len(data) != late.size:
+        raise AssertionError(f"{p.path}: rendered {len(data)} bytes, {late.size} were reserved")
+    return data
 
 
 def _stamp(path: Path) -> tuple[int, int]:
