@@ -74,3 +74,16 @@ def kibana_api_key() -> str | None:
 def es_api_key() -> str | None:
     """``AIRGAP_ES_API_KEY``: an Elasticsearch API key (the encoded form), never stored."""
     return os.environ.get("AIRGAP_ES_API_KEY") or None
+
+
+def operator_name() -> str:
+    """Who runs airgap: the account of the real user id, and ``SUDO_USER`` when sudo was
+    used (recorded with a licence acceptance; not a proof of identity)."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = f"uid {os.getuid()}"
+    sudo = os.environ.get("SUDO_USER")
+    return f"{sudo} (sudo as {name})" if sudo and sudo != name else name

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))  # devkit/ is not installed: this checkout's kit a
 import requests  # noqa: E402
 
 from devkit import services  # noqa: E402
-from devkit.demo_data import nginx_image, openai_stub_image  # noqa: E402
+from devkit.demo_data import DEMO_CARD, nginx_image, openai_stub_image  # noqa: E402
 from devkit.standins.elasticsearch import ElasticsearchStandIn  # noqa: E402
 from devkit.standins.jvmtrust import write_truststore  # noqa: E402
 from devkit.standins.kibana import KibanaStandIn  # noqa: E402
@@ -120,7 +120,7 @@ def connected_world(work: Path, stack: contextlib.ExitStack) -> Path:
         "generation_config.json": b'{"max_new_tokens": 16}\n',
         "tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}\n',
         "model.safetensors": hashlib.sha256(b"tiny").digest() * (1_600_000 // 32),
-        "README.md": b"# tiny-llama\nA random-weight model for the airgap demo.\n",
+        "README.md": DEMO_CARD.encode(),
     }
     commit = services.git_commit_repo(
         mirrors / "models" / "airgap-demo" / "tiny-llama",

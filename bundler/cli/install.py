@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Verify trust and run the preflight; change nothing.")
 @click.option("--allow-downgrade", is_flag=True, help="Install a lower version on purpose.")
 @click.option("--no-gpu", is_flag=True, help="Do not expect a GPU (CPU images, tests).")
+@click.option(
+    "--accept-license",
+    metavar="ID",
+    help="Accept the model's licence (the id the preflight shows): needed for a gated "
+    "model or a licence that is not OSI-approved, unknown, `other` or missing.",
+)
 @serve_options
 @image_options
 @elastic_options
@@ -49,6 +55,7 @@ def install(
     dry_run: bool,
     allow_downgrade: bool,
     no_gpu: bool,
+    accept_license: str | None,
     serve: ServeOptions | None,
     images: ImageDestination,
     elastic: ElasticRequest,
@@ -103,6 +110,7 @@ def install(
         elser_dir=elastic.elser_dir,
         product_docs_dir=elastic.product_docs_dir,
         stall_timeout=stall_timeout,
+        accept_license=accept_license,
     )
     with reporter(as_json) as r:
 

@@ -19,15 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bundler.bundle.index import BLOB_PREFIX
+from bundler.bundle.index import BLOB_PREFIX, Index
 from bundler.bundle.policy import VerifyResult
-from bundler.errors import AirgapError, InstallError, RollbackError, VerificationError
+from bundler.errors import (
+    AirgapError,
+    InstallError,
+    LicenseError,
+    RollbackError,
+    VerificationError,
+)
 from bundler.fmt import human
 from bundler.fsutil import free_space
 from bundler.install.contents import check_signed_names
 from bundler.install.elastic.checks import elastic_preflight
 from bundler.install.elastic.wiring import Plan
 from bundler.install.layout import Layout
+from bundler.install.licence import license_check
 from bundler.install.options import Check, InstallOptions
 from bundler.install.records import Receipt, Release
 from bundler.install.sink import release_key
@@ -74,6 +81,7 @@ class Facts:
     elastic: tuple[Check, ...] = ()
     elastic_errors: dict[str, AirgapError] = field(default_factory=dict)
     elastic_plan: Plan | None = None  # how the model is wired into Elastic (None: not at all)
+    index: Index | None = None  # the signed index (its model licence is shown and checked)
 
 
 def _port_free(port: int) -> bool:
@@ -175,6 +183,7 @@ def gather(
         elastic=tuple(elastic),
         elastic_errors=errors,
         elastic_plan=plan,
+        index=index,
     )
 
 
@@ -204,6 +213,7 @@ def evaluate(f: Facts, opts: InstallOptions) -> list[Check]:
         was = f"installed: v{f.installed}" if f.installed is not None else "first install"
         checks.append(Check("version", True, f"v{f.version} ({was})"))
     checks.append(Check("images to", True, f.where))
+    checks.append(license_check(f.index, opts))
     if f.tags_taken and not opts.replace_tags:
         detail = "already name other images: " + "; ".join(f.tags_taken) + " (--replace-tags)"
         checks.append(Check("tags", False, detail))
@@ -258,6 +268,13 @@ def decide(f: Facts, checks: list[Check], opts: InstallOptions) -> Decision:
     failed = [c for c in checks if c.ok is False]
     if failed and failed[0].name in f.elastic_errors:
         raise f.elastic_errors[failed[0].name]
+    if failed and failed[0].name == "licence":
+        raise LicenseError(
+            f"bundle {f.name} v{f.version}: the model's licence {failed[0].detail}",
+            hint="Read the model's licence (the model card and LICENSE files in the bundle, "
+            "`airgap sbom`); if your organisation accepts it, run the install again with "
+            "--accept-license <licence id>.",
+        )
     if failed:
         if failed[0].name == "version" and "older" in failed[0].detail:
             raise RollbackError(f"bundle {f.name} {failed[0].detail}")
@@ -278,3 +295,4 @@ def decide(f: Facts, checks: list[Check], opts: InstallOptions) -> Decision:
     if f.reusable:
         return Decision.UNCHANGED if f.is_current else Decision.REACTIVATE
     return Decision.PROCEED
+

@@ -22,7 +22,7 @@ from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
 from bundler.fetch.http import Downloader, Expect
 from devkit import services
-from devkit.demo_data import Image, sha
+from devkit.demo_data import DEMO_CARD, Image, sha
 
 from conftest import Keys, airgap
 
@@ -113,7 +113,7 @@ def world(
         "config.json": b'{"model_type": "llama"}\n',
         "tokenizer.json": b'{"v": 1}\n',
         "model.safetensors": os.urandom(200_000),
-        "README.md": b"# tiny\n",
+        "README.md": DEMO_CARD.encode(),
     }
     commit = services.git_commit_repo(repo, weights, {"model.safetensors"}, "init")
     shared = {"bin/busybox": os.urandom(30_000)}
@@ -167,6 +167,8 @@ def write_manifest(world: dict[str, object], elastic_url: str | None) -> Path:
             "revision": "main",
             "served_name": "tiny",
             "exclude": ["README.md"],
+            # without its card the licence is unknown: the builder accepts that here
+            "license_accepted": "unknown",
         },
         "images": {
             "vllm": f"{reg}/demo/vllm:{world['tag']}",
