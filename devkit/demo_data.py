@@ -22,6 +22,30 @@ DEMO_CARD = (
 )
 
 
+# A card as Meta's Llama 3.3 repo has it: its own licence and a gate (abridged).
+LLAMA_CARD = """---
+language: [en, de]
+license: llama3.3
+base_model: meta-llama/Llama-3.1-70B
+pipeline_tag: text-generation
+extra_gated_prompt: "### LLAMA 3.3 COMMUNITY LICENSE AGREEMENT\\nBy clicking ..."
+extra_gated_fields:
+  First Name: text
+---
+# Llama 3.3
+"""
+
+
+def set_card(manifest: Path, card: str, accepted: str | None = None) -> None:
+    """Give ``make_demo_sources``' model this card (and the manifest ``license_accepted``)."""
+    (manifest.parent / "weights" / "README.md").write_text(card)
+    if accepted is not None:
+        text = manifest.read_text().replace(
+            "served_name: tiny", f"served_name: tiny\n  license_accepted: {accepted}"
+        )
+        manifest.write_text(text)
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
