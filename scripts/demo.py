@@ -213,6 +213,13 @@ def main() -> None:
         joined = b"".join(p.read_bytes() for p in parts)
         sigs = [a for s in usb.glob("demo.tar.*.sig") for a in ("--signature", str(s))]
         airgap("-q", "verify", "-", *trust, *sigs, stdin=joined, label="verify stdin")
+        print("\n== the SBOM, for the site's scanner (verified first, then written) ==")
+        sbom = work / "demo.cdx.json"
+        airgap("-q", "sbom", str(bundle) + ".part-000", *trust, "-o", str(sbom), label="sbom")
+        spdx = work / "demo.spdx.json"
+        part0 = str(bundle) + ".part-000"
+        airgap("-q", "sbom", part0, *trust, "--format", "spdx-json", "-o", str(spdx), label="spdx")
+        print(f"  {sbom.name} {sbom.stat().st_size:,} bytes, {spdx.name} {spdx.stat().st_size:,}")
 
         print("\n== air-gapped side: a private Docker engine, Kibana and ES 9.5 stand-ins ==")
         ca = work / "opt" / "secrets" / "tls" / "ca.crt"
