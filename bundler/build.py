@@ -8,13 +8,13 @@ local, the build refuses it with a clear error instead of guessing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bundler import env
+from bundler import __version__, env
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry, path_problem
-from bundler.bundle.plan import BuildPlan, BuildResult, Payload
+from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload
 from bundler.bundle.signing import SigningKey
 from bundler.bundle.writer import write_bundle
 from bundler.errors import AirgapError, FetchError, SourceError, UsageError
@@ -30,6 +30,7 @@ from bundler.modelfacts import measure
 from bundler.names import DOC_FILE_RE, ELSER_FILE_RE
 from bundler.pins import ArchiveImagePin, ImagePin, PathElasticPin, PathModelPin, Pins, drift
 from bundler.progress import NullReporter, Reporter
+from bundler.sbom.generate import add_sbom, check_model_licence
 
 
 @dataclass(frozen=True)
@@ -427,7 +428,8 @@ def plan_build(
     lock = Pins(
         model=model_lock or pins.model, images=image_lock, elastic=elastic_lock or pins.elastic
     )
-    facts, images = measure(m, {p.path: p.source for p in payloads}, images)
+    sources = {p.path: p.source for p in payloads if not isinstance(p.source, LateBytes)}
+    facts, images = measure(m, sources, images)
     return BuildPlan(
         name=m.name,
         version=m.version,
@@ -466,9 +468,12 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             reporter.stage("exporting images from docker")
             exported = export_from_docker(m, opts, cache)
         plan = plan_build(m, opts, reporter, hashes, remote, exported)
+        _, sbom_input = check_model_licence(plan, m)
+        reporter.stage("reading image layers for the SBOM")
+        sbom = add_sbom(plan, sbom_input, f"airgap {__version__}")
         total = sum(p.size for p in plan.payloads)
         reporter.stage("hashing and writing", 2 * total)
-        return write_bundle(
+        result = write_bundle(
             plan,
             opts.output,
             opts.keys,
@@ -477,6 +482,7 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             hash_progress=reporter.advance,
             hash_cache=hashes,
         )
+        return replace(result, sbom=sbom)
     finally:
         if cache is not None:
             cache.close()

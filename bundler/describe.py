@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bundler.bundle.index import BLOB_PREFIX, Index
 from bundler.errors import ManifestError
@@ -12,6 +12,10 @@ from bundler.facts import ModelFacts
 from bundler.gpu.catalog import Cell, fit_table
 from bundler.gpu.fit import shape_of
 from bundler.manifest import parse_manifest
+from bundler.pins import LicensePin
+
+if TYPE_CHECKING:
+    from bundler.sbom.model import SbomSummary
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ class BundleInfo:
     total_bytes: int
     model_facts: ModelFacts | None = None  # format 2: signed facts for the GPU checks
     fit: list[Cell] = dataclasses.field(default_factory=list)  # common GPUs x TP sizes
+    license: LicensePin | None = None  # the model's licence (bundles built with an SBOM)
+    license_accepted: str | None = None  # the builder's acceptance, from the signed manifest
+    sbom: SbomSummary | None = None  # counts and licences from the SBOM member (unverified)
 
     def to_json(self) -> dict[str, object]:
         """What ``airgap inspect --json`` prints (keys in this order)."""
@@ -105,6 +112,9 @@ class BundleInfo:
             "total_bytes": self.total_bytes,
             "model_facts": self.model_facts.model_dump(mode="json") if self.model_facts else None,
             "fit": [c.to_json() for c in self.fit],
+            "license": self.license.model_dump(mode="json") if self.license else None,
+            "license_accepted": self.license_accepted,
+            "sbom": self.sbom.to_json() if self.sbom else None,
         }
 
 
@@ -119,7 +129,9 @@ def _fit(index: Index) -> list[Cell]:
     return fit_table(index.model_facts, shape_of(serve))
 
 
-def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
+def describe(
+    index: Index, index_sha256: str, signers: list[str], sbom: SbomSummary | None = None
+) -> BundleInfo:
     """A JSON-able summary of a bundle's signed index."""
     by_path = {f.path: f for f in index.files}
     model_files = [f for f in index.files if f.path.startswith("models/")]
@@ -166,4 +178,7 @@ def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
         total_bytes=index.payload_bytes,
         model_facts=index.model_facts,
         fit=_fit(index),
+        license=index.lock.license,
+        license_accepted=model.section.get("license_accepted"),
+        sbom=sbom,
     )

@@ -110,3 +110,16 @@ def cuda_visible_devices() -> str | None:
     """``CUDA_VISIBLE_DEVICES``: the GPUs to serve on when ``--gpus`` is not given
     (indices or ``GPU-`` UUIDs, as ``nvidia-smi -L`` shows them)."""
     return os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() or None
+
+
+def operator_name() -> str:
+    """Who runs airgap: the account of the real user id, and ``SUDO_USER`` when sudo was
+    used (recorded with a licence acceptance; not a proof of identity)."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = f"uid {os.getuid()}"
+    sudo = os.environ.get("SUDO_USER")
+    return f"{sudo} (sudo as {name})" if sudo and sudo != name else name

@@ -48,6 +48,10 @@ class ManifestError(AirgapError):
         self.path = path
 
 
+class LicenseError(UsageError):
+    """A model licence needs an acceptance that was not given (or names another licence)."""
+
+
 class KeyFileError(AirgapError):
     """A signing or trusted key cannot be read or used."""
 

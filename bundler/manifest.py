@@ -58,6 +58,15 @@ class ModelSource(_Strict):
     exclude: list[str] = Field(default_factory=list)
     path: str | None = None
     served_name: str
+    # The builder's statement that they accepted the model's licence (its id, as `build`
+    # prints it): needed for a gated model, or a licence that is not OSI-approved,
+    # unknown, `other` or missing.
+    license_accepted: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None,
+        description="The model's licence id (as `airgap build` prints it) that the person "
+        "building the bundle accepted; required for a gated model or a licence that is not "
+        "OSI-approved, unknown, `other` or missing.",
+    )
 
     @field_validator("served_name")
     @classmethod

@@ -68,12 +68,29 @@ class HfFile(_Pin):
     sha256: Sha256Hex | None = None  # LFS files: the oid the hub states
 
 
+class LicensePin(_Pin):
+    """The model's licence as the build read it from the card at the pinned commit.
+
+    Set only in the signed index (the lock is written before the card is downloaded),
+    so that ``install`` can show it and ask for acceptance before reading any payload.
+    ``id`` is what an operator accepts (``license_accepted``, ``--accept-license``).
+    """
+
+    id: str  # the card's ``license`` (``llama3.3``), ``license_name`` for ``other``, or ``unknown``
+    spdx: str  # SPDX licence id, or ``LicenseRef-…`` when the SPDX list has none
+    osi_approved: bool
+    gated: bool
+    needs_acceptance: bool
+
+
 class HfModelPin(_Pin):
     source: Literal["huggingface"] = "huggingface"
     repo: str
     revision: str
     commit: str
     files: tuple[HfFile, ...]
+    gated: str | None = None  # the hub's ``gated`` ("auto"/"manual") when it said so
+    license: LicensePin | None = None
 
 
 class PathModelPin(_Pin):
@@ -81,6 +98,7 @@ class PathModelPin(_Pin):
 
     source: Literal["path"] = "path"
     path: str
+    license: LicensePin | None = None
 
 
 ModelPin = Annotated[HfModelPin | PathModelPin, Field(discriminator="source")]
@@ -186,6 +204,11 @@ class Pins(_Pin):
     @property
     def hf_model(self) -> HfModelPin | None:
         return self.model if isinstance(self.model, HfModelPin) else None
+
+    @property
+    def license(self) -> LicensePin | None:
+        """The model's licence, when the index records it (builds from this release on)."""
+        return self.model.license if self.model is not None else None
 
     @property
     def commit(self) -> str | None:

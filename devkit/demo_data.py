@@ -15,6 +15,36 @@ from pathlib import Path
 
 import yaml
 
+# The demo and test models' card: an OSI-approved licence, so builds need no acceptance.
+DEMO_CARD = (
+    "---\nlicense: apache-2.0\npipeline_tag: text-generation\nlibrary_name: transformers\n"
+    "---\n# tiny\nA tiny model for airgap's demo and tests.\n"
+)
+
+
+# A card as Meta's Llama 3.3 repo has it: its own licence and a gate (abridged).
+LLAMA_CARD = """---
+language: [en, de]
+license: llama3.3
+base_model: meta-llama/Llama-3.1-70B
+pipeline_tag: text-generation
+extra_gated_prompt: "### LLAMA 3.3 COMMUNITY LICENSE AGREEMENT\\nBy clicking ..."
+extra_gated_fields:
+  First Name: text
+---
+# Llama 3.3
+"""
+
+
+def set_card(manifest: Path, card: str, accepted: str | None = None) -> None:
+    """Give ``make_demo_sources``' model this card (and the manifest ``license_accepted``)."""
+    (manifest.parent / "weights" / "README.md").write_text(card)
+    if accepted is not None:
+        text = manifest.read_text().replace(
+            "served_name: tiny", f"served_name: tiny\n  license_accepted: {accepted}"
+        )
+        manifest.write_text(text)
+
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -171,6 +201,7 @@ def make_demo_sources(
     (weights / "tokenizer" / "tokenizer.json").write_text('{"version": "1.0"}\n')
     (weights / "model.safetensors").write_bytes(safetensors_bytes(model_bytes // 256 * 256))
     (weights / "empty.txt").write_bytes(b"")
+    (weights / "README.md").write_text(DEMO_CARD)
     if big:
         with open(weights / "model-big.safetensors", "wb") as f:
             block = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB
@@ -298,13 +329,46 @@ _BASE_ETC = {
 }
 
 
+def _dpkg_owners(paths: list[str]) -> set[tuple[str, str | None]]:
+    """(package, arch) that own ``paths`` on this machine, by one ``dpkg -S`` (merged /usr:
+    a file may be registered under /lib or /usr/lib)."""
+    import subprocess
+
+    candidates = sorted({c for p in paths for c in (p, "/usr" + p, p.removeprefix("/usr"))})
+    r = subprocess.run(["dpkg", "-S", *candidates], capture_output=True, text=True)
+    owners: set[tuple[str, str | None]] = set()
+    for line in r.stdout.splitlines():
+        for pkg in line.split(": ", 1)[0].split(", "):
+            name, _, arch = pkg.partition(":")
+            owners.add((name, arch or None))
+    return owners
+
+
+def dpkg_status_for(paths: list[str]) -> bytes:
+    """This machine's real dpkg ``status`` entries for the packages that own ``paths``."""
+    owners = _dpkg_owners(paths)
+    stanzas = Path("/var/lib/dpkg/status").read_text().split("\n\n")
+    keep = []
+    for st in stanzas:
+        fields = dict(
+            line.split(": ", 1) for line in st.splitlines() if ": " in line and line[0] != " "
+        )
+        name, arch = fields.get("Package"), fields.get("Architecture")
+        if (name, arch) in owners or (name, None) in owners:
+            keep.append(st.strip("\n"))
+    return ("\n\n".join(keep) + "\n").encode()
+
+
 def nginx_image(out: Path, tag: str = "airgap-demo/nginx:1") -> Path:
-    """A real Nginx image from Debian's nginx binary and the libraries it links."""
+    """A real Nginx image from Debian's nginx binary and the libraries it links, with the
+    real dpkg ``status`` entries of the packages those files come from and os-release."""
     binary = Path("/usr/sbin/nginx")
     files: dict[str, Path | bytes] = {"/usr/sbin/nginx": binary, **_BASE_ETC}
     for lib in _ldd(binary):
         files[str(lib)] = lib
     files["/etc/nginx/mime.types"] = Path("/etc/nginx/mime.types")
+    files["/etc/os-release"] = Path("/etc/os-release")
+    files["/var/lib/dpkg/status"] = dpkg_status_for(sorted(files))
     dirs = {
         "/tmp": 0o1777,
         "/run": 0o755,
@@ -361,6 +425,9 @@ def openai_stub_image(out: Path, tag: str = "airgap-demo/openai-stub:1") -> Path
     for lib in libs:
         files[str(lib)] = lib
     files["/app/server.py"] = (Path(__file__).parent / "vllm_stub.py").read_bytes()
+    files["/etc/os-release"] = Path("/etc/os-release")
+    owned = [str(python), *map(str, libs), f"{stdlib}/os.py", f"{stdlib}/json/__init__.py"]
+    files["/var/lib/dpkg/status"] = dpkg_status_for(owned)
     return assemble_image(
         out,
         tag,

@@ -45,6 +45,7 @@ import requests  # noqa: E402
 
 from devkit import services  # noqa: E402
 from devkit.demo_data import (  # noqa: E402
+    DEMO_CARD,
     TINY_CONFIG,
     nginx_image,
     openai_stub_image,
@@ -126,7 +127,7 @@ def connected_world(work: Path, stack: contextlib.ExitStack) -> Path:
         "generation_config.json": b'{"max_new_tokens": 16}\n',
         "tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}\n',
         "model.safetensors": safetensors_bytes(1_600_000, hashlib.sha256(b"tiny").digest()),
-        "README.md": b"# tiny-llama\nA random-weight model for the airgap demo.\n",
+        "README.md": DEMO_CARD.encode(),
     }
     commit = services.git_commit_repo(
         mirrors / "models" / "airgap-demo" / "tiny-llama",
@@ -220,6 +221,13 @@ def main() -> None:
         joined = b"".join(p.read_bytes() for p in parts)
         sigs = [a for s in usb.glob("demo.tar.*.sig") for a in ("--signature", str(s))]
         airgap("-q", "verify", "-", *trust, *sigs, stdin=joined, label="verify stdin")
+        print("\n== the SBOM, for the site's scanner (verified first, then written) ==")
+        sbom = work / "demo.cdx.json"
+        airgap("-q", "sbom", str(bundle) + ".part-000", *trust, "-o", str(sbom), label="sbom")
+        spdx = work / "demo.spdx.json"
+        part0 = str(bundle) + ".part-000"
+        airgap("-q", "sbom", part0, *trust, "--format", "spdx-json", "-o", str(spdx), label="spdx")
+        print(f"  {sbom.name} {sbom.stat().st_size:,} bytes, {spdx.name} {spdx.stat().st_size:,}")
 
         print("\n== air-gapped side: a private Docker engine, Kibana and ES 9.5 stand-ins ==")
         ca = work / "opt" / "secrets" / "tls" / "ca.crt"

@@ -3,18 +3,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler.boundedio import MAX_INDEX_SIZE, MAX_INDEX_VALUES, MAX_PARTS, json_values_bound
 from bundler.bundle import tarfmt
-from bundler.bundle.index import ImageEntry, Index
+from bundler.bundle.index import FileEntry, ImageEntry, Index
 from bundler.errors import UsageError
 from bundler.facts import ModelFacts
 from bundler.hashing import Digests, FileRange
 from bundler.pins import Pins
+
+if TYPE_CHECKING:
+    from bundler.sbom.generate import SbomPlan
+
+
+@dataclass(frozen=True)
+class LateBytes:
+    """A small file made only once every other payload file is hashed (the SBOM, which
+    names their sha256). ``render`` gets the other files' entries and must return
+    exactly ``size`` bytes: the writer reserves the space before it knows them."""
+
+    size: int
+    render: Callable[[Sequence[FileEntry]], bytes]
+
+    def rendered(self, path: str, entries: Sequence[FileEntry]) -> bytes:
+        """The bytes, given the other files' entries; exactly the reserved size."""
+        data = self.render(entries)
+        if len(data) != self.size:
+            raise AssertionError(f"{path}: rendered {len(data)} bytes, {self.size} were reserved")
+        return data
 
 
 @dataclass(frozen=True)
@@ -26,7 +47,7 @@ class Payload:
     """
 
     path: str
-    source: FileRange | bytes
+    source: FileRange | bytes | LateBytes
     expected_sha256: str | None = None
     digests: Digests | None = None
     origin: str = ""  # for error messages: where the bytes came from
@@ -89,9 +110,16 @@ class BuildResult:
     outputs: tuple[Path, ...]  # the bundle file, or every part then the parts list
     size: int
     signers: tuple[str, ...]
+    sbom: SbomPlan | None = None  # set by ``build`` (licence, package counts, scan time)
 
     def to_json(self) -> dict[str, object]:
         """What ``airgap build --json`` prints."""
+        lic = self.index.lock.license
+        extra: dict[str, object] = {}
+        if lic is not None:
+            extra["license"] = lic.model_dump(mode="json")
+        if self.sbom is not None:
+            extra["sbom"] = self.sbom.summary.to_json()
         return {
             "name": self.index.name,
             "version": self.index.version,
@@ -101,4 +129,5 @@ class BuildResult:
             "index_sha256": self.index_sha256,
             "signers": list(self.signers),
             "expires": self.index.expires,
+            **extra,
         }

@@ -34,7 +34,7 @@ from bundler.bundle.index import (
     render_sha256sums,
 )
 from bundler.bundle.parts import PARTS_FORMAT, part_name, parts_list_path, parts_sums_path
-from bundler.bundle.plan import BuildPlan, BuildResult, Payload, check_limits
+from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload, check_limits
 from bundler.bundle.signing import SigningKey
 from bundler.errors import SourceError, UsageError
 from bundler.fsutil import atomic_write_bytes, fsync_close, fsync_dir
@@ -82,7 +82,8 @@ def compute_entries(
     digests: list[Digests | None] = [p.digests for p in payloads]
     todo = [i for i, d in enumerate(digests) if d is None]
     try:
-        computed = hash_with_cache([payloads[i].source for i in todo], chunk_size, cache, progress)
+        sources = [s for i in todo if not isinstance(s := payloads[i].source, LateBytes)]
+        computed = hash_with_cache(sources, chunk_size, cache, progress)
     except (OSError, EOFError) as e:
         raise SourceError(
             f"cannot read source: {e}", hint="Check the file exists and is readable."
@@ -372,9 +373,11 @@ def write_bundle(
         head_size,
     )
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-all")
+    early = [p for p in payloads if not isinstance(p.source, LateBytes)]
     entries_future = hashing.submit(
-        compute_entries, payloads, plan.chunk_size, hash_progress, hash_cache
+        compute_entries, early, plan.chunk_size, hash_progress, hash_cache
     )
+    late: list[FileEntry] = []
     out = _Output(output, split_size, head_size)
     fds: dict[Path, int] = {}
     try:
@@ -383,6 +386,10 @@ def write_bundle(
             out.write(tarfmt.member_header(p.path, p.size, mtime))
             if isinstance(p.source, bytes):
                 out.write(p.source)
+            elif isinstance(p.source, LateBytes):
+                data = p.source.rendered(p.path, entries_future.result())
+                late += compute_entries([Payload(p.path, data)], plan.chunk_size)
+                out.write(data)
             else:
                 src = p.source
                 if src.path not in fds:
@@ -398,7 +405,7 @@ def write_bundle(
                 progress(p.size)
         out.write(tarfmt.END_OF_ARCHIVE)
         out.finish()
-        entries = entries_future.result()
+        entries = sorted([*entries_future.result(), *late], key=lambda e: e.path)
         for path, stamp in before.items():
             if _stamp(path) != stamp:
                 raise SourceError(

@@ -47,6 +47,12 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Warn instead of refusing when the driver is older than the image's CUDA needs.",
 )
+@click.option(
+    "--accept-license",
+    metavar="ID",
+    help="Accept the model's licence (the id the preflight shows): needed for a gated "
+    "model or a licence that is not OSI-approved, unknown, `other` or missing.",
+)
 @serve_options
 @image_options
 @elastic_options
@@ -64,6 +70,7 @@ def install(
     no_gpu: bool,
     skip_fit_check: bool,
     skip_driver_check: bool,
+    accept_license: str | None,
     serve: ServeOptions | None,
     images: ImageDestination,
     elastic: ElasticRequest,
@@ -123,6 +130,7 @@ def install(
         elser_dir=elastic.elser_dir,
         product_docs_dir=elastic.product_docs_dir,
         stall_timeout=stall_timeout,
+        accept_license=accept_license,
     )
     with reporter(as_json) as r:
 

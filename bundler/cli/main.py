@@ -17,7 +17,7 @@ import traceback
 import click
 
 from bundler import __version__, env
-from bundler.cli import build, elastic_trust, install, manage, trust
+from bundler.cli import build, elastic_trust, install, manage, sbom, trust
 from bundler.cli.options import State
 from bundler.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, AirgapError
 
@@ -56,7 +56,7 @@ for command in (build.validate, build.schema, build.lock, build.fetch, build.bui
     cli.add_command(command)
 # Keys and proof (cli/trust.py). `sbom` (a bundle's contents, for auditors) goes here,
 # beside inspect.
-for command in (trust.keygen, trust.sign, trust.verify, trust.inspect):
+for command in (trust.keygen, trust.sign, trust.verify, trust.inspect, sbom.sbom):
     cli.add_command(command)
 # The air-gapped side (cli/install.py, cli/manage.py, cli/elastic_trust.py).
 cli.add_command(install.install)

@@ -129,6 +129,16 @@ def show_build(result: BuildResult) -> None:
         f"index sha256 {result.index_sha256}; signed by "
         + ", ".join(k[:16] for k in result.signers)
     )
+    lic = result.index.lock.license
+    if lic is not None:
+        from bundler.sbom.licences import describe
+
+        accepted = result.index.manifest.get("model", {}).get("license_accepted")
+        note = f"; accepted: {accepted}" if accepted else ""
+        click.echo(f"model licence: {describe(lic)}{note}")
+    if result.sbom is not None:
+        for line in result.sbom.summary.lines():
+            click.echo(line)
 
 
 def show_dry_run(plan: DryRun) -> None:
@@ -217,6 +227,15 @@ def render_inspect(info: BundleInfo) -> None:
     from bundler.cli.fitview import render_fit
 
     render_fit(console, info)
+    if info.license is not None:
+        from bundler.sbom.licences import describe
+
+        note = f"; accepted by the builder: {info.license_accepted}"
+        note = note if info.license_accepted else ""
+        console.print(f"model licence: {describe(info.license)}{note}", markup=False)
+    none = ["SBOM: none in this bundle (or not readable here)"]
+    for line in info.sbom.lines() if info.sbom else none:
+        console.print(line, markup=False)
 
 
 # -- install, status, rollback, uninstall --------------------------------------------------

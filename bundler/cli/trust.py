@@ -29,7 +29,7 @@ from bundler.cli.output import (
 )
 
 if TYPE_CHECKING:
-    from bundler.bundle.policy import VerifyResult
+    from bundler.bundle.policy import Sink, VerifyResult
     from bundler.cli.options import TrustInputs
 
 bundle_argument = click.argument("bundle", type=str)
@@ -49,9 +49,15 @@ def keygen(keyfile: Path, passphrase_file: Path | None) -> None:
 
 
 def verify_bundle(
-    bundle: str, trust: TrustInputs, *, as_json: bool, stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    bundle: str,
+    trust: TrustInputs,
+    *,
+    as_json: bool,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    sink: Sink | None = None,
 ) -> VerifyResult:
-    """One verifying pass (signatures, threshold, every byte) with a progress bar."""
+    """One verifying pass (signatures, threshold, every byte) with a progress bar;
+    ``sink`` (optional) gets the payload as it streams (``airgap sbom`` keeps one member)."""
     from bundler.bundle.detached import collect_signatures
     from bundler.bundle.parts import locate_bundle
     from bundler.bundle.policy import TrustPolicy
@@ -65,7 +71,7 @@ def verify_bundle(
         return read_bundle(
             loc,
             TrustPolicy(trusted, trust.threshold),
-            None,
+            sink,
             detached=detached,
             progress=r.advance,
             stall_timeout=stall_timeout,
@@ -151,6 +157,7 @@ def inspect(bundle: str, as_json: bool, raw_index: bool) -> None:
     from bundler.bundle.parts import locate_bundle
     from bundler.bundle.reader import read_head
     from bundler.describe import describe
+    from bundler.sbom.member import sbom_summary
 
     if raw_index and as_json:
         raise click.UsageError("--index prints the index itself: drop --json")
@@ -161,7 +168,7 @@ def inspect(bundle: str, as_json: bool, raw_index: bool) -> None:
         sys.stdout.buffer.flush()
         return
     signers = sorted({k for k, _ in head.embedded} | {k for k, _ in collect_signatures(loc)})
-    info = describe(head.index, head.index_sha256, signers)
+    info = describe(head.index, head.index_sha256, signers, sbom_summary(head))
     if as_json:
         print_json(info.to_json())
     else:

@@ -24,6 +24,10 @@ from bundler import env, net
 from bundler.errors import FetchError
 from bundler.fetch.http import Expect
 
+# Carried even when ``model.include`` does not name them: the model card (its YAML front
+# matter states the licence) and the licence files themselves, for the SBOM and the operator.
+CARD_PATTERNS = ("README.md", "LICENSE*", "LICENCE*", "USE_POLICY*")
+
 
 @dataclass(frozen=True)
 class RepoFile:
@@ -46,6 +50,8 @@ class ResolvedRepo:
     commit: str
     files: list[RepoFile]
     endpoint: str
+    gated: str | None = None  # the hub's ``gated`` field: "auto" or "manual" when gated
+
 
     def url(self, path: str) -> str:
         return hf_hub_url(self.repo, path, revision=self.commit, endpoint=self.endpoint)
@@ -111,7 +117,9 @@ def resolve_repo(repo: str, revision: str, include: list[str], exclude: list[str
     timeout = env.net_timeout()
     api = HfApi(endpoint=endpoint, token=env.hf_token() or False)
     try:
-        commit = api.model_info(repo, revision=revision, timeout=timeout).sha
+        info = api.model_info(repo, revision=revision, timeout=timeout)
+        commit = info.sha
+        gated = getattr(info, "gated", None)
         if not commit:
             raise FetchError(f"{repo}@{revision}: the Hub did not name a commit")
         entries = [
@@ -135,7 +143,8 @@ def resolve_repo(repo: str, revision: str, include: list[str], exclude: list[str
     selected = list(
         filter_repo_objects(
             entries,
-            allow_patterns=include or None,
+            # The card and licence files always come along: the build reads the licence there.
+            allow_patterns=[*include, *CARD_PATTERNS] if include else None,
             ignore_patterns=exclude or None,
             key=lambda e: e.path,
         )
@@ -150,7 +159,9 @@ def resolve_repo(repo: str, revision: str, include: list[str], exclude: list[str
         assert isinstance(item, HubFile)
         sha = item.lfs.sha256 if item.lfs else None
         files.append(RepoFile(item.path, int(item.size), str(item.blob_id), sha))
-    return ResolvedRepo(repo, revision, commit, files, endpoint)
+    return ResolvedRepo(
+        repo, revision, commit, files, endpoint, str(gated) if gated else None
+    )
 
 
 def auth_headers() -> dict[str, str]:

@@ -106,6 +106,7 @@ class Fetcher:
                 repo=repo.repo,
                 revision=repo.revision,
                 commit=repo.commit,
+                gated=repo.gated,
                 files=tuple(
                     HfFile(path=f.path, size=f.size, blob_id=f.blob_id, sha256=f.sha256 or None)
                     for f in repo.files

@@ -14,6 +14,7 @@ from bundler.errors import AirgapError, BundleError
 from bundler.manifest import Manifest, parse_manifest
 from bundler.names import DOC_FILE_RE, ELSER_FILE_RE, IMAGE_ROLES, TAG_NAMESPACE
 from bundler.oci.ref import check_image_ref
+from bundler.sbom.model import SBOM_PATH
 
 _HINT = (
     "The bundle is signed by a key you trust, but its builder wrote names install "
@@ -63,6 +64,8 @@ def check_signed_names(index: Index, *, bundle: str | None = None) -> Manifest:
         if f.path.startswith(BLOB_PREFIX):
             continue
         top, _, rest = f.path.partition("/")
+        if top == "sbom" and f.path != SBOM_PATH:
+            raise refuse(f"{f.path}: the only file under sbom/ is {SBOM_PATH}")
         if top == "models" and not f.path.startswith(model_root):
             raise refuse(f"{f.path}: model files must live under {model_root}")
         if top == "elastic":

@@ -26,6 +26,7 @@ from bundler.bundle.reader import read_bundle
 from bundler.install.elastic import steps as elastic_steps
 from bundler.install.elastic.wiring import Plan
 from bundler.install.layout import Layout
+from bundler.install.licence import license_acceptance
 from bundler.install.options import Check, InstallOptions, InstallResult, InstallStatus
 from bundler.install.preflight import Decision, decide, evaluate, gather
 from bundler.install.records import Release, ServeRecord
@@ -108,6 +109,8 @@ class InstallRun:
             )
             if serve_record is not None:  # a release not served has no serve key at all
                 release = release.model_copy(update={"serve": serve_record})
+            if (acceptance := license_acceptance(index, self.opts)) is not None:
+                release = release.model_copy(update={"license_acceptance": acceptance})
             receipt = self.store.receipt.with_release(key, release).activated(key)
             self.store.save(receipt.with_pending(None))
             versions.record(index.name, index.version)

@@ -55,6 +55,7 @@ class InstallOptions:
     elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
     product_docs_dir: Path | None = None  # copy product docs (+ index.xml) for file://
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # bundle "-": stdin may send nothing this long
+    accept_license: str | None = None  # the model licence id the operator accepts
 
 
 @dataclass

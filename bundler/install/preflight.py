@@ -19,9 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bundler.bundle.index import BLOB_PREFIX
+from bundler.bundle.index import BLOB_PREFIX, Index
 from bundler.bundle.policy import VerifyResult
-from bundler.errors import AirgapError, InstallError, RollbackError, VerificationError
+from bundler.errors import (
+    AirgapError,
+    InstallError,
+    LicenseError,
+    RollbackError,
+    VerificationError,
+)
 from bundler.fmt import human
 from bundler.fsutil import free_space
 from bundler.install.contents import check_signed_names
@@ -29,6 +35,7 @@ from bundler.install.elastic.checks import elastic_preflight
 from bundler.install.elastic.wiring import Plan
 from bundler.install.fit import gpu_preflight
 from bundler.install.layout import Layout
+from bundler.install.licence import license_check
 from bundler.install.options import Check, InstallOptions
 from bundler.install.records import Receipt, Release
 from bundler.install.sink import release_key
@@ -77,6 +84,7 @@ class Facts:
     elastic_plan: Plan | None = None  # how the model is wired into Elastic (None: not at all)
     gpus: tuple[Check, ...] = ()  # serving with GPUs: nvidia-smi, driver, fit (install/fit.py)
     gpu_errors: dict[str, AirgapError] = field(default_factory=dict)
+    index: Index | None = None  # the signed index (its model licence is shown and checked)
 
 
 def _port_free(port: int) -> bool:
@@ -187,6 +195,7 @@ def gather(
         elastic_plan=plan,
         gpus=gpus,
         gpu_errors=gpu_errors,
+        index=index,
     )
 
 
@@ -216,6 +225,7 @@ def evaluate(f: Facts, opts: InstallOptions) -> list[Check]:
         was = f"installed: v{f.installed}" if f.installed is not None else "first install"
         checks.append(Check("version", True, f"v{f.version} ({was})"))
     checks.append(Check("images to", True, f.where))
+    checks.append(license_check(f.index, opts))
     if f.tags_taken and not opts.replace_tags:
         detail = "already name other images: " + "; ".join(f.tags_taken) + " (--replace-tags)"
         checks.append(Check("tags", False, detail))
@@ -274,6 +284,13 @@ def decide(f: Facts, checks: list[Check], opts: InstallOptions) -> Decision:
         raise f.elastic_errors[failed[0].name]
     if failed and failed[0].name in f.gpu_errors:
         raise f.gpu_errors[failed[0].name]
+    if failed and failed[0].name == "licence":
+        raise LicenseError(
+            f"bundle {f.name} v{f.version}: the model's licence {failed[0].detail}",
+            hint="Read the model's licence (the model card and LICENSE files in the bundle, "
+            "`airgap sbom`); if your organisation accepts it, run the install again with "
+            "--accept-license <licence id>.",
+        )
     if failed:
         if failed[0].name == "version" and "older" in failed[0].detail:
             raise RollbackError(f"bundle {f.name} {failed[0].detail}")
@@ -294,3 +311,4 @@ def decide(f: Facts, checks: list[Check], opts: InstallOptions) -> Decision:
     if f.reusable:
         return Decision.UNCHANGED if f.is_current else Decision.REACTIVATE
     return Decision.PROCEED
+

@@ -175,8 +175,17 @@ class ServeRecord(Record):
 # -- the receipt ---------------------------------------------------------------------
 
 
+class LicenseAcceptance(Record):
+    """The operator's acceptance of the model's licence (``--accept-license``)."""
+
+    license: str  # the id accepted, as given
+    spdx: str  # the SPDX id (or LicenseRef-…) of the licence the signed index records
+    accepted_at: str
+    operator: str  # the user name that ran the install
+
+
 class Release(Record):
-    omit_unset = frozenset({"serve", "elastic"})
+    omit_unset = frozenset({"serve", "elastic", "license_acceptance"})
 
     name: str
     version: int
@@ -188,6 +197,7 @@ class Release(Record):
     images: list[ImageRecord] = Field(default_factory=list)
     serve: ServeRecord | None = None
     elastic: ElasticRecord | None = None
+    license_acceptance: LicenseAcceptance | None = None  # receipts before it: none recorded
 
 
 class PendingRun(Record):

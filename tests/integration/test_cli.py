@@ -71,7 +71,7 @@ def test_build_verify_inspect_sign_round_trip(
     )
     assert r.returncode == 0, r.stderr
     built = json.loads(r.stdout)
-    assert built["outputs"] == [str(out)] and built["files"] == 16
+    assert built["outputs"] == [str(out)] and built["files"] == 18  # with the card and the SBOM
 
     r = airgap("verify", str(out), "--trusted-key", f"{keys}.pub", "--json")
     assert r.returncode == 0, r.stderr
@@ -85,12 +85,17 @@ def test_build_verify_inspect_sign_round_trip(
 
     r = airgap("inspect", str(out), "--json")
     info = json.loads(r.stdout)
-    assert info["name"] == "demo" and info["model"]["files"] == 4
+    assert info["name"] == "demo" and info["model"]["files"] == 5  # README.md (the card) too
     assert {i["role"] for i in info["images"]} == {"vllm", "nginx"}
     assert len(info["elastic"]) == 4
+    with tarfile.open(out) as tf:
+        sbom_size = tf.getmember("sbom/cyclonedx.json").size
     assert info["total_bytes"] == sum(
         f.stat().st_size for f in (demo_manifest.parent / "weights").rglob("*") if f.is_file()
-    ) + sum(e["bytes"] for e in info["elastic"]) + sum(i["bytes"] for i in info["images"])
+    ) + sum(e["bytes"] for e in info["elastic"]) + sum(i["bytes"] for i in info["images"]) + (
+        sbom_size
+    )
+    assert info["sbom"]["model_files"] == 5 and info["license"]["spdx"] == "Apache-2.0"
 
     # a co-signer adds a detached signature; verify then meets a threshold of 2
     assert airgap("keygen", str(tmp_path / "k2")).returncode == 0

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import subprocess
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
 from bundler.fetch.http import Downloader, Expect
 from devkit import services
-from devkit.demo_data import Image, sha
+from devkit.demo_data import DEMO_CARD, Image, sha
 
 from conftest import Keys, airgap
 
@@ -113,7 +114,7 @@ def world(
         "config.json": b'{"model_type": "llama"}\n',
         "tokenizer.json": b'{"v": 1}\n',
         "model.safetensors": os.urandom(200_000),
-        "README.md": b"# tiny\n",
+        "README.md": DEMO_CARD.encode(),
     }
     commit = services.git_commit_repo(repo, weights, {"model.safetensors"}, "init")
     shared = {"bin/busybox": os.urandom(30_000)}
@@ -167,6 +168,8 @@ def write_manifest(world: dict[str, object], elastic_url: str | None) -> Path:
             "revision": "main",
             "served_name": "tiny",
             "exclude": ["README.md"],
+            # without its card the licence is unknown: the builder accepts that here
+            "license_accepted": "unknown",
         },
         "images": {
             "vllm": f"{reg}/demo/vllm:{world['tag']}",
@@ -529,3 +532,30 @@ def test_images_from_a_local_docker_engine(
         env={"DOCKER_HOST": "unix:///nonexistent.sock"},
     )
     assert r.returncode == 1 and b"nonexistent.sock" in r.stderr
+
+
+def test_the_card_comes_along_and_states_the_licence(
+    tmp_path: Path, world: dict, key: Keys
+) -> None:
+    """`include` that does not name README.md still fetches the card: the licence is there."""
+    manifest = write_manifest(world, None)
+    doc = yaml.safe_load(manifest.read_text())
+    doc["model"] = {
+        "repo": doc["model"]["repo"],
+        "served_name": "tiny",
+        "include": ["*.safetensors"],
+    }
+    manifest.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "b.tar"
+    r = build(manifest, out, key, world["hub"], "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["license"]["spdx"] == "Apache-2.0"
+    lock = json.loads((tmp_path / "m.lock.json").read_text())
+    assert {f["path"] for f in lock["model"]["files"]} == {"model.safetensors", "README.md"}
+    index = read_bundle(str(out), TrustPolicy(key.trust())).index
+    assert index.lock.license is not None and not index.lock.license.needs_acceptance
+    with tarfile.open(out) as tf:
+        sbom = json.load(tf.extractfile("sbom/cyclonedx.json"))  # type: ignore[arg-type]
+    (model,) = [c for c in sbom["components"] if c["bom-ref"] == "model"]
+    assert model["purl"] == f"pkg:huggingface/demo/{world['name']}@{world['commit']}"
+    assert model["licenses"] == [{"license": {"id": "Apache-2.0"}}]

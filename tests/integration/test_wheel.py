@@ -49,4 +49,5 @@ def test_wheel_holds_only_the_bundler_package(tmp_path: Path) -> None:
     (dist_info,) = (t for t in tops if t.endswith(".dist-info"))
     assert tops == {"bundler", dist_info}
     assert "bundler/cli/main.py" in names and "bundler/py.typed" in names
+    assert "bundler/sbom/spdx-licenses.json" in names  # the SPDX licence list, offline
     assert not [n for n in names if "standins" in n or "demo" in n or "stub" in n]

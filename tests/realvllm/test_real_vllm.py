@@ -44,7 +44,7 @@ from bundler.gpu import fit
 from bundler.install.serveconf import vllm_command
 from bundler.manifest import Manifest, load_manifest, parse_manifest
 from devkit import services
-from devkit.demo_data import nginx_image
+from devkit.demo_data import DEMO_CARD, nginx_image
 
 from conftest import Keys, make_key
 
@@ -209,6 +209,7 @@ def world() -> Iterator[World]:
         _timed(timings, "tiny model written", t)
         mirrors = root / "mirrors"
         files = {p.name: p.read_bytes() for p in sorted(model.iterdir()) if p.is_file()}
+        files["README.md"] = DEMO_CARD.encode()  # an OSI licence: the build needs no acceptance
         services.git_commit_repo(
             mirrors / "models" / MODEL_REPO, files, {"model.safetensors"}, "tiny llama"
         )

@@ -1,0 +1,1 @@
+"""The bundle's SBOM: CycloneDX (signed member) and SPDX, licences, image packages."""
