@@ -7,12 +7,15 @@ local, the build refuses it with a clear error instead of guessing.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bundler import env
+from bundler.bundle.delta import load_base, make_delta
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry, path_problem
 from bundler.bundle.plan import BuildPlan, BuildResult, Payload
 from bundler.bundle.signing import SigningKey
@@ -45,6 +48,7 @@ class BuildOptions:
     no_hash_cache: bool = False  # rehash local files even if their digests are remembered
     update_lock: bool = False
     fetch: FetchOptions = field(default_factory=FetchOptions)
+    base: str | None = None  # a delta against this bundle or signed index (bundle.delta)
 
 
 @dataclass
@@ -437,15 +441,11 @@ def plan_build(
     )
 
 
-def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
-    """Plan and write a signed bundle.
-
-    Raises:
-        FetchError, SourceError, UsageError: see :func:`plan_build` and
-            :func:`bundler.bundle.writer.write_bundle`.
-    """
-    reporter = reporter or NullReporter()
-    validity(m, opts)  # before anything is downloaded
+@contextlib.contextmanager
+def planned(
+    m: Manifest, opts: BuildOptions, reporter: Reporter
+) -> Iterator[tuple[BuildPlan, HashCache | None]]:
+    """The build plan (remote sources fetched), with the hash cache open while it is used."""
     remote_needed = has_remote(m)
     cache_dir = opts.cache_dir or (env.cache_dir() if remote_needed else None)
     cache = Cache(cache_dir) if cache_dir is not None else None
@@ -460,9 +460,29 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             assert cache is not None
             reporter.stage("exporting images from docker")
             exported = export_from_docker(m, opts, cache)
-        plan = plan_build(m, opts, reporter, hashes, remote, exported)
+        yield plan_build(m, opts, reporter, hashes, remote, exported), hashes
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
+    """Plan and write a signed bundle (a delta when ``opts.base`` names the base).
+
+    Raises:
+        FetchError, SourceError, UsageError: see :func:`plan_build` and
+            :func:`bundler.bundle.writer.write_bundle`.
+        BundleError: ``opts.base`` is not an airgap bundle or index.
+    """
+    reporter = reporter or NullReporter()
+    validity(m, opts)  # before anything is downloaded
+    base = load_base(opts.base) if opts.base else None
+    with planned(m, opts, reporter) as (plan, hashes):
+        if base is not None:
+            reporter.stage("hashing (delta)", sum(p.size for p in plan.payloads))
+            plan = make_delta(plan, base, hashes, reporter.advance)
         total = sum(p.size for p in plan.payloads)
-        reporter.stage("hashing and writing", 2 * total)
+        reporter.stage("hashing and writing", (1 if base else 2) * total)
         return write_bundle(
             plan,
             opts.output,
@@ -472,6 +492,3 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             hash_progress=reporter.advance,
             hash_cache=hashes,
         )
-    finally:
-        if cache is not None:
-            cache.close()

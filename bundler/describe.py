@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bundler.bundle.index import BLOB_PREFIX, Index
+from bundler.bundle.plan import DeltaSummary
 from bundler.errors import ManifestError
 from bundler.facts import ModelFacts
 from bundler.gpu.catalog import Cell, fit_table
@@ -85,6 +86,7 @@ class BundleInfo:
     total_bytes: int
     model_facts: ModelFacts | None = None  # format 2: signed facts for the GPU checks
     fit: list[Cell] = dataclasses.field(default_factory=list)  # common GPUs x TP sizes
+    base: DeltaSummary | None = None  # a delta: its base, what it carries and reuses
 
     def to_json(self) -> dict[str, object]:
         """What ``airgap inspect --json`` prints (keys in this order)."""
@@ -105,6 +107,7 @@ class BundleInfo:
             "total_bytes": self.total_bytes,
             "model_facts": self.model_facts.model_dump(mode="json") if self.model_facts else None,
             "fit": [c.to_json() for c in self.fit],
+            **({"base": self.base.to_json()} if self.base else {}),
         }
 
 
@@ -166,4 +169,5 @@ def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
         total_bytes=index.payload_bytes,
         model_facts=index.model_facts,
         fit=_fit(index),
+        base=DeltaSummary.of(index),
     )

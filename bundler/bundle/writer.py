@@ -264,7 +264,8 @@ def _sha256_file(path: Path) -> str:
 
 
 def build_index(plan: BuildPlan, entries: list[FileEntry], *, validate: bool = True) -> Index:
-    """The index for ``entries``; ``validate=False`` only to size a placeholder."""
+    """The index for ``entries`` (the carried files) and a delta's reused ones;
+    ``validate=False`` only to size a placeholder."""
     fields = dict(
         format=FORMAT,
         requires=REQUIRES,
@@ -276,9 +277,10 @@ def build_index(plan: BuildPlan, entries: list[FileEntry], *, validate: bool = T
         chunk_size=plan.chunk_size,
         manifest=plan.manifest,
         lock=plan.lock,
-        files=entries,
+        files=sorted([*entries, *plan.reused], key=lambda f: f.path),
         images=plan.images,
         model_facts=plan.model_facts,
+        base=plan.base,
     )
     return Index(**fields) if validate else Index.model_construct(**fields)  # type: ignore[arg-type]
 
@@ -339,8 +341,9 @@ def write_bundle(
     payloads = _dedupe(plan.payloads)
     keys = list({k.keyid: k for k in keys}.values())
     mtime = int(plan.created.timestamp())
-    before = {
-        p.source.path: _stamp(p.source.path) for p in payloads if isinstance(p.source, FileRange)
+    # A delta's sources were hashed before this call: checked against their stamps of then.
+    before = plan.stamps or {
+        p.source.path: stamp(p.source.path) for p in payloads if isinstance(p.source, FileRange)
     }
     # The head's exact size, from placeholder digests of the same length.
     zero = "0" * 64
@@ -399,8 +402,8 @@ def write_bundle(
         out.write(tarfmt.END_OF_ARCHIVE)
         out.finish()
         entries = entries_future.result()
-        for path, stamp in before.items():
-            if _stamp(path) != stamp:
+        for path, was in before.items():
+            if stamp(path) != was:
                 raise SourceError(
                     "changed while the bundle was being built",
                     path=str(path),
@@ -432,7 +435,7 @@ def write_bundle(
     )
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def stamp(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
 

@@ -50,6 +50,13 @@ if TYPE_CHECKING:
 @elastic_options
 @llm_options
 @elastic_access_options
+@click.option(
+    "--base-bundle",
+    type=str,
+    default=None,
+    help="A delta's base bundle (file or first part): what the delta reuses is taken from "
+    "it, verified, instead of from the installed base release.",
+)
 @stall_timeout_option
 @json_option
 def install(
@@ -66,6 +73,7 @@ def install(
     elastic: ElasticRequest,
     llm: LlmOptions,
     access: ElasticAccess,
+    base_bundle: str | None,
     stall_timeout: float,
     as_json: bool,
 ) -> None:
@@ -117,6 +125,7 @@ def install(
         elser_dir=elastic.elser_dir,
         product_docs_dir=elastic.product_docs_dir,
         stall_timeout=stall_timeout,
+        base_bundle=base_bundle,
     )
     with reporter(as_json) as r:
 

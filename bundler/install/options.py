@@ -53,6 +53,7 @@ class InstallOptions:
     elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
     product_docs_dir: Path | None = None  # copy product docs (+ index.xml) for file://
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # bundle "-": stdin may send nothing this long
+    base_bundle: str | None = None  # a delta's base bundle (else its installed release)
 
 
 @dataclass

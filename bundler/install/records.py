@@ -176,7 +176,7 @@ class ServeRecord(Record):
 
 
 class Release(Record):
-    omit_unset = frozenset({"serve", "elastic"})
+    omit_unset = frozenset({"serve", "elastic", "base"})
 
     name: str
     version: int
@@ -188,6 +188,7 @@ class Release(Record):
     images: list[ImageRecord] = Field(default_factory=list)
     serve: ServeRecord | None = None
     elastic: ElasticRecord | None = None
+    base: str | None = None  # a delta's base: the index sha256 of the release it built on
 
 
 class PendingRun(Record):
