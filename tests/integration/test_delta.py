@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from test_install import docker_ids, inspect_id, install, remove_images
 
+from bundler.bundle.delta import is_engine_blob
 from bundler.bundle.plan import BuildResult
+from bundler.fmt import human
 from bundler.names import image_tag
 from devkit import services
 from devkit.demo_data import Image, safetensors_bytes
@@ -55,6 +57,10 @@ def change(src: Path, what: str, version: int) -> None:
         model.write_bytes(safetensors_bytes(model.stat().st_size, fill=bytes([version]) * 7))
     elif what == "image":  # a new top layer; the shared bottom layer stays
         Image([SHARED, {"app/server.py": b"print('v%d')\n" % version}], compress=True).oci_archive(
+            src / "vllm.tar", "example.org/vllm:test"
+        )
+    elif what == "image-below":  # a new bottom layer; the shared layer now sits above it
+        Image([{"first": b"v%d" % version}, SHARED], compress=True).oci_archive(
             src / "vllm.tar", "example.org/vllm:test"
         )
     elif what == "docs":
@@ -139,6 +145,9 @@ def test_delta_installs_the_same_release_as_the_full_bundle(
     assert r.returncode == 0, r.stderr.decode()
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     assert checks["base"]["ok"] is True and "hardlinked" in checks["base"]["detail"]
+    # hardlinks take no space: the disk row counts the carried files only
+    carried_files = sum(f.size for f in index.carried if not f.path.startswith("images/"))
+    assert checks["disk"]["detail"].startswith(f"{human(carried_files)} needed under")
     tree_a = payload_tree(a / "releases/demo-2")
     # an unchanged model file is the base's very file (hardlinked), not a copy
     same = "models/tiny/tokenizer/tokenizer.json"
@@ -194,6 +203,11 @@ def test_delta_from_the_base_bundle_into_a_fresh_prefix(
     assert r.returncode == 0, r.stderr.decode()
     checks = {c["name"]: c["detail"] for c in json.loads(r.stdout)["checks"]}
     assert "copied" in checks["base"] and "image blobs" in checks["base"]
+    # the copies count in the free-disk check
+    index = result.index
+    copied = sum(f.size for f in index.reused if not is_engine_blob(index, f.path))
+    carried_files = sum(f.size for f in index.carried if not f.path.startswith("images/"))
+    assert checks["disk"].startswith(f"{human(carried_files + copied)} needed under")
     tree = payload_tree(a / "releases/demo-2")
     rec = receipt_release(a, "demo-2")
     for img in result.index.images:
@@ -279,6 +293,30 @@ def test_pruned_layer_is_named_and_the_base_bundle_gives_it(
     assert inspect_id(clean_engine, image_tag("demo", 2, "vllm")) == new.config_digest
 
 
+def test_docker_reuses_a_layer_only_on_the_same_layers_below_it(
+    tmp_path: Path, demo_manifest: Path, key: Keys, clean_engine: services.Service
+) -> None:
+    v1, delta = tmp_path / "v1.tar", tmp_path / "v2.tar"
+    build_bundle(demo_manifest, v1, key)
+    change(demo_manifest.parent, "image-below", 2)
+    result = build_delta(demo_manifest, delta, key, v1)
+    new = next(i for i in result.index.images if i.role == "vllm")
+    shared = new.layers[1].digest
+    assert result.index.base is not None and shared in (result.index.base.layers or {})
+    prefix = tmp_path / "opt"
+    assert install(v1, key, prefix, clean_engine).returncode == 0
+    # Docker has the shared layer, but only with nothing below it: it cannot reuse it
+    # under the new bottom layer, so the preflight names it instead of a failed load.
+    snapshot, images = state(prefix), docker_ids(clean_engine)
+    r = install(delta, key, prefix, clean_engine)
+    assert r.returncode == 1, r.stderr.decode()
+    assert f"image vllm: layer {shared}" in r.stderr.decode()
+    assert state(prefix) == snapshot and docker_ids(clean_engine) == images
+    r = install(delta, key, prefix, clean_engine, "--base-bundle", str(v1))
+    assert r.returncode == 0, r.stderr.decode()
+    assert inspect_id(clean_engine, image_tag("demo", 2, "vllm")) == new.config_digest
+
+
 def test_delta_chain_status_rollback_and_a_pruned_base(
     tmp_path: Path, demo_manifest: Path, key: Keys, clean_engine: services.Service
 ) -> None:
@@ -322,46 +360,30 @@ def test_delta_chain_status_rollback_and_a_pruned_base(
         assert inspect_id(clean_engine, img.config_digest) is None
 
 
+@pytest.mark.parametrize("what", ["image", "image-below"])
 def test_delta_on_podman_reuses_the_layer_it_has(
-    tmp_path: Path, demo_manifest: Path, key: Keys, podman_engine: services.Service
+    tmp_path: Path, demo_manifest: Path, key: Keys, podman_engine: services.Service, what: str
 ) -> None:
+    """Podman reuses a layer it holds by its diff_id wherever it sits (unlike Docker)."""
     v1, delta = tmp_path / "v1.tar", tmp_path / "v2.tar"
     build_bundle(demo_manifest, v1, key)
-    change(demo_manifest.parent, "image", 2)
+    change(demo_manifest.parent, what, 2)
     result = build_delta(demo_manifest, delta, key, v1)
+    new = next(i for i in result.index.images if i.role == "vllm")
     prefix = tmp_path / "opt"
+    engine = ["--runtime", "podman", "--runtime-url", podman_engine.url]
     try:
         assert install(v1, key, prefix, podman_engine, runtime="podman").returncode == 0
-        r = install(delta, key, prefix, podman_engine, runtime="podman")
+        r = install(delta, key, prefix, podman_engine, "--json", runtime="podman")
         assert r.returncode == 0, r.stderr.decode()
-        new = next(i for i in result.index.images if i.role == "vllm")
-        assert (
-            airgap(
-                "status",
-                "--prefix",
-                str(prefix),
-                "--runtime",
-                "podman",
-                "--runtime-url",
-                podman_engine.url,
-            ).returncode
-            == 0
-        )
-        from bundler.oci.engine import Runtime
-
-        rt = Runtime("podman", podman_engine.url)
-        assert rt.image_id(new.config_digest) == new.config_digest
-        rt.close()
+        checks = {c["name"]: c["detail"] for c in json.loads(r.stdout)["checks"]}
+        assert "image blobs already in the image store" in checks["base"]
+        r = airgap("status", "--prefix", str(prefix), *engine, "--json")
+        rows = {row["release"]: row for row in json.loads(r.stdout)["releases"]}
+        assert all(i["present"] for i in rows["demo-2"]["images"])
+        assert {i["id"] for i in rows["demo-2"]["images"]} >= {new.config_digest}
     finally:
-        airgap(
-            "uninstall",
-            "--prefix",
-            str(prefix),
-            "--runtime",
-            "podman",
-            "--runtime-url",
-            podman_engine.url,
-        )
+        airgap("uninstall", "--prefix", str(prefix), *engine)
 
 
 def test_delta_to_a_registry_mounts_what_the_base_pushed(
