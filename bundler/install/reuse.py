@@ -60,6 +60,7 @@ class Reuse:
     link: bool = False  # hardlink ``files`` (installed base on the same filesystem)
     blobs: list[Source] = field(default_factory=list)  # base bundle -> image target
     held: dict[str, str] = field(default_factory=dict)  # digest -> repository ("" engine)
+    present: int = 0  # bytes of reused blobs of images the target has whole already
     checked: dict[Path, tuple[int, int, int, int]] = field(default_factory=dict)
 
     @property
@@ -78,6 +79,8 @@ class Reuse:
             f"{self.base.release} (index {self.base.sha256[:16]}…) from {self.where}: "
             f"{len(self.files)} files ({human(n)}) {how}"
         )
+        if self.present:
+            out += f"; unchanged images ({human(self.present)}) already in the image store"
         if self.held:
             out += f"; {len(self.held)} image blobs already in the image store"
         if self.blobs:
@@ -213,6 +216,7 @@ def plan_reuse(
         digest = "sha256:" + entry.path[len(BLOB_PREFIX) :]
         blob = is_engine_blob(index, entry.path)
         if blob and (digest not in needed or digest in reuse.held):
+            reuse.present += entry.size if digest not in needed else 0
             continue
         same = base_paths.get(entry.path)
         name = (
