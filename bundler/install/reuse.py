@@ -115,6 +115,8 @@ def find_base(
     assert index.base is not None
     want = index.base.index_sha256
     if base_bundle is not None:
+        if base_bundle == "-":  # standard input is the delta's, if anything's
+            raise UsageError("--base-bundle needs the base bundle's file (or its .part-000)")
         head = read_head(base_bundle)
         base = BaseIndex(
             head.index,

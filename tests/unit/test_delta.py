@@ -177,6 +177,13 @@ def test_verify_checks_the_carried_bytes_and_names_the_base(
     assert b"come from that base at install" in r.stdout
     r = airgap("inspect", str(v2))
     assert b"delta of demo v1" in r.stdout
+    # the signature covers the base reference: naming another base breaks it
+    other = bytearray(v2.read_bytes())
+    at = other.find(load_base(str(v1)).sha256.encode())
+    other[at] = ord("0") if other[at] != ord("0") else ord("1")
+    (tmp_path / "rebased.tar").write_bytes(bytes(other))
+    r = airgap("verify", str(tmp_path / "rebased.tar"), "--trusted-key", str(key.public))
+    assert r.returncode == 3 and b"signature" in r.stderr
     # a flipped carried byte is refused, named
     with tarfile.open(v2) as tf:
         m = tf.getmember(DOCS)
