@@ -161,9 +161,9 @@ def _held(
         runtime = target.runtime
         chains = [c for i in base.index.images if (c := runtime.image_layers(i.config_digest))]
         ids = index.base.layers or {}
+        have = {d for c in chains for d in c}
         for img in index.images:
             if runtime.kind == "podman":  # reuses any layer it has with that diff_id
-                have = {d for c in chains for d in c}
                 held.update({la.digest: "" for la in img.layers if ids.get(la.digest) in have})
                 continue
             # Docker's classic store reuses a layer only on the same chain of layers below
@@ -249,11 +249,11 @@ def plan_reuse(
 def _what(entry: FileEntry, digest: str, img: ImageEntry | None, index: Index, bundle: bool) -> str:
     if img is None:
         return f"{entry.path} (not carried in the base bundle, itself a delta)"
-    ids = index.base.layers if index.base else None
-    if digest == img.config_digest:
-        return f"image {img.role}: its config {digest} (the engine no longer has image {digest})"
-    diff = f", diff_id {ids[digest]}" if ids and digest in ids else ""
     where = "the base bundle does not carry it" if bundle else "the image store lacks it (pruned?)"
+    if digest == img.config_digest:  # the image itself is gone (its ID is this digest)
+        return f"image {img.role}: its config {digest}: {where}"
+    ids = index.base.layers if index.base else None
+    diff = f", diff_id {ids[digest]}" if ids and digest in ids else ""
     return f"image {img.role}: layer {digest}{diff}: {where}"
 
 
