@@ -7,20 +7,23 @@ local, the build refuses it with a clear error instead of guessing.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bundler import __version__, env
+from bundler.bundle.delta import load_base, make_delta
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry, path_problem
 from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload
 from bundler.bundle.signing import SigningKey
 from bundler.bundle.writer import write_bundle
-from bundler.errors import AirgapError, FetchError, SourceError, UsageError
+from bundler.errors import FetchError, SourceError, UsageError
 from bundler.fetch.cache import Cache
+from bundler.fetch.engine_export import export_from_docker
 from bundler.fetch.remote import Fetcher, FetchOptions
-from bundler.fsutil import atomic_output
 from bundler.hashcache import HashCache
 from bundler.hashing import FileRange
 from bundler.images import load_image_archive
@@ -46,6 +49,7 @@ class BuildOptions:
     no_hash_cache: bool = False  # rehash local files even if their digests are remembered
     update_lock: bool = False
     fetch: FetchOptions = field(default_factory=FetchOptions)
+    base: str | None = None  # a delta against this bundle or signed index (bundle.delta)
 
 
 @dataclass
@@ -211,46 +215,6 @@ def has_remote(m: Manifest) -> bool:
         or any(not isinstance(s, ImageArchive) for _, s in m.images.items())
         or (e is not None and e.source_dir is None and bool(e.model_ids() or e.product_docs))
     )
-
-
-def export_from_docker(m: Manifest, opts: BuildOptions, cache: Cache) -> dict[str, Path]:
-    """``--images-from docker``: ``docker save`` each referenced image into the cache.
-
-    For sites whose registries need a daemon login: the engine pulled the image, we
-    stream its export (never into memory) and then read it like any saved archive.
-
-    Raises:
-        FetchError: the engine is unreachable or does not have the image.
-    """
-    from bundler.oci.engine import Runtime
-
-    out: dict[str, Path] = {}
-    refs = [(role, src) for role, src in m.images.items() if not isinstance(src, ImageArchive)]
-    if not refs:
-        return out
-    try:
-        runtime = Runtime("docker", opts.fetch.docker_url)
-    except AirgapError as e:
-        raise FetchError(str(e), hint="Start Docker, or use --images-from registry.") from e
-    try:
-        exports = cache.root / "exports"
-        exports.mkdir(parents=True, exist_ok=True)
-        for role, ref in refs:
-            image_id = runtime.image_id(ref)
-            if image_id is None:
-                raise FetchError(
-                    f"images.{role}: {ref} is not in the local Docker engine",
-                    hint=f"`docker pull {ref}` first (with your registry login).",
-                )
-            target = exports / f"{image_id.removeprefix('sha256:')}.tar"
-            if not target.exists():
-                with atomic_output(target) as f:
-                    for block in runtime.api.get_image(ref):
-                        f.write(block)
-            out[role] = target
-    finally:
-        runtime.close()
-    return out
 
 
 def _fetcher(opts: BuildOptions, cache: Cache, reporter: Reporter) -> Fetcher:
@@ -444,15 +408,11 @@ def plan_build(
     )
 
 
-def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
-    """Plan and write a signed bundle.
-
-    Raises:
-        FetchError, SourceError, UsageError: see :func:`plan_build` and
-            :func:`bundler.bundle.writer.write_bundle`.
-    """
-    reporter = reporter or NullReporter()
-    validity(m, opts)  # before anything is downloaded
+@contextlib.contextmanager
+def planned(
+    m: Manifest, opts: BuildOptions, reporter: Reporter
+) -> Iterator[tuple[BuildPlan, HashCache | None]]:
+    """The build plan (remote sources fetched), with the hash cache open while it is used."""
     remote_needed = has_remote(m)
     cache_dir = opts.cache_dir or (env.cache_dir() if remote_needed else None)
     cache = Cache(cache_dir) if cache_dir is not None else None
@@ -466,13 +426,34 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
         if opts.fetch.images_from == "docker":
             assert cache is not None
             reporter.stage("exporting images from docker")
-            exported = export_from_docker(m, opts, cache)
-        plan = plan_build(m, opts, reporter, hashes, remote, exported)
+            exported = export_from_docker(m, opts.fetch.docker_url, cache)
+        yield plan_build(m, opts, reporter, hashes, remote, exported), hashes
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
+    """Plan and write a signed bundle (a delta when ``opts.base`` names the base).
+
+    Raises:
+        FetchError, SourceError, UsageError: see :func:`plan_build` and
+            :func:`bundler.bundle.writer.write_bundle`.
+        BundleError: ``opts.base`` is not an airgap bundle or index.
+        LicenseError: the model's licence needs ``license_accepted`` in the manifest.
+    """
+    reporter = reporter or NullReporter()
+    validity(m, opts)  # before anything is downloaded
+    base = load_base(opts.base) if opts.base else None
+    with planned(m, opts, reporter) as (plan, hashes):
         _, sbom_input = check_model_licence(plan, m)
         reporter.stage("reading image layers for the SBOM")
         sbom = add_sbom(plan, sbom_input, f"airgap {__version__}")
+        if base is not None:
+            reporter.stage("hashing (delta)", sum(p.size for p in plan.payloads))
+            plan = make_delta(plan, base, hashes, reporter.advance)
         total = sum(p.size for p in plan.payloads)
-        reporter.stage("hashing and writing", 2 * total)
+        reporter.stage("hashing and writing", (1 if base else 2) * total)
         result = write_bundle(
             plan,
             opts.output,
@@ -483,6 +464,3 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
             hash_cache=hashes,
         )
         return replace(result, sbom=sbom)
-    finally:
-        if cache is not None:
-            cache.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bundler.bundle.index import BLOB_PREFIX, Index
+from bundler.bundle.plan import DeltaSummary
 from bundler.errors import ManifestError
 from bundler.facts import ModelFacts
 from bundler.gpu.catalog import Cell, fit_table
@@ -92,6 +93,7 @@ class BundleInfo:
     license: LicensePin | None = None  # the model's licence (bundles built with an SBOM)
     license_accepted: str | None = None  # the builder's acceptance, from the signed manifest
     sbom: SbomSummary | None = None  # counts and licences from the SBOM member (unverified)
+    base: DeltaSummary | None = None  # a delta: its base, what it carries and reuses
 
     def to_json(self) -> dict[str, object]:
         """What ``airgap inspect --json`` prints (keys in this order)."""
@@ -115,6 +117,7 @@ class BundleInfo:
             "license": self.license.model_dump(mode="json") if self.license else None,
             "license_accepted": self.license_accepted,
             "sbom": self.sbom.to_json() if self.sbom else None,
+            **({"base": self.base.to_json()} if self.base else {}),
         }
 
 
@@ -181,4 +184,5 @@ def describe(
         license=index.lock.license,
         license_accepted=model.section.get("license_accepted"),
         sbom=sbom,
+        base=DeltaSummary.of(index),
     )

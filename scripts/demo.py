@@ -18,8 +18,10 @@
    endpoint Kibana's default model; ELSER deployed by the Elasticsearch stand-in from
    Nginx behind its built-in ``.elser-2-elasticsearch`` endpoint, Kibana's knowledge base
    set up on it and the product docs installed from the same Nginx. Then the connector
-   path for an older Kibana (9.2), a damaged part named, and an uninstall that removes
-   both, uninstalls the product docs, keeps the knowledge base and puts Kibana's
+   path for an older Kibana (9.2), a damaged part named, an update to v2 by a delta
+   bundle (built on the connected side against v1's signed index; only the changed
+   product docs carried, the rest taken from the installed v1), and an uninstall that
+   removes both, uninstalls the product docs, keeps the knowledge base and puts Kibana's
    setting back.
 
 Everything it starts is stopped and every file it writes is removed at the end.
@@ -203,6 +205,7 @@ def main() -> None:
                 "--trusted-key",
                 str(keys / "release.pub"),
             )
+            delta = next_release_as_delta(work, manifest, bundle, keys, usb)
         print("\n(registry, hub and file server stopped: the rest needs none of them)")
         print("\n== the transfer: what goes on the USB stick, checked on arrival ==")
         for p in sorted(usb.iterdir()):
@@ -240,7 +243,9 @@ def main() -> None:
             kibana = KibanaStandIn("9.5.0", api_keys={KIBANA_KEY}, elasticsearch=es.url)
             old_kibana = KibanaStandIn("9.2.0", api_keys={KIBANA_KEY}, trusted_ca=ca)
             with kibana.running(), old_kibana.running():
-                run_air_gapped(work, bundle, parts, trust, engine, es, es_conf, kibana, old_kibana)
+                run_air_gapped(
+                    work, bundle, parts, delta, trust, engine, es, es_conf, kibana, old_kibana
+                )
         total = time.monotonic() - begun
         print("\n== summary ==")
         for label, took in STEPS:
@@ -254,10 +259,58 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def next_release_as_delta(work: Path, manifest: Path, bundle: Path, keys: Path, usb: Path) -> Path:
+    """v2 changes only the product docs: build it as a delta against v1's signed index
+    (all the connected side needs to keep of v1), and a full v2 to compare."""
+    print("\n== the next release as a delta: only what changed is carried ==")
+    index_v1 = work / "connected" / "demo-v1-index.json"
+    got = subprocess.run(
+        [sys.executable, "-m", "bundler", "inspect", "--index", str(bundle) + ".part-000"],
+        capture_output=True,
+        check=True,
+        env={**os.environ, **ENV},
+    )
+    index_v1.write_bytes(got.stdout)
+    print(f"$ airgap inspect --index {bundle.name}.part-000 > {index_v1.name}")
+    docs = work / "www" / "product-docs" / "kb-product-doc-kibana-9.2.zip"
+    docs.write_bytes(docs.read_bytes() + b"v2")  # upstream published new docs
+    manifest.write_text(manifest.read_text().replace("version: 1\n", "version: 2\n"))
+    delta = usb / "demo-v2.tar"
+    full = work / "connected" / "demo-v2-full.tar"
+    key = ["--key", str(keys / "release")]
+    airgap("-q", "build", str(manifest), "-o", str(full), *key, "--update-lock", label="build v2")
+    airgap(
+        "-q",
+        "build",
+        str(manifest),
+        "-o",
+        str(delta),
+        *key,
+        "--base",
+        str(index_v1),
+        label="build delta",
+    )
+    airgap(
+        "sign",
+        str(delta),
+        "--key",
+        str(keys / "auditor"),
+        "--trusted-key",
+        str(keys / "release.pub"),
+    )
+    saved = full.stat().st_size - delta.stat().st_size
+    print(
+        f"  full v2: {full.stat().st_size:,} bytes; the delta: {delta.stat().st_size:,} bytes "
+        f"({saved:,} bytes, {saved / full.stat().st_size:.1%}, not carried)"
+    )
+    return delta
+
+
 def run_air_gapped(
     work: Path,
     bundle: Path,
     parts: list[Path],
+    delta: Path,
     trust: list[str],
     engine: services.Service,
     es: ElasticsearchStandIn,
@@ -379,6 +432,11 @@ def run_air_gapped(
         f"  (sha256 of {victim.name} is now {hashlib.sha256(data).hexdigest()[:16]}…; "
         "the signed parts list says otherwise: only this part needs carrying again)"
     )
+
+    print("\n== the update by delta: the rest of v2 comes from the installed v1, re-hashed ==")
+    old = ["--kibana-url", old_kibana.url]
+    airgap("install", str(delta), *trust, *target, *old, label="install delta")
+    airgap("status", "--prefix", str(prefix), "--runtime-url", engine.url, label="status")
     airgap("uninstall", "--prefix", str(prefix), "--runtime-url", engine.url)
     if old_kibana.connectors["default"] or es.endpoints or es.chat.endpoints:
         raise SystemExit("demo failed: uninstall left the connector or an endpoint")

@@ -155,19 +155,32 @@ class SbomRef(_Strict):
         return v
 
 
-class BaseRef(_Strict):
-    """Format 2, not written yet: a delta bundle's base, and per payload path whether its
-    bytes are carried in this bundle or reused from the base."""
+class BaseRef(_Optional):
+    """Format 2: a delta bundle's base release, named by the sha256 of its signed index.
+
+    ``reused`` lists (sorted) the payload paths whose bytes this bundle does not carry:
+    install takes them from the base (the installed release, the engine, or the base
+    bundle) and re-hashes them against this index's entries. ``layers`` gives each reused
+    image layer's diff_id, the uncompressed digest an engine knows a layer by, so install
+    can ask the engine for it before reading the payload.
+    """
 
     index_sha256: Sha256Hex
-    files: dict[str, Literal["carried", "reused"]]
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+    version: Annotated[int, Field(ge=1)]
+    reused: Annotated[list[str], Field(min_length=1)]
+    layers: dict[Digest, Digest] | None = None
 
-    @field_validator("files")
+    @field_validator("reused")
     @classmethod
-    def _paths(cls, v: dict[str, str]) -> dict[str, str]:
+    def _paths(cls, v: list[str]) -> list[str]:
+        previous = ""
         for path in v:
             if problem := path_problem(path):
                 raise ValueError(f"{path!r}: {problem}")
+            if path <= previous:
+                raise ValueError(f"{path!r}: reused paths out of order or duplicated")
+            previous = path
         return v
 
 
@@ -240,6 +253,15 @@ class Index(_Optional):
                 entry = by_path[BLOB_PREFIX + la.digest.removeprefix("sha256:")]
                 if entry.size != la.size:
                     raise ValueError(f"image {la_img.role}: layer {la.digest} size mismatch")
+        if self.base is not None:
+            reused = set(self.base.reused)
+            for path in self.base.reused:
+                if path not in by_path:
+                    raise ValueError(f"base.reused: {path!r} is not in files")
+            layers = {la.digest for img in self.images for la in img.layers}
+            for digest in self.base.layers or {}:
+                if digest not in layers or BLOB_PREFIX + digest[7:] not in reused:
+                    raise ValueError(f"base.layers: {digest} is not a reused image layer")
         return self
 
     @property
@@ -253,6 +275,23 @@ class Index(_Optional):
     @property
     def payload_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def carried(self) -> list[FileEntry]:
+        """The files whose bytes are in the bundle, in tar order: all of them, except in a
+        delta the ones its base gives (``base.reused``)."""
+        if self.base is None:
+            return self.files
+        reused = set(self.base.reused)
+        return [f for f in self.files if f.path not in reused]
+
+    @property
+    def reused(self) -> list[FileEntry]:
+        """A delta's files whose bytes come from its base (none in a full bundle)."""
+        if self.base is None:
+            return []
+        reused = set(self.base.reused)
+        return [f for f in self.files if f.path in reused]
 
     def to_bytes(self) -> bytes:
         return canonical.dumps(self.model_dump(mode="json", by_alias=True))

@@ -44,12 +44,12 @@ def verify_ranges(
 ) -> ChunkMismatch | ShortRead | None:
     """Check every payload header and hash every chunk in parallel, straight from the file."""
     chunk_size = index.chunk_size
-    listed = {f.path for f in index.files}
+    listed = {f.path for f in index.carried}  # a delta: what its base does not give
     seen: set[str] = set()
     verifier = RangeVerifier(chunk_size, workers, progress)
     error: BundleError | None = None
     try:
-        for entry in index.files:
+        for entry in index.carried:
             expect_member(r, entry, mtime, listed, seen)
             data_start = r.stream.pos
             for k, expected in enumerate(entry.chunks):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from bundler.boundedio import MAX_INDEX_SIZE, MAX_INDEX_VALUES, MAX_PARTS, json_values_bound
 from bundler.bundle import tarfmt
-from bundler.bundle.index import FileEntry, ImageEntry, Index
+from bundler.bundle.index import BaseRef, FileEntry, ImageEntry, Index
 from bundler.errors import UsageError
 from bundler.facts import ModelFacts
 from bundler.hashing import Digests, FileRange
@@ -69,6 +70,11 @@ class BuildPlan:
     images: list[ImageEntry] = field(default_factory=list)
     chunk_size: int = 64 * 1024 * 1024
     model_facts: ModelFacts | None = None  # signed in the index for the GPU preflight
+    # A delta (bundler.bundle.delta): files listed in the index but not carried (their
+    # bytes come from the base at install), and the base they come from.
+    reused: list[FileEntry] = field(default_factory=list)
+    base: BaseRef | None = None
+    stamps: dict[Path, tuple[int, int]] | None = None  # sources' (size, mtime) when hashed
 
 
 def check_limits(
@@ -130,4 +136,37 @@ class BuildResult:
             "signers": list(self.signers),
             "expires": self.index.expires,
             **extra,
+            **({"base": d.to_json()} if (d := DeltaSummary.of(self.index)) else {}),
         }
+
+
+@dataclass(frozen=True)
+class DeltaSummary:
+    """A delta's base, and what it carries and reuses (for the outputs)."""
+
+    index_sha256: str
+    name: str
+    version: int
+    carried_files: int
+    carried_bytes: int
+    reused_files: int
+    reused_bytes: int
+
+    @classmethod
+    def of(cls, index: Index) -> DeltaSummary | None:
+        if index.base is None:
+            return None
+        reused = index.reused
+        n = sum(f.size for f in reused)
+        return cls(
+            index_sha256=index.base.index_sha256,
+            name=index.base.name,
+            version=index.base.version,
+            carried_files=len(index.files) - len(reused),
+            carried_bytes=index.payload_bytes - n,
+            reused_files=len(reused),
+            reused_bytes=n,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from bundler.bundle.index import FileEntry, Index
 from bundler.bundle.parts import BundleLocation
+from bundler.bundle.plan import DeltaSummary
 from bundler.bundle.signing import TrustedKey
 
 
@@ -75,4 +76,5 @@ class VerifyResult:
             "bytes": self.bytes_read,
             "seconds": round(self.seconds, 3),
             "parts": [p.path.name for p in loc.parts] if loc.split else [],
+            **({"base": d.to_json()} if (d := DeltaSummary.of(self.index)) else {}),
         }

@@ -308,7 +308,7 @@ def read_bundle(
         for hdr, hat in headers:
             if hdr.raw != tarfmt.member_header(hdr.name, hdr.size, mtime):
                 raise r.error("tar header differs from the canonical one", member=hdr.name, at=hat)
-        expected_sums = render_sha256sums(index.files)
+        expected_sums = render_sha256sums(index.carried)
         if sums_h.size != len(expected_sums):
             raise r.error("SHA256SUMS does not match the signed index", member=SUMS_MEMBER)
         sums = r.read_exact(sums_h.size, SUMS_MEMBER)
@@ -375,13 +375,13 @@ def _stream_chunks(
     """Read the payload as a stream, hash its chunks on lanes, hand the bytes to ``sink``."""
     chunk_size = index.chunk_size
     block = min(BLOCK_SIZE, chunk_size)
-    listed = {f.path for f in index.files}
+    listed = {f.path for f in index.carried}  # a delta: what its base does not give
     seen: set[str] = set()
     hasher = StreamHasher(block, chunk_size, workers)
     delivery = Delivery(sink, hasher) if sink is not None else None
     chunk_id = 0
     try:
-        for entry in index.files:
+        for entry in index.carried:
             expect_member(r, entry, mtime, listed, seen)
             deferred = sink is not None and sink.verified_only(entry)
             if deferred:

@@ -265,7 +265,8 @@ def _sha256_file(path: Path) -> str:
 
 
 def build_index(plan: BuildPlan, entries: list[FileEntry], *, validate: bool = True) -> Index:
-    """The index for ``entries``; ``validate=False`` only to size a placeholder."""
+    """The index for ``entries`` (the carried files) and a delta's reused ones;
+    ``validate=False`` only to size a placeholder."""
     fields = dict(
         format=FORMAT,
         requires=REQUIRES,
@@ -277,9 +278,10 @@ def build_index(plan: BuildPlan, entries: list[FileEntry], *, validate: bool = T
         chunk_size=plan.chunk_size,
         manifest=plan.manifest,
         lock=plan.lock,
-        files=entries,
+        files=sorted([*entries, *plan.reused], key=lambda f: f.path),
         images=plan.images,
         model_facts=plan.model_facts,
+        base=plan.base,
     )
     return Index(**fields) if validate else Index.model_construct(**fields)  # type: ignore[arg-type]
 
@@ -340,8 +342,9 @@ def write_bundle(
     payloads = _dedupe(plan.payloads)
     keys = list({k.keyid: k for k in keys}.values())
     mtime = int(plan.created.timestamp())
-    before = {
-        p.source.path: _stamp(p.source.path) for p in payloads if isinstance(p.source, FileRange)
+    # A delta's sources were hashed before this call: checked against their stamps of then.
+    before = plan.stamps or {
+        p.source.path: stamp(p.source.path) for p in payloads if isinstance(p.source, FileRange)
     }
     # The head's exact size, from placeholder digests of the same length.
     zero = "0" * 64
@@ -387,7 +390,8 @@ def write_bundle(
             if isinstance(p.source, bytes):
                 out.write(p.source)
             elif isinstance(p.source, LateBytes):
-                data = p.source.rendered(p.path, entries_future.result())
+                done = sorted([*entries_future.result(), *plan.reused], key=lambda e: e.path)
+                data = p.source.rendered(p.path, done)
                 late += compute_entries([Payload(p.path, data)], plan.chunk_size)
                 out.write(data)
             else:
@@ -406,8 +410,8 @@ def write_bundle(
         out.write(tarfmt.END_OF_ARCHIVE)
         out.finish()
         entries = sorted([*entries_future.result(), *late], key=lambda e: e.path)
-        for path, stamp in before.items():
-            if _stamp(path) != stamp:
+        for path, was in before.items():
+            if stamp(path) != was:
                 raise SourceError(
                     "changed while the bundle was being built",
                     path=str(path),
@@ -439,7 +443,7 @@ def write_bundle(
     )
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def stamp(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
 

@@ -19,6 +19,7 @@ from bundler.cli.options import (
 from bundler.cli.output import (
     print_json,
     show_build,
+    show_delta_preview,
     show_dry_run,
     show_fetched,
     show_lock,
@@ -118,9 +119,17 @@ def schema() -> None:
     help="Accept upstream changes since the lock (a moved tag or branch) and rewrite it.",
 )
 @click.option(
+    "--base",
+    type=str,
+    default=None,
+    help="Write a delta against this earlier bundle (or its index from `airgap inspect "
+    "--index`): only files the base does not have are carried.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
-    help="Resolve and list what would be downloaded, with sizes; build nothing.",
+    help="Resolve and list what would be downloaded, with sizes (with --base: what the "
+    "delta would carry and reuse); build nothing.",
 )
 @passphrase_option
 @json_option
@@ -134,6 +143,7 @@ def build(
     fetch: FetchInputs,
     no_hash_cache: bool,
     update_lock: bool,
+    base: str | None,
     dry_run: bool,
     passphrase_file: Path | None,
     as_json: bool,
@@ -161,7 +171,18 @@ def build(
         no_hash_cache=no_hash_cache,
         update_lock=update_lock,
         fetch=fetch.options,
+        base=base,
     )
+    if dry_run and base:
+        from bundler.build_delta import preview_delta
+
+        with reporter(as_json) as r:
+            delta = preview_delta(m, opts, r)
+        if as_json:
+            print_json(delta.to_json())
+        else:
+            show_delta_preview(delta)
+        return
     if dry_run:
         if not has_remote(m):
             click.echo("all sources are local: nothing to download")
@@ -180,6 +201,8 @@ def build(
         print_json(result.to_json())
     else:
         show_build(result)
+        if base and result.index.base is None:
+            show_warnings([f"nothing in common with the base {base}: wrote a full bundle"])
 
 
 @click.command()

@@ -59,6 +59,13 @@ if TYPE_CHECKING:
 @llm_options
 @kb_options
 @elastic_access_options
+@click.option(
+    "--base-bundle",
+    type=str,
+    default=None,
+    help="A delta's base bundle (file or first part): what the delta reuses is taken from "
+    "it, verified, instead of from the installed base release.",
+)
 @stall_timeout_option
 @json_option
 def install(
@@ -77,6 +84,7 @@ def install(
     llm: LlmOptions,
     kb: KbOptions,
     access: ElasticAccess,
+    base_bundle: str | None,
     stall_timeout: float,
     as_json: bool,
 ) -> None:
@@ -131,6 +139,7 @@ def install(
         product_docs_dir=elastic.product_docs_dir,
         stall_timeout=stall_timeout,
         accept_license=accept_license,
+        base_bundle=base_bundle,
     )
     with reporter(as_json) as r:
 

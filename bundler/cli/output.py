@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from bundler.build import DryRun, LockWritten, RemotePart
-    from bundler.bundle.plan import BuildResult
+    from bundler.bundle.delta import DeltaPreview
+    from bundler.bundle.plan import BuildResult, DeltaSummary
     from bundler.bundle.policy import VerifyResult
     from bundler.describe import BundleInfo
     from bundler.install.options import Check, InstallResult
@@ -139,6 +140,32 @@ def show_build(result: BuildResult) -> None:
     if result.sbom is not None:
         for line in result.sbom.summary.lines():
             click.echo(line)
+    from bundler.bundle.plan import DeltaSummary
+
+    if (d := DeltaSummary.of(result.index)) is not None:
+        click.echo(delta_line(d))
+
+
+def delta_line(d: DeltaSummary) -> str:
+    """What a delta carries and what its base must give, in one line."""
+    return (
+        f"delta of {d.name} v{d.version} (index sha256 {d.index_sha256}): carries "
+        f"{d.carried_files} files ({human(d.carried_bytes)}); {d.reused_files} files "
+        f"({human(d.reused_bytes)}) come from that base at install (its installed release, "
+        "the engine, or --base-bundle), re-hashed there"
+    )
+
+
+def show_delta_preview(delta: DeltaPreview) -> None:
+    base = delta.base
+    click.echo(f"delta against {base.release} (index sha256 {base.sha256}):")
+    for what, rows in (("carry", delta.carried), ("reuse", delta.reused)):
+        for path, n in rows:
+            click.echo(f"  {what}  {human(n):>10}  {path}")
+    click.echo(
+        f"would carry {len(delta.carried)} files, {human(delta.carried_bytes)}; reuse "
+        f"{len(delta.reused)} files, {human(delta.reused_bytes)}, from the base"
+    )
 
 
 def show_dry_run(plan: DryRun) -> None:
@@ -183,9 +210,13 @@ def show_verified(result: VerifyResult) -> None:
     click.echo(
         f"OK {result.index.name} v{result.index.version}: signed by {len(result.signers)} "
         f"trusted key(s) ({', '.join(k[:16] for k in result.signers)}); "
-        f"{len(result.index.files)} files, {human(result.bytes_read)} verified in "
+        f"{len(result.index.carried)} files, {human(result.bytes_read)} verified in "
         f"{result.seconds:.1f}s ({rate:.0f} MB/s); expires {result.index.expires}"
     )
+    from bundler.bundle.plan import DeltaSummary
+
+    if (d := DeltaSummary.of(result.index)) is not None:  # not verified here: where it will be
+        click.echo(delta_line(d))
 
 
 def show_checked_before_signing(result: VerifyResult) -> None:
@@ -224,6 +255,8 @@ def render_inspect(info: BundleInfo) -> None:
     for e in info.elastic:
         console.print(f"elastic {e.path} {human(e.bytes)}")
     console.print(f"total: {info.files} files, {human(info.total_bytes)}")
+    if info.base is not None:
+        console.print(delta_line(info.base))
     from bundler.cli.fitview import render_fit
 
     render_fit(console, info)
@@ -280,6 +313,8 @@ def show_status(report: StatusReport) -> None:
         mark = "*" if rel.active else " "
         state = "ok" if rel.healthy else "damaged"
         click.echo(f" {mark} {rel.release}  {state}  installed {rel.installed_at}")
+        if rel.base_chain:
+            click.echo(f"      delta of {' <- '.join(rel.base_chain)}")
         for img in rel.images:
             seen = "present" if img.present else "MISSING"
             click.echo(f"      {img.record.role}: {img.record.ref} {seen}")

@@ -57,6 +57,10 @@ class RegistryFeed:
     def wants(self, digest: str) -> bool:
         return digest in self.needed
 
+    def held(self, digest: str, repository: str) -> None:
+        """A delta's blob that ``repository`` in this registry has: mounted, not sent."""
+        self.needed[digest] = repository
+
     def open_blob(self, digest: str, size: int) -> None:
         name = self.needed[digest]
         self._skip = self.registry.has_blob(name, digest)
@@ -228,6 +232,13 @@ class ArchiveFeed:
 
     def write(self, data: memoryview) -> None:
         self._put(bytes(data))
+
+    def held(self, digest: str, where: str = "") -> None:
+        """A delta's layer the engine holds already: named with no bytes. The engine
+        reuses its own (Docker: by the chain of diff_ids; Podman: by the diff_id)."""
+        self._member(_blob(digest), 0)
+        self._current = digest
+        self.close_blob(0)
 
     def close_blob(self, size: int) -> None:
         pad = -size % 512

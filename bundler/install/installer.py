@@ -111,6 +111,8 @@ class InstallRun:
                 release = release.model_copy(update={"serve": serve_record})
             if (acceptance := license_acceptance(index, self.opts)) is not None:
                 release = release.model_copy(update={"license_acceptance": acceptance})
+            if index.base is not None:  # a delta: the release it was built on
+                release = release.model_copy(update={"base": index.base.index_sha256})
             receipt = self.store.receipt.with_release(key, release).activated(key)
             self.store.save(receipt.with_pending(None))
             versions.record(index.name, index.version)
@@ -215,6 +217,7 @@ def install(
                 facts = gather(vr, opts, layout, store.receipt, installed, target, info, where)
                 run.checks.extend(evaluate(facts, opts))
                 run.plan = facts.elastic_plan
+                sink.reuse = facts.reuse
                 if on_preflight:
                     on_preflight(list(run.checks))
                 decided.append(decide(facts, run.checks, opts))

@@ -18,7 +18,7 @@ from bundler.install.elastic import kb, llm
 from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
 from bundler.install.elastic.truststore_state import check_nodes
 from bundler.install.layout import Layout
-from bundler.install.records import RegistrySpec, ServeRecord
+from bundler.install.records import Receipt, RegistrySpec, ServeRecord
 from bundler.install.report import ImageStatus, ReleaseStatus, ServingProbe, StatusReport
 from bundler.install.serve import Server, serve_release
 from bundler.install.sink import recover
@@ -85,6 +85,7 @@ def status(
                 elastic=rel.elastic,
                 elastic_live=live,
                 installed_at=rel.installed_at,
+                base_chain=base_chain(receipt, key),
             )
             if key == receipt.current:
                 ok = ok and row.healthy
@@ -97,6 +98,22 @@ def status(
     trust = check_nodes(layout.prefix)  # a store older than its node's cacerts is a fault
     ok = ok and all(t["ok"] for t in trust) and receipt.current is not None
     return StatusReport(layout.prefix, receipt.current, ok, rows, trust)
+
+
+def base_chain(receipt: Receipt, key: str) -> tuple[str, ...]:
+    """The releases ``key`` was built on as a delta, nearest first (a base not installed
+    here is named by its index sha256)."""
+    by_index = {rel.index_sha256: k for k, rel in receipt.releases.items()}
+    chain: list[str] = []
+    base = receipt.releases[key].base
+    while base is not None and len(chain) < len(receipt.releases):
+        found = by_index.get(base)
+        if found is None:
+            chain.append(f"index {base}")
+            break
+        chain.append(found)
+        base = receipt.releases[found].base
+    return tuple(chain)
 
 
 def _probe(server: Server, serve: ServeRecord) -> ServingProbe:

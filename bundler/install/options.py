@@ -56,6 +56,7 @@ class InstallOptions:
     product_docs_dir: Path | None = None  # copy product docs (+ index.xml) for file://
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # bundle "-": stdin may send nothing this long
     accept_license: str | None = None  # the model licence id the operator accepts
+    base_bundle: str | None = None  # a delta's base bundle (else its installed release)
 
 
 @dataclass

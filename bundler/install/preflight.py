@@ -38,6 +38,7 @@ from bundler.install.layout import Layout
 from bundler.install.licence import license_check
 from bundler.install.options import Check, InstallOptions
 from bundler.install.records import Receipt, Release
+from bundler.install.reuse import Reuse, base_preflight
 from bundler.install.sink import release_key
 from bundler.install.targets import EngineTarget, ImageTarget
 from bundler.oci.engine import RuntimeInfo
@@ -85,6 +86,9 @@ class Facts:
     gpus: tuple[Check, ...] = ()  # serving with GPUs: nvidia-smi, driver, fit (install/fit.py)
     gpu_errors: dict[str, AirgapError] = field(default_factory=dict)
     index: Index | None = None  # the signed index (its model licence is shown and checked)
+    base: tuple[Check, ...] = ()  # a delta: its base found and checked (install/reuse.py)
+    base_errors: dict[str, AirgapError] = field(default_factory=dict)
+    reuse: Reuse | None = None
 
 
 def _port_free(port: int) -> bool:
@@ -143,7 +147,21 @@ def gather(
     check_signed_names(index, bundle=opts.bundle)
     target.bind(index)
     known = receipt.releases.get(key)
-    files = sum(f.size for f in index.files if not f.path.startswith(BLOB_PREFIX))
+    reusable = bool(
+        known
+        and layout.release(key).is_dir()
+        and known.target == target.spec()
+        and all(target.exists(i) for i in known.images)
+    )
+    base: tuple[tuple[Check, ...], dict[str, AirgapError], Reuse | None] = ((), {}, None)
+    if index.base is not None and not reusable:
+        base = base_preflight(index, opts.base_bundle, layout, receipt, target, info)
+    reuse = base[2]
+    carried = index.carried  # a delta: plus what it copies from its base
+    files = sum(f.size for f in carried if not f.path.startswith(BLOB_PREFIX))
+    files += reuse.copy_bytes if reuse else 0
+    blobs = sum(f.size for f in carried if f.path.startswith(BLOB_PREFIX))
+    blobs += reuse.feed_bytes if reuse else 0
     engine = isinstance(target, EngineTarget)
     will_serve = opts.serve is not None and engine
     ours = _our_ports(receipt, target)
@@ -160,12 +178,6 @@ def gather(
         if will_serve and on_gpus and info is not None
         else ()
     )
-    reusable = bool(
-        known
-        and layout.release(key).is_dir()
-        and known.target == target.spec()
-        and all(target.exists(i) for i in known.images)
-    )
     return Facts(
         name=index.name,
         version=index.version,
@@ -180,7 +192,7 @@ def gather(
         tags_taken=tuple(c for img in index.images for c in target.conflicts(img)),
         tag_names=tuple(t for img in index.images for t in target.names(img)),
         files_bytes=files,
-        image_bytes=index.payload_bytes - files,
+        image_bytes=blobs,
         free=free_space(layout.prefix),
         prefix=layout.prefix,
         engine_free=target.runtime.free_bytes(info.root_dir)
@@ -196,6 +208,9 @@ def gather(
         gpus=gpus,
         gpu_errors=gpu_errors,
         index=index,
+        base=base[0],
+        base_errors=base[1],
+        reuse=reuse,
     )
 
 
@@ -224,6 +239,7 @@ def evaluate(f: Facts, opts: InstallOptions) -> list[Check]:
     else:
         was = f"installed: v{f.installed}" if f.installed is not None else "first install"
         checks.append(Check("version", True, f"v{f.version} ({was})"))
+    checks.extend(f.base)
     checks.append(Check("images to", True, f.where))
     checks.append(license_check(f.index, opts))
     if f.tags_taken and not opts.replace_tags:
@@ -291,6 +307,8 @@ def decide(f: Facts, checks: list[Check], opts: InstallOptions) -> Decision:
             "`airgap sbom`); if your organisation accepts it, run the install again with "
             "--accept-license <licence id>.",
         )
+    if failed and failed[0].name in f.base_errors:
+        raise f.base_errors[failed[0].name]
     if failed:
         if failed[0].name == "version" and "older" in failed[0].detail:
             raise RollbackError(f"bundle {f.name} {failed[0].detail}")

@@ -185,7 +185,7 @@ class LicenseAcceptance(Record):
 
 
 class Release(Record):
-    omit_unset = frozenset({"serve", "elastic", "license_acceptance"})
+    omit_unset = frozenset({"serve", "elastic", "license_acceptance", "base"})
 
     name: str
     version: int
@@ -198,6 +198,7 @@ class Release(Record):
     serve: ServeRecord | None = None
     elastic: ElasticRecord | None = None
     license_acceptance: LicenseAcceptance | None = None  # receipts before it: none recorded
+    base: str | None = None  # a delta's base: the index sha256 of the release it built on
 
 
 class PendingRun(Record):

@@ -57,6 +57,8 @@ class ReleaseStatus:
     # the recorded Elastic objects checked live (kind -> {"ok": bool | None, ...}), for
     # the active release when credentials were given
     elastic_live: dict[str, Any] | None = None
+    # a delta's base, its base's base...: release keys (an index sha256 if not installed)
+    base_chain: tuple[str, ...] = ()
 
     @property
     def healthy(self) -> bool:
@@ -82,6 +84,7 @@ class ReleaseStatus:
             "elastic_live": self.elastic_live,
             "healthy": self.healthy,
             "installed_at": self.installed_at,
+            "base_chain": list(self.base_chain),
         }
 
 

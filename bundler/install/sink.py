@@ -21,6 +21,8 @@ from bundler.errors import AirgapError
 from bundler.install.feeds import ArchiveFeed, RegistryFeed
 from bundler.install.layout import Layout
 from bundler.install.records import PendingRun
+from bundler.install.reuse import Reuse
+from bundler.install.reusecopy import feed_blobs, put_files
 from bundler.install.state import ReceiptFile
 from bundler.install.targets import ImageTarget, target_from_spec
 
@@ -53,6 +55,7 @@ class InstallSink:
         # the delivery thread), each with its own current member.
         self._local = threading.local()
         self._manifests: set[str] = set()
+        self.reuse: Reuse | None = None  # a delta's base, as the preflight found it
 
     def begin(
         self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes
@@ -73,8 +76,12 @@ class InstallSink:
         self.store.save(self.store.receipt.with_pending(pending))
         self.extractor = StagingExtractor(self.staging, oci_layout=False)
         self.extractor.begin(index, index_bytes, signatures, sums)
+        if self.reuse is not None:  # a delta: what it reuses, checked, before its payload
+            put_files(self.reuse, self.staging, index.chunk_size)
         if self.to_load:
             self.feed = self.target.feed(self.to_load)
+            if self.reuse is not None:
+                feed_blobs(self.reuse, self.feed, index.chunk_size)
 
     def _digest(self, entry: FileEntry) -> str | None:
         if entry.path.startswith(BLOB_PREFIX):

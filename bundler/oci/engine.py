@@ -46,6 +46,9 @@ class RuntimeInfo:
     root_dir: str | None
     runtimes: tuple[str, ...] = ()  # the engine's OCI runtimes (Docker: "nvidia" for GPUs)
     cdi_dirs: tuple[str, ...] = ()  # where the engine reads CDI specs, when it says so
+    # Docker's containerd image store (not the classic one): a load needs every layer's
+    # bytes, even those it has (so a delta's layers cannot be left to the engine there).
+    containerd_store: bool = False
 
 
 class Runtime:
@@ -91,6 +94,11 @@ class Runtime:
             root_dir=info.get("DockerRootDir"),
             runtimes=tuple(sorted(str(r) for r in runtimes)),
             cdi_dirs=tuple(str(d) for d in info.get("CDISpecDirs") or ()),
+            containerd_store=any(
+                "containerd.snapshotter" in str(v)
+                for row in info.get("DriverStatus") or ()
+                for v in row
+            ),
         )
 
     def free_bytes(self, root_dir: str | None) -> int | None:
@@ -112,6 +120,21 @@ class Runtime:
             raise InstallError(f"cannot inspect image {ref} on {self.kind}: {e}") from e
         image_id = str(data.get("Id", ""))
         return image_id if image_id.startswith("sha256:") else f"sha256:{image_id}"
+
+    def image_layers(self, ref: str) -> list[str] | None:
+        """The diff_ids of ``ref``'s layers as the engine holds them, or None if absent.
+
+        Raises:
+            InstallError: the engine does not answer.
+        """
+        try:
+            data = self.api.inspect_image(ref)
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise InstallError(f"cannot inspect image {ref} on {self.kind}: {e}") from e
+        layers = (data.get("RootFS") or {}).get("Layers") or []
+        return [str(d) for d in layers]
 
     def image_tags(self, ref: str) -> list[str]:
         try:

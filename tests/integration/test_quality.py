@@ -62,7 +62,7 @@ def test_the_connected_side_never_imports_the_installer() -> None:
     ]
     assert offenders == []
     # the check sees imports, lazy ones too
-    assert "bundler.oci.engine" in imported_modules(REPO / "bundler/build.py")
+    assert "bundler.oci.engine" in imported_modules(REPO / "bundler/fetch/engine_export.py")
 
 
 def test_only_the_engine_seam_imports_docker() -> None:

@@ -4,7 +4,6 @@ ValueError, AttributeError, KeyError or a pydantic ValidationError before."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tarfile
@@ -165,22 +164,6 @@ def test_typed_fields_name_the_path_and_the_type() -> None:
         safejson.field(doc, "missing", str, "$")
     with pytest.raises(safejson.JSONInputError, match="non-negative"):
         safejson.count(-5, "size")
-
-
-def test_a_multi_megabyte_index_costs_little_more_than_the_stdlib_parse() -> None:
-    files = []
-    for i in range(20_000):
-        h = hashlib.sha256(str(i).encode()).hexdigest()
-        files.append({"path": f"models/m/f-{i:06d}", "size": i, "sha256": h, "chunks": [h] * 3})
-    data = canonical.dumps({"files": files, "manifest": {"a": "[[[" * 10}})
-    assert len(data) > 6_000_000
-    started = time.perf_counter()
-    json.loads(data)
-    plain = time.perf_counter() - started
-    started = time.perf_counter()
-    safejson.loads(data)
-    ours = time.perf_counter() - started
-    assert ours < 4 * plain + 0.5, (plain, ours)  # measured: about 2x (the scan ~ one parse)
 
 
 # -- the index: parsed only through safejson -------------------------------------------------

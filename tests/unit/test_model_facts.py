@@ -348,8 +348,8 @@ def test_a_null_is_not_an_unset_key() -> None:
 def test_v1_index_still_parses_and_v2_schema_keys_validate() -> None:
     data = canonical.dumps(_index([_entry("models/m/a", 1)]))
     assert parse_index(data).format == "airgap-bundle/1"
-    base = {"index_sha256": "a" * 64, "files": {"models/m/config.json": "reused"}}
+    base = {"index_sha256": "a" * 64, "name": "m", "version": 1, "reused": ["models/m/config.json"]}
     sbom = {"path": "airgap/sbom.cdx.json", "sha256": "b" * 64}
     parsed = parse_index(canonical.dumps(v2(base=base, sbom=sbom)))
-    assert parsed.base is not None and parsed.base.files == {"models/m/config.json": "reused"}
+    assert parsed.base is not None and parsed.base.reused == ["models/m/config.json"]
     assert parsed.sbom is not None and parsed.sbom.path == "airgap/sbom.cdx.json"
