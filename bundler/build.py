@@ -44,6 +44,7 @@ class BuildOptions:
     no_hash_cache: bool = False  # rehash local files even if their digests are remembered
     update_lock: bool = False
     fetch: FetchOptions = field(default_factory=FetchOptions)
+    with_tool: Path | None = None  # a tool bundle to carry as tool/airgap-tool-X.Y.Z.tar
 
 
 @dataclass
@@ -371,6 +372,10 @@ def plan_build(
         )
     elastic_payloads, elastic_lock = _elastic_payloads(m)
     payloads.extend(elastic_payloads)
+    if opts.with_tool is not None:
+        from bundler.toolbundle.build import embedded_payload
+
+        payloads.append(embedded_payload(opts.with_tool))
     pins = remote.pins if remote else Pins()
     lock = Pins(
         model=model_lock or pins.model, images=image_lock, elastic=elastic_lock or pins.elastic

@@ -122,6 +122,12 @@ def schema() -> None:
     is_flag=True,
     help="Resolve and list what would be downloaded, with sizes; build nothing.",
 )
+@click.option(
+    "--with-tool",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Carry this tool bundle (airgap tool-bundle) as tool/airgap-tool-X.Y.Z.tar.",
+)
 @passphrase_option
 @json_option
 def build(
@@ -135,6 +141,7 @@ def build(
     no_hash_cache: bool,
     update_lock: bool,
     dry_run: bool,
+    with_tool: Path | None,
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -161,6 +168,7 @@ def build(
         no_hash_cache=no_hash_cache,
         update_lock=update_lock,
         fetch=fetch.options,
+        with_tool=with_tool,
     )
     if dry_run:
         if not has_remote(m):

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from bundler.describe import BundleInfo
     from bundler.install.options import Check, InstallResult
     from bundler.install.report import StatusReport
+    from bundler.toolbundle.update import UpdateResult
 
 
 def print_json(doc: object) -> None:
@@ -284,3 +285,14 @@ def show_rollback(key: str, notes: Sequence[str]) -> None:
 def show_removed(lines: Sequence[str]) -> None:
     for line in lines:
         click.echo(line if line.startswith("note:") else f"removed {line}")
+
+
+def show_self_update(result: UpdateResult) -> None:
+    for line in result.log.splitlines():
+        click.echo(f"  {line}")
+    entry = result.prefix / "bin" / "airgap"
+    if result.status == "unchanged":
+        click.echo(f"airgap {result.after} is current already in {result.prefix}; nothing changed")
+    else:
+        was = f" (was {result.before}; `airgap self-update --rollback` returns to it)"
+        click.echo(f"{entry} is now airgap {result.after}{was if result.before else ''}")
