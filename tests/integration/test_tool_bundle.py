@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,8 @@ def test_installs_and_runs_offline_from_a_clean_directory(
     prefix = tmp_path / "opt" / "airgap-tool"
     # Debian's python3.11 is found on PATH; the others are named.
     pick = "" if version == HOST_PY else f"--python {PYTHONS[version]}"
+    # A wheel that is not in the signed index is never offered to pip (it would win).
+    (clean / "tool/wheels/click-99.0.0-py3-none-any.whl").write_bytes(b"not signed")
     script = f"""
         set -e
         echo "net: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ')"
@@ -155,6 +158,25 @@ def test_installs_and_runs_offline_from_a_clean_directory(
     assert os.readlink(prefix / "current") == f"versions/{__version__}"
     assert os.readlink(prefix / "bin" / "airgap") == "../current/bin/airgap"
     assert not (prefix / "previous").exists()
+    assert not list(site.glob("lib/python*/site-packages/click-99*"))
+
+
+def test_install_sh_refuses_an_expired_tool_bundle(
+    tmp_path: Path, tool_v1: Path, tool_key: Keys
+) -> None:
+    (own,) = extract(tool_v1, tmp_path / "v1").glob("tool/wheels/airgap_bundler-*.whl")
+    out = tmp_path / "old.tar"
+    past = str(int(time.time()) - 3 * 86400)
+    r = airgap(
+        "tool-bundle", "-o", str(out), "--key", str(tool_key.private), "--python", HOST_PY,
+        "--source", str(own), "--no-index", "--find-links", str(ensure()),
+        "--expires-days", "1", env={"SOURCE_DATE_EPOCH": past, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    prefix = tmp_path / "opt"
+    r = install_sh(extract(out, tmp_path / "x"), prefix, tool_key)
+    assert r.returncode == 3 and "this tool bundle expired at" in r.stderr, r.stderr
+    assert not prefix.exists()
 
 
 TAMPER = ["damaged wheel", "wheel and SHA256SUMS replaced", "index edited", "untrusted key"]
