@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bundler.bundle.index import BLOB_PREFIX, Index
+from bundler.toolbundle import is_tool_bundle, tool_version
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class BundleInfo:
     elastic: list[ElasticFileInfo]
     files: int
     total_bytes: int
+    carries_tool: str | None = None  # a tool bundle: its airgap; a release: its tool member
 
     def to_json(self) -> dict[str, object]:
         """What ``airgap inspect --json`` prints (keys in this order)."""
@@ -96,6 +98,7 @@ class BundleInfo:
             "elastic": [e.to_json() for e in self.elastic],
             "files": self.files,
             "total_bytes": self.total_bytes,
+            "carries_tool": self.carries_tool,
         }
 
 
@@ -129,6 +132,11 @@ def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
         for f in index.files
         if f.path.startswith("elastic/")
     ]
+    carries: str | None
+    if is_tool_bundle(index):
+        carries = f"airgap {tool_version(index)} (a tool bundle: sh tool/install.sh)"
+    else:
+        carries = next((f.path for f in index.files if f.path.startswith("tool/")), None)
     return BundleInfo(
         format=index.format,
         name=index.name,
@@ -144,4 +152,5 @@ def describe(index: Index, index_sha256: str, signers: list[str]) -> BundleInfo:
         elastic=elastic,
         files=len(index.files),
         total_bytes=index.payload_bytes,
+        carries_tool=carries,
     )

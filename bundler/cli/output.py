@@ -199,7 +199,10 @@ def render_inspect(info: BundleInfo) -> None:
         "signers (not verified here; use `airgap verify`): " + (", ".join(info.signers) or "none")
     )
     m = info.model
-    console.print(f"model {m.served_name} from {m.source}: {m.files} files, {human(m.bytes)}")
+    if m.section:
+        console.print(f"model {m.served_name} from {m.source}: {m.files} files, {human(m.bytes)}")
+    if info.carries_tool:
+        console.print(f"tool: {info.carries_tool}")
     if info.images:
         t = Table("role", "ref", "digest", "platform", "layers", "size")
         for img in info.images:

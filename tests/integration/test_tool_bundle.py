@@ -297,6 +297,8 @@ def test_self_update_and_back_keeps_installed_releases(
     member = f"tool/airgap-tool-{__version__}.tar"
     out = subprocess.run(["tar", "-xOf", str(b2), member], capture_output=True, check=True).stdout
     assert out == tool_v1.read_bytes()  # one tar command gets the tool bundle out, intact
+    info = json.loads(airgap("inspect", str(b2), "--json").stdout)
+    assert info["carries_tool"] == member
     prefix = tmp_path / "opt"
     target = ["--trusted-key", str(key.public), "--prefix", str(prefix), "--no-gpu"]
     target += ["--runtime-url", engine.url, "--no-serve"]

@@ -49,4 +49,6 @@ def test_wheel_holds_only_the_bundler_package(tmp_path: Path) -> None:
     (dist_info,) = (t for t in tops if t.endswith(".dist-info"))
     assert tops == {"bundler", dist_info}
     assert "bundler/cli/main.py" in names and "bundler/py.typed" in names
+    # what `airgap tool-bundle` renders into every tool bundle
+    assert {"bundler/toolbundle/install.sh", "bundler/toolbundle/README.txt"} <= set(names)
     assert not [n for n in names if "standins" in n or "demo" in n or "stub" in n]
