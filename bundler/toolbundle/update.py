@@ -35,6 +35,7 @@ from bundler.bundle.reader import read_bundle
 from bundler.bundle.signing import TrustedKey
 from bundler.errors import (
     AirgapError,
+    BundleError,
     InstallError,
     RollbackError,
     UsageError,
@@ -178,7 +179,20 @@ def self_update(
 
         policy = TrustPolicy(trusted, threshold, before_payload=gate)
         staged = work / "bundle"
-        result = read_bundle(locate_bundle(bundle), policy, StagingExtractor(staged, fsync=False))
+        try:
+            result = read_bundle(
+                locate_bundle(bundle), policy, StagingExtractor(staged, fsync=False)
+            )
+        except BundleError as e:
+            if "needs airgap >=" not in e.message:
+                raise
+            # A format this version cannot read: its install.sh needs only openssl.
+            raise BundleError(
+                e.message,
+                hint="Extract the tool bundle, check it with openssl and sha256sum (its "
+                f"tool/README.txt), then run `sh tool/install.sh --prefix {layout.prefix} "
+                "--trusted-key KEY.pub`: it installs beside this version the same way.",
+            ) from e
         if result.ended_early:
             return UpdateResult("unchanged", layout.prefix, before, before)
         python = python or layout.python_of(before)

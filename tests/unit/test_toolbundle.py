@@ -86,6 +86,8 @@ def test_a_tool_bundle_is_marked_by_its_signed_manifest(
 ) -> None:
     tool = read_head(str(fake_tool_bundle(tmp_path / "t.tar", key, "0.1.0"))).index
     assert is_tool_bundle(tool) and not is_tool_bundle(read_head(str(bundle)).index)
+    # Older airgaps self-update from it: it must stay in the format they read.
+    assert tool.format == "airgap-bundle/1"
     assert [f.path for f in tool.files][:2] == ["tool/README.txt", "tool/install.sh"]
     # install refuses it by what it is (usage, exit 2), not as a hostile release
     with pytest.raises(UsageError, match=r"is a tool bundle \(airgap 0.1.0\)") as e:
@@ -160,3 +162,25 @@ def test_rollback_needs_a_complete_previous_version(tmp_path: Path) -> None:
     os.symlink("/usr", prefix / "previous")
     with pytest.raises(VerificationError, match="not a version this tool installed"):
         ToolLayout(prefix).version(prefix / "previous")
+
+
+def test_a_tool_bundle_in_a_newer_format_points_at_its_install_sh(
+    tmp_path: Path, key: Keys
+) -> None:
+    """The airgap being updated cannot read it; install.sh needs only openssl."""
+    from bundler import canonical
+    from bundler.bundle.writer import _head
+
+    index = canonical.dumps(
+        {"format": "airgap-bundle/2", "requires": "airgap>=0.2.0", "name": NAME, "version": 2000}
+    )
+    signing = load_signing_key(key.private)
+    head = _head(index, [(signing.keyid, signing.sign(index))], b"", 0)
+    newer = tmp_path / "airgap-tool-0.2.0.tar"
+    newer.write_bytes(head + bytes(1024))
+    prefix = tmp_path / "tool"
+    installed(prefix, "0.1.0", current="0.1.0")
+    with pytest.raises(BundleError, match=r"needs airgap >= 0.2.0") as e:
+        self_update(str(newer), key.trust(), [key.public], prefix=prefix)
+    assert f"sh tool/install.sh --prefix {prefix}" in (e.value.hint or "")
+    assert os.readlink(prefix / "current") == "versions/0.1.0"
