@@ -209,6 +209,34 @@ fi
 pyv=$(pyver "$python")
 
 # -- 5. install beside any other version, then switch ---------------------------------
+# Only root or this user may be able to change the path to the prefix (as for airgap's
+# own --prefix): whoever can replace a file there runs code as the next airgap user.
+env -i "$python" -I - "$prefix" <<'EOF' || exit 2
+import os, stat, sys
+
+path = os.path.abspath(sys.argv[1])
+parts = path.strip("/").split("/")
+for i in range(len(parts) + 1):
+    p = "/" + "/".join(parts[:i])
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        break
+    why = ""
+    if not stat.S_ISDIR(st.st_mode):
+        why = "not a directory"
+    elif st.st_uid not in (0, os.geteuid()):
+        why = "owned by uid %d, neither root nor this user" % st.st_uid
+    elif st.st_mode & 0o022 and (p == path or not st.st_mode & stat.S_ISVTX):
+        why = "writable by group or others"
+    if why:
+        sys.stderr.write(
+            "install.sh: error: %s: %s; others could replace the airgap installed below it\n"
+            "install.sh: hint: chown root %s && chmod go-w %s, or choose another --prefix\n"
+            % (p, why, p, p)
+        )
+        sys.exit(2)
+EOF
 mkdir -p "$prefix/versions"
 prefix=$(cd "$prefix" && pwd -P)
 target=$prefix/versions/$AIRGAP_VERSION

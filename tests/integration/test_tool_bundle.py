@@ -420,3 +420,28 @@ def test_build_with_tool_refuses_a_release_bundle(
     )
     assert r.returncode == 2 and b"not a tool bundle" in r.stderr
     assert not (tmp_path / "b.tar").exists()
+
+
+def test_install_sh_refuses_a_prefix_others_can_change(
+    tmp_path: Path, tool_v1: Path, tool_key: Keys
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # no sticky bit: anyone may rename what is below
+    root = extract(tool_v1, tmp_path / "x")
+    r = install_sh(root, shared / "airgap-tool", tool_key)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{shared}: writable by group or others" in r.stderr
+    assert "chmod go-w" in r.stderr
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o1777)  # as /tmp: accepted for a directory above the prefix
+    # ...and the next rule answers: this version is there already, from other bytes
+    marker = shared / "airgap-tool" / "versions" / __version__ / ".airgap-tool"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("index_sha256=" + "0" * 64 + "\n")
+    r = install_sh(root, shared / "airgap-tool", tool_key)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert (
+        f"airgap {__version__} is installed in {marker.parent} from another tool bundle" in r.stderr
+    )
+    assert sorted(p.name for p in marker.parent.iterdir()) == [".airgap-tool"]

@@ -184,3 +184,10 @@ def test_a_tool_bundle_in_a_newer_format_points_at_its_install_sh(
         self_update(str(newer), key.trust(), [key.public], prefix=prefix)
     assert f"sh tool/install.sh --prefix {prefix}" in (e.value.hint or "")
     assert os.readlink(prefix / "current") == "versions/0.1.0"
+
+
+def test_without_prefix_only_a_tool_install_knows_its_own() -> None:
+    assert ToolLayout.running() is None  # the tests run from a development venv
+    with pytest.raises(UsageError, match="was not installed from a tool bundle") as e:
+        rollback(None)
+    assert "--prefix" in (e.value.hint or "")
