@@ -50,6 +50,7 @@ class BuildOptions:
     update_lock: bool = False
     fetch: FetchOptions = field(default_factory=FetchOptions)
     base: str | None = None  # a delta against this bundle or signed index (bundle.delta)
+    with_tool: Path | None = None  # a tool bundle to carry as tool/airgap-tool-X.Y.Z.tar
 
 
 @dataclass
@@ -388,6 +389,10 @@ def plan_build(
         )
     elastic_payloads, elastic_lock = _elastic_payloads(m)
     payloads.extend(elastic_payloads)
+    if opts.with_tool is not None:
+        from bundler.toolbundle.build import embedded_payload
+
+        payloads.append(embedded_payload(opts.with_tool))
     pins = remote.pins if remote else Pins()
     lock = Pins(
         model=model_lock or pins.model, images=image_lock, elastic=elastic_lock or pins.elastic

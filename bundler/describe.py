@@ -17,6 +17,7 @@ from bundler.pins import LicensePin
 
 if TYPE_CHECKING:
     from bundler.sbom.model import SbomSummary
+from bundler.toolbundle import is_tool_bundle, tool_version
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class BundleInfo:
     license_accepted: str | None = None  # the builder's acceptance, from the signed manifest
     sbom: SbomSummary | None = None  # counts and licences from the SBOM member (unverified)
     base: DeltaSummary | None = None  # a delta: its base, what it carries and reuses
+    carries_tool: str | None = None  # a tool bundle: its airgap; a release: its tool member
 
     def to_json(self) -> dict[str, object]:
         """What ``airgap inspect --json`` prints (keys in this order)."""
@@ -118,6 +120,7 @@ class BundleInfo:
             "license_accepted": self.license_accepted,
             "sbom": self.sbom.to_json() if self.sbom else None,
             **({"base": self.base.to_json()} if self.base else {}),
+            "carries_tool": self.carries_tool,
         }
 
 
@@ -164,6 +167,11 @@ def describe(
         for f in index.files
         if f.path.startswith("elastic/")
     ]
+    carries: str | None
+    if is_tool_bundle(index):
+        carries = f"airgap {tool_version(index)} (a tool bundle: sh tool/install.sh)"
+    else:
+        carries = next((f.path for f in index.files if f.path.startswith("tool/")), None)
     return BundleInfo(
         format=index.format,
         name=index.name,
@@ -185,4 +193,5 @@ def describe(
         license_accepted=model.section.get("license_accepted"),
         sbom=sbom,
         base=DeltaSummary.of(index),
+        carries_tool=carries,
     )

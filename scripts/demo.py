@@ -7,8 +7,13 @@
 2. The connected side: ``airgap lock`` and ``airgap build`` on
    ``manifests/demo-tiny.yaml`` (only its host:port values are rewritten to this run's
    services) through the real fetch path; split parts; a second signer co-signs.
-3. The transfer: the connected-side services are stopped; the bundle is verified
-   from its parts and from stdin.
+   The bundle carries airgap itself: a tool bundle (`airgap tool-bundle`, built from
+   the wheels scripts/setup cached in .cache/wheelhouse, so no internet) travels inside
+   it (`build --with-tool`). Without that cache the step is skipped, and says so.
+3. The transfer: the connected-side services are stopped. On the air-gapped side,
+   airgap is taken out of the bundle with one `tar -xOf`, checked with openssl and
+   sha256sum and installed by its install.sh with the system Python; that airgap then
+   verifies the bundle from its parts and from stdin and does the rest.
 4. The air-gapped side, Elastic 9.5: install into a private Docker engine, serve
    through Nginx (TLS + bearer token); the model wired as an Elasticsearch
    ``chat_completion`` inference endpoint, which fails first as a real cluster would
@@ -56,9 +61,13 @@ from devkit.demo_data import (  # noqa: E402
 from devkit.standins.elasticsearch import ElasticsearchStandIn  # noqa: E402
 from devkit.standins.jvmtrust import write_truststore  # noqa: E402
 from devkit.standins.kibana import KibanaStandIn  # noqa: E402
+from devkit.wheelhouse import cached, pythons_here  # noqa: E402
 
 STEPS: list[tuple[str, float]] = []
 ENV: dict[str, str] = {}
+# The airgap the demo runs: this checkout's, until the air-gapped side installs its own.
+AIRGAP = [sys.executable, "-m", "bundler"]
+TOOL_PY = "3.11"  # Debian 12's python3, which install.sh uses on the air-gapped side
 KIBANA_KEY = "ZGVtby1raWJhbmE6a2V5"  # the stand-ins' API keys (demo only)
 ES_KEY = "ZGVtby1lczprZXk="
 ELSER = "elser_model_2_linux-x86_64"
@@ -68,12 +77,15 @@ def airgap(
     *args: str, stdin: bytes | None = None, expect: int = 0, quiet: bool = False, label: str = ""
 ) -> str:
     started = time.monotonic()
+    env = {**os.environ, **ENV}
+    if AIRGAP[0] != sys.executable:
+        env.pop("PYTHONPATH", None)  # the installed airgap runs its own code only
     r = subprocess.run(
-        [sys.executable, "-m", "bundler", *args],
+        [*AIRGAP, *args],
         input=stdin,
         capture_output=True,
         check=False,
-        env={**os.environ, **ENV},
+        env=env,
     )
     took = time.monotonic() - started
     shown = " ".join(a if len(a) < 60 else "…" + a[-40:] for a in args)
@@ -166,6 +178,81 @@ def connected_world(work: Path, stack: contextlib.ExitStack) -> Path:
     return manifest
 
 
+def tool_bundle(work: Path, keys: Path) -> Path | None:
+    """airgap itself as a tool bundle, from the cached wheelhouse (no network)."""
+    wheelhouse = cached()
+    system = pythons_here((TOOL_PY,)).get(TOOL_PY)
+    if wheelhouse is None or system is None:
+        why = "no cached wheelhouse (.cache/wheelhouse)" if system else f"no python{TOOL_PY}"
+        print(
+            f"  tool bundle: skipped, {why}; scripts/setup fills the wheelhouse when it is "
+            "online. The air-gapped side then uses this checkout's airgap."
+        )
+        return None
+    out = work / f"airgap-tool-{version()}.tar"
+    airgap(
+        "-q",
+        "tool-bundle",
+        "-o",
+        str(out),
+        "--key",
+        str(keys / "release"),
+        "--python",
+        TOOL_PY,
+        "--no-index",
+        "--find-links",
+        str(wheelhouse),
+        label="tool-bundle",
+    )
+    print(f"  (wheels from {wheelhouse.relative_to(REPO)}; the bundle below carries it)")
+    return out
+
+
+def version() -> str:
+    from bundler import __version__
+
+    return __version__
+
+
+def shell(command: str, label: str, cwd: Path) -> None:
+    """A step the operator types on the air-gapped host (stock tools only)."""
+    started = time.monotonic()
+    r = subprocess.run(
+        ["sh", "-c", command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    took = time.monotonic() - started
+    print(f"$ {command}   [{took:.2f}s]")
+    if out := (r.stdout + r.stderr).rstrip():
+        print("  " + out.replace("\n", "\n  "))
+    if r.returncode != 0:
+        raise SystemExit(f"demo failed: exit {r.returncode}")
+    STEPS.append((label, took))
+
+
+def install_tool(work: Path, usb: Path, parts: list[Path], name: str, keys: Path) -> None:
+    """Getting airgap onto the air-gapped host: out of the bundle, checked, installed."""
+    print("\n== getting airgap onto the air-gapped host (openssl, sha256sum, python3) ==")
+    host = work / "airgap-host"
+    host.mkdir()
+    system = pythons_here((TOOL_PY,))[TOOL_PY]
+    shell(f"cat {usb}/demo.tar.part-* | tar -xOf - tool/{name} > {name}", "tar -xOf tool", host)
+    shell(f"mkdir airgap-tool && tar -xf {name} -C airgap-tool", "tar -xf tool", host)
+    shell(
+        f"sh airgap-tool/tool/install.sh --prefix {host / 'opt-airgap'} "
+        f"--trusted-key {keys / 'release.pub'} --python {system}",
+        "install.sh",
+        host,
+    )
+    AIRGAP[:] = [str(host / "opt-airgap" / "bin" / "airgap")]
+    airgap("--version", label="airgap --version")
+    print(f"  (from here on: {AIRGAP[0]}, installed from the bundle)")
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="airgap-demo-"))
     os.environ.setdefault("SOURCE_DATE_EPOCH", str(int(time.time())))
@@ -185,6 +272,7 @@ def main() -> None:
             usb = work / "usb"
             usb.mkdir()
             bundle = usb / "demo.tar"
+            tool = tool_bundle(work, keys)
             airgap(
                 "-q",
                 "build",
@@ -195,6 +283,7 @@ def main() -> None:
                 str(keys / "release"),
                 "--split-size",
                 "8M",
+                *(["--with-tool", str(tool)] if tool else []),
                 label="build",
             )
             airgap(
@@ -218,9 +307,11 @@ def main() -> None:
             "--require-signatures",
             "2",
         ]
+        parts = sorted(usb.glob("demo.tar.part-*"))
+        if tool is not None:
+            install_tool(work, usb, parts, tool.name, keys)
         airgap("inspect", str(bundle) + ".part-000")
         airgap("-q", "verify", str(bundle) + ".part-000", *trust, label="verify")
-        parts = sorted(usb.glob("demo.tar.part-*"))
         joined = b"".join(p.read_bytes() for p in parts)
         sigs = [a for s in usb.glob("demo.tar.*.sig") for a in ("--signature", str(s))]
         airgap("-q", "verify", "-", *trust, *sigs, stdin=joined, label="verify stdin")

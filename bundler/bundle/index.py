@@ -42,7 +42,7 @@ SUMS_MEMBER = "airgap/SHA256SUMS"
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 1024 * 1024 * 1024
-PAYLOAD_ROOTS = ("models/", "images/blobs/sha256/", "elastic/", "sbom/")
+PAYLOAD_ROOTS = ("models/", "images/blobs/sha256/", "elastic/", "sbom/", "tool/")
 BLOB_PREFIX = "images/blobs/sha256/"
 MAX_PATH_BYTES = 4096
 

@@ -19,12 +19,12 @@ from bundler.cli.options import (
 from bundler.cli.output import (
     print_json,
     show_build,
-    show_delta_preview,
     show_dry_run,
     show_fetched,
     show_lock,
     show_warnings,
 )
+from bundler.cli.output_delta import show_delta_preview
 
 if TYPE_CHECKING:
     from bundler.cli.options import FetchInputs
@@ -131,6 +131,12 @@ def schema() -> None:
     help="Resolve and list what would be downloaded, with sizes (with --base: what the "
     "delta would carry and reuse); build nothing.",
 )
+@click.option(
+    "--with-tool",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Carry this tool bundle (airgap tool-bundle) as tool/airgap-tool-X.Y.Z.tar.",
+)
 @passphrase_option
 @json_option
 def build(
@@ -145,6 +151,7 @@ def build(
     update_lock: bool,
     base: str | None,
     dry_run: bool,
+    with_tool: Path | None,
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -172,6 +179,7 @@ def build(
         update_lock=update_lock,
         fetch=fetch.options,
         base=base,
+        with_tool=with_tool,
     )
     if dry_run and base:
         from bundler.build_delta import preview_delta

@@ -17,7 +17,7 @@ import traceback
 import click
 
 from bundler import __version__, env
-from bundler.cli import build, elastic_trust, install, manage, sbom, trust
+from bundler.cli import build, elastic_trust, install, manage, sbom, tool, trust
 from bundler.cli.options import State
 from bundler.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, AirgapError
 
@@ -54,6 +54,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 # The connected side (cli/build.py).
 for command in (build.validate, build.schema, build.lock, build.fetch, build.build):
     cli.add_command(command)
+# airgap itself across the gap (cli/tool.py): tool-bundle here, self-update there.
+cli.add_command(tool.tool_bundle)
+cli.add_command(tool.self_update)
 # Keys and proof (cli/trust.py). `sbom` (a bundle's contents, for auditors) goes here,
 # beside inspect.
 for command in (trust.keygen, trust.sign, trust.verify, trust.inspect, sbom.sbom):

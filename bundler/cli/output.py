@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from bundler.cli.output_delta import delta_line
 from bundler.cli.output_elastic import show_elastic, show_release_elastic
 from bundler.fmt import human
 from bundler.progress import NullReporter, Reporter
@@ -25,12 +26,12 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from bundler.build import DryRun, LockWritten, RemotePart
-    from bundler.bundle.delta import DeltaPreview
-    from bundler.bundle.plan import BuildResult, DeltaSummary
+    from bundler.bundle.plan import BuildResult
     from bundler.bundle.policy import VerifyResult
     from bundler.describe import BundleInfo
     from bundler.install.options import Check, InstallResult
     from bundler.install.report import StatusReport
+    from bundler.toolbundle.update import UpdateResult
 
 
 def print_json(doc: object) -> None:
@@ -146,28 +147,6 @@ def show_build(result: BuildResult) -> None:
         click.echo(delta_line(d))
 
 
-def delta_line(d: DeltaSummary) -> str:
-    """What a delta carries and what its base must give, in one line."""
-    return (
-        f"delta of {d.name} v{d.version} (index sha256 {d.index_sha256}): carries "
-        f"{d.carried_files} files ({human(d.carried_bytes)}); {d.reused_files} files "
-        f"({human(d.reused_bytes)}) come from that base at install (its installed release, "
-        "the engine, or --base-bundle), re-hashed there"
-    )
-
-
-def show_delta_preview(delta: DeltaPreview) -> None:
-    base = delta.base
-    click.echo(f"delta against {base.release} (index sha256 {base.sha256}):")
-    for what, rows in (("carry", delta.carried), ("reuse", delta.reused)):
-        for path, n in rows:
-            click.echo(f"  {what}  {human(n):>10}  {path}")
-    click.echo(
-        f"would carry {len(delta.carried)} files, {human(delta.carried_bytes)}; reuse "
-        f"{len(delta.reused)} files, {human(delta.reused_bytes)}, from the base"
-    )
-
-
 def show_dry_run(plan: DryRun) -> None:
     for line in plan.lock_changes:
         click.echo(f"lock change: {line}")
@@ -239,7 +218,10 @@ def render_inspect(info: BundleInfo) -> None:
         "signers (not verified here; use `airgap verify`): " + (", ".join(info.signers) or "none")
     )
     m = info.model
-    console.print(f"model {m.served_name} from {m.source}: {m.files} files, {human(m.bytes)}")
+    if m.section:
+        console.print(f"model {m.served_name} from {m.source}: {m.files} files, {human(m.bytes)}")
+    if info.carries_tool:
+        console.print(f"tool: {info.carries_tool}")
     if info.images:
         t = Table("role", "ref", "digest", "platform", "layers", "size")
         for img in info.images:
@@ -341,3 +323,14 @@ def show_rollback(key: str, notes: Sequence[str]) -> None:
 def show_removed(lines: Sequence[str]) -> None:
     for line in lines:
         click.echo(line if line.startswith("note:") else f"removed {line}")
+
+
+def show_self_update(result: UpdateResult) -> None:
+    for line in result.log.splitlines():
+        click.echo(f"  {line}")
+    entry = result.prefix / "bin" / "airgap"
+    if result.status == "unchanged":
+        click.echo(f"airgap {result.after} is current already in {result.prefix}; nothing changed")
+    else:
+        was = f" (was {result.before}; `airgap self-update --rollback` returns to it)"
+        click.echo(f"{entry} is now airgap {result.after}{was if result.before else ''}")

@@ -10,11 +10,12 @@ before a byte of payload is read or anything is created.
 from __future__ import annotations
 
 from bundler.bundle.index import BLOB_PREFIX, INDEX_MEMBER, Index
-from bundler.errors import AirgapError, BundleError
+from bundler.errors import AirgapError, BundleError, UsageError
 from bundler.manifest import Manifest, parse_manifest
 from bundler.names import DOC_FILE_RE, ELSER_FILE_RE, IMAGE_ROLES, TAG_NAMESPACE
 from bundler.oci.ref import check_image_ref
 from bundler.sbom.model import SBOM_PATH
+from bundler.toolbundle import EMBEDDED_RE, is_tool_bundle, tool_version
 
 _HINT = (
     "The bundle is signed by a key you trust, but its builder wrote names install "
@@ -26,9 +27,17 @@ def check_signed_names(index: Index, *, bundle: str | None = None) -> Manifest:
     """The signed manifest, re-validated, with every name install derives from.
 
     Raises:
+        UsageError: a tool bundle, which ``install.sh`` or ``self-update`` installs.
         BundleError: a name in the signed index breaks its grammar (exit 3: a hostile
             bundle, even though its signature is good).
     """
+    if is_tool_bundle(index):
+        raise UsageError(
+            f"{bundle or 'this bundle'} is a tool bundle (airgap {tool_version(index)}), "
+            "not a release",
+            hint="Install it with `sh tool/install.sh` from the extracted tool bundle, or "
+            "update an installed airgap with `airgap self-update`.",
+        )
 
     def refuse(problem: str) -> BundleError:
         return BundleError(
@@ -66,6 +75,8 @@ def check_signed_names(index: Index, *, bundle: str | None = None) -> Manifest:
         top, _, rest = f.path.partition("/")
         if top == "sbom" and f.path != SBOM_PATH:
             raise refuse(f"{f.path}: the only file under sbom/ is {SBOM_PATH}")
+        if top == "tool" and not EMBEDDED_RE.match(f.path):
+            raise refuse(f"{f.path}: only tool/airgap-tool-X.Y.Z.tar may live under tool/")
         if top == "models" and not f.path.startswith(model_root):
             raise refuse(f"{f.path}: model files must live under {model_root}")
         if top == "elastic":

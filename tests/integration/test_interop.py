@@ -37,6 +37,31 @@ def test_gnu_tar_extracts_it_and_sha256sum_checks_every_file(tmp_path: Path, bun
     assert r.returncode == 1 and "models/tiny/config.json: FAILED" in r.stdout
 
 
+# The README's stock-tool check that SHA256SUMS is what the signed index says.
+SUMS_FROM_INDEX = (
+    "tr '{' '\\n' < airgap/index.json | sed -n "
+    "'s/^\"chunks\":\\[[^]]*\\],\"path\":\"\\([^\"]*\\)\",\"sha256\":\"\\([0-9a-f]*\\)\".*/\\2  \\1/p'"
+    " | cmp - airgap/SHA256SUMS"
+)
+
+
+def test_sha256sums_is_bound_to_the_signed_index_with_stock_tools(
+    tmp_path: Path, demo_manifest: Path, key: Keys
+) -> None:
+    out = tmp_path / "x"
+    out.mkdir()
+    bundle = tmp_path / "b.tar"
+    build_bundle(demo_manifest, bundle, key, chunk_size=64 * 1024)  # multi-chunk files too
+    assert run("tar", "-xf", str(bundle), "-C", str(out)).returncode == 0
+    r = run("sh", "-c", SUMS_FROM_INDEX, cwd=out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (out / "airgap/SHA256SUMS").read_text().count("\n") == 16
+    # a SHA256SUMS rewritten to match a replaced file is caught
+    sums = out / "airgap/SHA256SUMS"
+    sums.write_text(sums.read_text().replace(sums.read_text()[:64], "0" * 64, 1))
+    assert run("sh", "-c", SUMS_FROM_INDEX, cwd=out).returncode == 1
+
+
 def test_signature_verifies_with_openssl(tmp_path: Path, bundle: Path, key: Keys) -> None:
     out = tmp_path / "x"
     out.mkdir()

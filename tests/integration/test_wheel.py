@@ -50,4 +50,6 @@ def test_wheel_holds_only_the_bundler_package(tmp_path: Path) -> None:
     assert tops == {"bundler", dist_info}
     assert "bundler/cli/main.py" in names and "bundler/py.typed" in names
     assert "bundler/sbom/spdx-licenses.json" in names  # the SPDX licence list, offline
+    # what `airgap tool-bundle` renders into every tool bundle
+    assert {"bundler/toolbundle/install.sh", "bundler/toolbundle/README.txt"} <= set(names)
     assert not [n for n in names if "standins" in n or "demo" in n or "stub" in n]
