@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bundler import env
+from bundler import env, faults
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry
 from bundler.bundle.plan import BuildPlan, BuildResult, Payload
 from bundler.bundle.signing import SigningKey
@@ -315,6 +315,7 @@ def fetch_remote(
         )
     written = False
     if pins and (changes or load_lock(path) is None):
+        faults.point("fetch.before-lock")
         save_lock(path, pins, name=m.name, platform=m.platform)
         written = True
     missing = fetcher.missing(downloads)

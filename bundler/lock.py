@@ -16,7 +16,7 @@ from typing import Any
 
 from bundler.errors import ManifestError
 from bundler.formats import UPGRADE_HINT, newer_format
-from bundler.fsutil import atomic_write_bytes
+from bundler.fsutil import atomic_write_bytes, remove_stale_temps
 
 LOCK_FORMAT = "airgap-lock/1"
 
@@ -56,6 +56,7 @@ def load_lock(path: Path) -> dict[str, Any] | None:
 
 def save_lock(path: Path, pins: dict[str, Any], *, name: str, platform: str) -> dict[str, Any]:
     doc = {"format": LOCK_FORMAT, "name": name, "platform": platform, **pins}
+    remove_stale_temps(path.parent, path.name)  # a killed run's, beside the manifest
     atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     return doc
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from bundler import __version__, canonical
+from bundler import __version__, canonical, faults
 from bundler.bundle import tarfmt
 from bundler.bundle.index import (
     INDEX_MEMBER,
@@ -35,7 +35,13 @@ from bundler.bundle.parts import PARTS_FORMAT, part_name, parts_list_path, parts
 from bundler.bundle.plan import BuildPlan, BuildResult, Payload
 from bundler.bundle.signing import SigningKey
 from bundler.errors import SourceError, UsageError
-from bundler.fsutil import atomic_write_bytes, fsync_close, fsync_dir
+from bundler.fsutil import (
+    atomic_write_bytes,
+    fsync_close,
+    fsync_dir,
+    remove_stale_temps,
+    writing_in,
+)
 from bundler.hashcache import HashCache, hash_with_cache
 from bundler.hashing import Digests, FileRange
 
@@ -368,6 +374,9 @@ def write_bundle(
     entries_future = hashing.submit(
         compute_entries, payloads, plan.chunk_size, hash_progress, hash_cache
     )
+    remove_stale_temps(output.parent, output.name)  # what a killed build of it left
+    held = contextlib.ExitStack()  # our temp files are live until the commit
+    held.enter_context(writing_in(output.parent))
     out = _Output(output, split_size, head_size)
     fds: dict[Path, int] = {}
     try:
@@ -389,6 +398,7 @@ def write_bundle(
             out.write(b"\0" * tarfmt.padding(p.size))
             if progress:
                 progress(p.size)
+            faults.point("build.payload-written")
         out.write(tarfmt.END_OF_ARCHIVE)
         out.finish()
         entries = entries_future.result()
@@ -405,15 +415,19 @@ def write_bundle(
         part_hashes = out.patch_head(
             _head(index_bytes, signatures, render_sha256sums(entries), mtime)
         )
+        faults.point("build.head-written")  # index and signatures in the temp file(s)
         outputs = _commit(out, output, index, index_bytes, part_hashes, keys)
-    except BaseException:
+    except BaseException as e:
         entries_future.cancel()
         hashing.shutdown(wait=True, cancel_futures=True)
         out.discard()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
+            raise OSError(e.errno, e.strerror, str(output)) from e  # say which disk is full
         raise
     finally:
         for fd in fds.values():
             os.close(fd)
+        held.close()
     hashing.shutdown()
     out.close()
     return BuildResult(
@@ -440,6 +454,7 @@ def _commit(
 ) -> tuple[Path, ...]:
     directory = output.parent
     if not out.split_size:
+        faults.point("build.before-rename")
         os.replace(out.tmp_paths[0], output)
         # parts of an earlier split build of the same name must not look current
         for stale in (parts_list_path(output), parts_sums_path(output)):
@@ -450,6 +465,7 @@ def _commit(
             i += 1
         fsync_dir(directory)
         return (output,)
+    faults.point("build.before-rename")
     output.unlink(missing_ok=True)  # an earlier single-file build would shadow the parts
     finals = [directory / part_name(output.name, i) for i in range(len(out.tmp_paths))]
     for tmp, final in zip(out.tmp_paths, finals, strict=True):
@@ -459,6 +475,7 @@ def _commit(
     while (stale := directory / part_name(output.name, i)).exists():
         stale.unlink()
         i += 1
+    faults.point("build.parts-renamed")  # the parts in place, their signed list not yet
     signed = {
         "format": PARTS_FORMAT,
         "bundle": output.name,

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,20 @@ class ResolvedImage:
     config_size: int
     layers: list[dict[str, Any]] = field(default_factory=list)  # digest, size, mediaType
     platform: str = ""
+
+
+def _dropped(e: requests.RequestException) -> bool:
+    """A connection that was made and then broke or stalled (worth another try)."""
+    if isinstance(e, requests.ReadTimeout | requests.exceptions.ChunkedEncodingError):
+        return True
+    text = str(e)
+    return (
+        isinstance(e, requests.ConnectionError)
+        and not isinstance(e, requests.ConnectTimeout)
+        and "Connection refused" not in text
+        and "Name or service not known" not in text
+        and "Temporary failure in name resolution" not in text
+    )
 
 
 class RegistryClient:
@@ -159,20 +174,20 @@ class RegistryClient:
 
     def request(self, method: str, url: str, **kw: Any) -> requests.Response:
         """One request, logging in once when the registry asks (a body that is an
-        iterator cannot be sent twice: such requests follow one that logged in)."""
+        iterator cannot be sent twice: such requests follow one that logged in).
+
+        A GET or HEAD that meets a 5xx/429 answer, a dropped connection or a read
+        timeout is sent again (``AIRGAP_FETCH_RETRIES``, with backoff); a refused
+        connection or an unknown host is not (it will not get better in seconds).
+        """
         timeout = kw.pop("timeout", (15, 120))
         extra = kw.pop("headers", {})
-        try:
-            r = self.session.request(
-                method,
-                url,
-                headers={**extra, **self.auth_headers()},
-                timeout=timeout,
-                verify=self.verify,
-                **kw,
-            )
-            if r.status_code == 401 and self._login(r.headers.get("WWW-Authenticate", ""), url):
-                r.close()
+        tries = 1 + (env.fetch_retries() if method in ("GET", "HEAD") else 0)
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(env.fetch_backoff() * 2 ** (attempt - 1))
+            last = attempt + 1 == tries
+            try:
                 r = self.session.request(
                     method,
                     url,
@@ -181,14 +196,32 @@ class RegistryClient:
                     verify=self.verify,
                     **kw,
                 )
-        except requests.RequestException as e:
-            raise self._fail(
-                f"registry unreachable ({method}): {e}",
-                url=url,
-                hint="Check the registry address; plain HTTP only for a registry named as "
-                "insecure.",
-            ) from e
-        return r
+                if r.status_code == 401 and self._login(r.headers.get("WWW-Authenticate", ""), url):
+                    r.close()
+                    r = self.session.request(
+                        method,
+                        url,
+                        headers={**extra, **self.auth_headers()},
+                        timeout=timeout,
+                        verify=self.verify,
+                        **kw,
+                    )
+            except requests.RequestException as e:
+                if not last and _dropped(e):
+                    logger.info("%s %s: %s; retrying", method, url, type(e).__name__)
+                    continue
+                raise self._fail(
+                    f"registry unreachable ({method}): {e}",
+                    url=url,
+                    hint="Check the registry address; plain HTTP only for a registry named as "
+                    "insecure.",
+                ) from e
+            if not last and (r.status_code >= 500 or r.status_code == 429):
+                logger.info("%s %s: HTTP %d; retrying", method, url, r.status_code)
+                r.close()
+                continue
+            return r
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def refresh_auth(self, url: str) -> None:
         """Renew an expired bearer token (registries hand out short-lived ones)."""

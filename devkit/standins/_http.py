@@ -78,7 +78,9 @@ class JsonServer:
         return f"http://127.0.0.1:{self.port}"
 
     @contextmanager
-    def running(self) -> Iterator[JsonServer]:
+    def running(self, port: int = 0) -> Iterator[JsonServer]:
+        """Serve on ``port`` (0: any free one) until the block ends; a stand-in can be
+        stopped and started again on the port it had, keeping what it holds."""
         outer = self
 
         class _H(BaseHTTPRequestHandler):
@@ -114,7 +116,7 @@ class JsonServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _H)
         self._server.daemon_threads = True
         thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         thread.start()
