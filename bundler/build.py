@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bundler import __version__, env
+from bundler import __version__, env, faults
 from bundler.bundle.delta import load_base, make_delta
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry, path_problem
 from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload
@@ -303,6 +303,7 @@ def fetch_remote(
         )
     written = False
     if not pins.is_empty() and (changes or load_lock(path) is None):
+        faults.point("fetch.before-lock")
         save_lock(path, pins, name=m.name, platform=m.platform)
         written = True
     missing = fetcher.missing(downloads)

@@ -74,6 +74,40 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "airgap"
 
 
+def _number(name: str, default: float, low: float, high: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not low <= number <= high:
+        raise UsageError(
+            f"{name}={value!r} is not a number from {low:g} to {high:g}",
+            hint=f"Unset it for the default ({default:g}).",
+        )
+    return number
+
+
+def fetch_retries() -> int:
+    """``AIRGAP_FETCH_RETRIES``: retries of a download after a 5xx or a dropped
+    connection (default 6)."""
+    return int(_number("AIRGAP_FETCH_RETRIES", 6, 0, 100))
+
+
+def fetch_backoff() -> float:
+    """``AIRGAP_FETCH_BACKOFF``: seconds before the first retry, doubled for each next
+    one (default 0.5)."""
+    return _number("AIRGAP_FETCH_BACKOFF", 0.5, 0, 60)
+
+
+def fetch_read_timeout() -> float:
+    """``AIRGAP_FETCH_TIMEOUT``: seconds a download may go without receiving a byte before
+    it is dropped and retried (default 120)."""
+    return _number("AIRGAP_FETCH_TIMEOUT", 120, 0.1, 3600)
+
+
 def container_host(kind: str) -> str | None:
     """The engine socket: ``DOCKER_HOST``; for Podman also ``CONTAINER_HOST``."""
     if kind == "podman" and os.environ.get("CONTAINER_HOST"):
@@ -123,3 +157,11 @@ def operator_name() -> str:
         name = f"uid {os.getuid()}"
     sudo = os.environ.get("SUDO_USER")
     return f"{sudo} (sudo as {name})" if sudo and sudo != name else name
+
+
+def fault_point() -> tuple[str | None, str]:
+    """``AIRGAP_FAULT_POINT`` and ``AIRGAP_FAULT_ACTION``: the fault-injection tier's hook
+    (:mod:`bundler.faults`); unset in every real run."""
+    return os.environ.get("AIRGAP_FAULT_POINT") or None, os.environ.get(
+        "AIRGAP_FAULT_ACTION", "kill"
+    )

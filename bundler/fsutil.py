@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from bundler import faults
 
 
 @contextlib.contextmanager
@@ -17,18 +22,76 @@ def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     On any exception the temp file is removed and ``path`` is left untouched.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    with writing_in(path.parent):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        try:
+            os.fchmod(fd, mode)
+            with naming(path), os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                faults.point(f"write.{path.name}")  # written, not yet renamed into place
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+@contextlib.contextmanager
+def naming(path: Path | str) -> Iterator[None]:
+    """An OSError raised inside names ``path``: ``os.write`` and friends report "No
+    space left on device" without saying where, and the operator must know which disk."""
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
+
+
+@contextlib.contextmanager
+def writing_in(directory: Path) -> Iterator[None]:
+    """Hold a shared lock on ``directory`` while our temp files exist in it, so that
+    :func:`remove_stale_temps` (run by a later process) never takes a live one."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield  # the mkstemp that follows reports the real problem
+        return
+    try:
+        with contextlib.suppress(OSError):  # a file system without flock: no sweeping
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(directory: Path, name: str | None = None) -> list[Path]:
+    """Remove the temp files (``.<name>.*.partial``; any name when None) that writers
+    killed outright (``kill -9``, a power cut) left in ``directory``.
+
+    Only when no writer is at work there (:func:`writing_in`): then every such file is
+    a leftover. Returns what was removed (nothing when a writer holds the directory).
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    removed: list[Path] = []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return []
+        pattern = f".{glob.escape(name)}.*.partial" if name is not None else ".*.partial"
+        for p in Path(directory).glob(pattern):
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    finally:
+        os.close(fd)
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -61,3 +124,31 @@ def free_space(path: Path) -> int:
         p = p.parent
     st = os.statvfs(p)
     return st.f_bavail * st.f_frsize
+
+
+COPY_BLOCK = 8 * 1024 * 1024
+
+
+def copy_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
+    """Copy ``count`` bytes from ``src_fd`` at ``offset`` to ``dst_fd``'s position."""
+    use_cfr = hasattr(os, "copy_file_range")
+    while count > 0:
+        n = 0
+        if use_cfr:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, min(count, 1 << 30), offset)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                use_cfr = False
+                continue
+        else:
+            data = os.pread(src_fd, min(count, COPY_BLOCK), offset)
+            n = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dst_fd, view) :]
+        if n == 0:
+            raise EOFError(f"source ended {count} bytes early")
+        offset += n
+        count -= n

@@ -10,6 +10,8 @@ never make a wrong bundle verify. ``airgap build --no-hash-cache`` rehashes all.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import sqlite3
 import threading
@@ -17,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundler.hashing import Digests, FileRange, ProgressFn, hash_sources
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests (
@@ -38,8 +42,12 @@ class HashCache:
         os.close(fd)
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute(SCHEMA)
+        try:
+            with self._lock, self._db:
+                self._db.execute(SCHEMA)
+        except sqlite3.Error as e:  # e.g. a full disk: its journal cannot be created
+            self._db.close()
+            raise OSError(errno.EIO, f"cannot use the digest cache ({e})", str(self.path)) from e
 
     @staticmethod
     def _stat(src: FileRange) -> tuple[int, int, int, int] | None:
@@ -74,19 +82,24 @@ class HashCache:
         """Remember ``digests`` if the file did not change while it was hashed."""
         if stat_before is None or self._stat(src) != stat_before:
             return
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    str(src.path),
-                    src.offset,
-                    src.size,
-                    chunk_size,
-                    *stat_before,
-                    digests.sha256,
-                    ",".join(digests.chunks),
-                ),
-            )
+        try:
+            with self._lock, self._db:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        str(src.path),
+                        src.offset,
+                        src.size,
+                        chunk_size,
+                        *stat_before,
+                        digests.sha256,
+                        ",".join(digests.chunks),
+                    ),
+                )
+        except sqlite3.Error as e:
+            # Only remembered work is lost (the file is hashed again when next needed);
+            # a full disk shows itself at the next real write, with its path.
+            logger.warning("%s: digests not remembered (%s)", self.path, e)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from bundler import safejson
 from bundler.errors import ManifestError
 from bundler.formats import UPGRADE_HINT, newer_format
-from bundler.fsutil import atomic_write_bytes
+from bundler.fsutil import atomic_write_bytes, remove_stale_temps
 from bundler.pins import Pins, error_location
 
 LOCK_FORMAT = "airgap-lock/1"
@@ -80,5 +80,6 @@ def save_lock(path: Path, pins: Pins, *, name: str, platform: str) -> Lock:
         name=name, platform=platform, model=pins.model, images=pins.images, elastic=pins.elastic
     )
     text = json.dumps(lock.to_json(), indent=2, sort_keys=True) + "\n"
+    remove_stale_temps(path.parent, path.name)  # a killed run's, beside the manifest
     atomic_write_bytes(path, text.encode())
     return lock

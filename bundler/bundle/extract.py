@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bundler.bundle.index import INDEX_MEMBER, SIGNATURE_DIR, SUMS_MEMBER, FileEntry, Index
 from bundler.errors import UsageError
-from bundler.fsutil import fsync_close
+from bundler.fsutil import fsync_close, naming
 from bundler.oci.media import OCI_INDEX
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -32,6 +32,7 @@ class StagingExtractor:
         self.fsync = fsync
         self.oci_layout = oci_layout
         self._fd = -1
+        self._path = self.staging  # the member being written (named in a write error)
         self._created = False
         self._flusher: ThreadPoolExecutor | None = None
         self._flushes: list[Future[None]] = []
@@ -73,10 +74,12 @@ class StagingExtractor:
 
     def open_member(self, entry: FileEntry) -> None:
         self._fd = self._safe_open(entry.path)
+        self._path = self.staging / entry.path
 
     def write(self, data: memoryview) -> None:
-        while data:
-            data = data[os.write(self._fd, data) :]
+        with naming(self._path):  # "No space left on device" must say where
+            while data:
+                data = data[os.write(self._fd, data) :]
 
     def close_member(self, entry: FileEntry) -> None:
         fd, self._fd = self._fd, -1
@@ -103,7 +106,8 @@ class StagingExtractor:
     def _drain(self) -> None:
         if self._flusher is not None:
             for f in self._flushes:
-                f.result()
+                with naming(self.staging):
+                    f.result()
             self._flushes.clear()
             self._flusher.shutdown()
             self._flusher = None

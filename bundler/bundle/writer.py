@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from bundler import __version__, canonical
+from bundler import __version__, canonical, faults
 from bundler.bundle import tarfmt
 from bundler.bundle.index import (
     FORMAT,
@@ -37,12 +37,19 @@ from bundler.bundle.parts import PARTS_FORMAT, part_name, parts_list_path, parts
 from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload, check_limits
 from bundler.bundle.signing import SigningKey
 from bundler.errors import SourceError, UsageError
-from bundler.fsutil import atomic_write_bytes, fsync_close, fsync_dir
+from bundler.fsutil import (
+    COPY_BLOCK,
+    atomic_write_bytes,
+    copy_range,
+    fsync_close,
+    fsync_dir,
+    remove_stale_temps,
+    writing_in,
+)
 from bundler.hashcache import HashCache, hash_with_cache
 from bundler.hashing import Digests, FileRange
 
 logger = logging.getLogger(__name__)
-COPY_BLOCK = 8 * 1024 * 1024
 
 
 ProgressFn = Callable[[int], None]
@@ -101,31 +108,6 @@ def compute_entries(
             )
         entries.append(FileEntry(path=p.path, size=p.size, sha256=d.sha256, chunks=list(d.chunks)))
     return entries
-
-
-def _copy_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
-    """Copy ``count`` bytes from ``src_fd`` at ``offset`` to ``dst_fd``'s position."""
-    use_cfr = hasattr(os, "copy_file_range")
-    while count > 0:
-        n = 0
-        if use_cfr:
-            try:
-                n = os.copy_file_range(src_fd, dst_fd, min(count, 1 << 30), offset)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                use_cfr = False
-                continue
-        else:
-            data = os.pread(src_fd, min(count, COPY_BLOCK), offset)
-            n = len(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(dst_fd, view) :]
-        if n == 0:
-            raise EOFError(f"source ended {count} bytes early")
-        offset += n
-        count -= n
 
 
 class _Output:
@@ -205,7 +187,7 @@ class _Output:
     def copy(self, src_fd: int, offset: int, count: int) -> None:
         while count:
             n = min(self._room(), count)
-            _copy_range(src_fd, offset, self._fd, n)
+            copy_range(src_fd, offset, self._fd, n)
             self._account(n)
             offset += n
             count -= n
@@ -381,6 +363,9 @@ def write_bundle(
         compute_entries, early, plan.chunk_size, hash_progress, hash_cache
     )
     late: list[FileEntry] = []
+    remove_stale_temps(output.parent, output.name)  # what a killed build of it left
+    held = contextlib.ExitStack()  # our temp files are live until the commit
+    held.enter_context(writing_in(output.parent))
     out = _Output(output, split_size, head_size)
     fds: dict[Path, int] = {}
     try:
@@ -407,6 +392,7 @@ def write_bundle(
             out.write(b"\0" * tarfmt.padding(p.size))
             if progress:
                 progress(p.size)
+            faults.point("build.payload-written")
         out.write(tarfmt.END_OF_ARCHIVE)
         out.finish()
         entries = sorted([*entries_future.result(), *late], key=lambda e: e.path)
@@ -423,15 +409,19 @@ def write_bundle(
         part_hashes = out.patch_head(
             _head(index_bytes, signatures, render_sha256sums(entries), mtime)
         )
+        faults.point("build.head-written")  # index and signatures in the temp file(s)
         outputs = _commit(out, output, index, index_bytes, part_hashes, keys)
-    except BaseException:
+    except BaseException as e:
         entries_future.cancel()
         hashing.shutdown(wait=True, cancel_futures=True)
         out.discard()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
+            raise OSError(e.errno, e.strerror, str(output)) from e  # say which disk is full
         raise
     finally:
         for fd in fds.values():
             os.close(fd)
+        held.close()
     hashing.shutdown()
     out.close()
     return BuildResult(
@@ -458,6 +448,7 @@ def _commit(
 ) -> tuple[Path, ...]:
     directory = output.parent
     if not out.split_size:
+        faults.point("build.before-rename")
         os.replace(out.tmp_paths[0], output)
         # parts of an earlier split build of the same name must not look current
         for stale in (parts_list_path(output), parts_sums_path(output)):
@@ -468,6 +459,7 @@ def _commit(
             i += 1
         fsync_dir(directory)
         return (output,)
+    faults.point("build.before-rename")
     output.unlink(missing_ok=True)  # an earlier single-file build would shadow the parts
     finals = [directory / part_name(output.name, i) for i in range(len(out.tmp_paths))]
     for tmp, final in zip(out.tmp_paths, finals, strict=True):
@@ -477,6 +469,7 @@ def _commit(
     while (stale := directory / part_name(output.name, i)).exists():
         stale.unlink()
         i += 1
+    faults.point("build.parts-renamed")  # the parts in place, their signed list not yet
     signed = {
         "format": PARTS_FORMAT,
         "bundle": output.name,

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from bundler.fsutil import atomic_write_bytes
+from bundler.fsutil import atomic_write_bytes, remove_stale_temps
 from bundler.hashcache import HashCache
 from bundler.hashing import Digests, FileRange
 
@@ -36,6 +36,9 @@ class Cache:
         self.root = Path(root)
         for sub in ("blobs/sha256", "partial", "alias"):
             (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        for kind in (self.root / "alias").iterdir():  # temp files of killed runs
+            if kind.is_dir() and not kind.is_symlink():
+                remove_stale_temps(kind)
         self.hashes = HashCache(self.root)
 
     def blob(self, sha256: str) -> Path:

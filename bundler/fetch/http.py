@@ -22,9 +22,10 @@ from pathlib import Path
 
 import requests
 
-from bundler import env, net
+from bundler import env, faults, net
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
+from bundler.fsutil import naming
 from bundler.hashing import Digests
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class Downloader:
         *,
         retries: int = 6,
         backoff: float = 0.5,
+        read_timeout: float = 120,
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self.cache = cache
@@ -144,6 +146,7 @@ class Downloader:
         self.session = session or requests.Session()
         self.retries = retries
         self.backoff = backoff
+        self.read_timeout = read_timeout
         self.progress = progress
 
     def cached(self, expect: Expect) -> Path | None:
@@ -195,7 +198,7 @@ class Downloader:
         """Stream into ``partial`` (resuming), hashing as bytes arrive."""
         downloaded = 0
         attempt = 0
-        timeout = env.net_timeout()
+        timeout = min(env.net_timeout(), self.read_timeout)  # AIRGAP_FETCH_TIMEOUT may be shorter
         digests: StreamDigests | None = None
         git_size = expect.size if expect.git_blob else None
 
@@ -244,7 +247,7 @@ class Downloader:
                         elif not r.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
                             mode, offset = "wb", 0  # an answer we cannot splice: start over
                         d = fresh(seed=False) if mode == "wb" else (digests or fresh(seed=True))
-                        with open(partial, mode) as f:
+                        with naming(partial), open(partial, mode) as f:
                             for block in r.iter_content(STREAM_BLOCK):
                                 if expect.size is not None and offset + len(block) > expect.size:
                                     raise FetchError(
@@ -259,6 +262,8 @@ class Downloader:
                                 downloaded += len(block)
                                 if self.progress:
                                     self.progress(len(block))
+                                if expect.size is not None and offset < expect.size:
+                                    faults.point("fetch.mid-blob")
                         if expect.size is not None and offset < expect.size:
                             raise _Retry(f"connection closed at {offset} of {expect.size} bytes")
                         result = d.finish()
@@ -340,7 +345,9 @@ class Downloader:
                 url=url,
                 hint="The mirror or proxy serves altered content; fetch from a trusted source.",
             )
+        faults.point("fetch.verified")  # checked, not yet in blobs/
         path = self.cache.commit(partial, digests.sha256, digests, self.chunk_size)
+        faults.point("fetch.committed")
         if expect.git_blob:
             self.cache.set_alias("gitblob", expect.git_blob, digests.sha256)
         return Fetched(path, digests.sha256, size, downloaded)

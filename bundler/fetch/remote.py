@@ -21,14 +21,15 @@ from urllib.parse import quote
 import requests
 from pydantic import ValidationError
 
-from bundler import safejson
+from bundler import env, safejson
 from bundler.bundle.index import BLOB_PREFIX, SHA256_RE, ImageEntry, Layer
 from bundler.bundle.plan import Payload
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
 from bundler.fetch.http import Downloader, Expect
 from bundler.fetch.huggingface import auth_headers, resolve_repo
-from bundler.fsutil import free_space
+from bundler.fmt import human
+from bundler.fsutil import free_space, naming
 from bundler.hashing import FileRange, hash_sources
 from bundler.manifest import ImageArchive, Manifest
 from bundler.oci.ref import ImageRef, parse_ref
@@ -78,7 +79,14 @@ class Fetcher:
     ) -> None:
         self.cache = cache
         self.opts = opts
-        self.downloader = Downloader(cache, chunk_size, progress=progress)
+        self.downloader = Downloader(
+            cache,
+            chunk_size,
+            retries=env.fetch_retries(),
+            backoff=env.fetch_backoff(),
+            read_timeout=env.fetch_read_timeout(),
+            progress=progress,
+        )
         self._clients: dict[str, RegistryClient] = {}
 
     def _client(self, ref: str) -> tuple[RegistryClient, ImageRef]:
@@ -144,7 +152,8 @@ class Fetcher:
             if self.cache.has(sha, len(data)):
                 return
             partial = self.cache.partial(sha)
-            partial.write_bytes(data)
+            with naming(partial):
+                partial.write_bytes(data)
             digests = hash_sources([data], self.downloader.chunk_size)[0]
             self.cache.commit(partial, sha, digests, self.downloader.chunk_size)
 
@@ -223,7 +232,6 @@ class Fetcher:
         out: list[Download] = []
         model = pins.hf_model
         if model is not None:
-            from bundler import env
             from bundler.fetch.huggingface import ResolvedRepo
 
             repo = ResolvedRepo(model.repo, model.revision, model.commit, [], env.hf_endpoint())
@@ -268,8 +276,8 @@ class Fetcher:
         free = free_space(self.cache.root)
         if need > free:
             raise FetchError(
-                f"{need / 2**30:.1f} GiB to download but only {free / 2**30:.1f} GiB free "
-                f"in {self.cache.root}",
+                f"{self.cache.root}: no space left for the downloads: {human(need)} to "
+                f"download, {human(free)} free",
                 hint="Free space, or point --cache-dir at a larger disk.",
             )
 

@@ -13,6 +13,7 @@ The paths are :mod:`.layout`'s; the receipt's records are :mod:`.records`'.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from bundler import faults
 from bundler.bundle.index import Index
 from bundler.bundle.policy import TrustPolicy, VerifyResult
 from bundler.bundle.reader import read_bundle
@@ -122,6 +124,9 @@ class InstallRun:
             kept = self.store.receipt.releases.get(key)
             if kept is None or kept.index_sha256 != vr.index_sha256:
                 shutil.rmtree(release_dir, ignore_errors=True)  # this run's, never activated
+            if not sink.leftovers and self.store.receipt.pending is not None:
+                with contextlib.suppress(OSError):  # all undone; the error that matters is e
+                    self.store.save(self.store.receipt.with_pending(None))
             raise
         return InstallResult(
             status="installed",
@@ -221,6 +226,7 @@ def install(
                 if on_preflight:
                     on_preflight(list(run.checks))
                 decided.append(decide(facts, run.checks, opts))
+                faults.point("install.preflight-done")
                 return decided[-1] is not Decision.PROCEED  # True: end before the payload
 
             policy = TrustPolicy(opts.trusted, opts.threshold, before_payload=preflight)
@@ -234,14 +240,16 @@ def install(
                     stall_timeout=opts.stall_timeout,
                 )
             except BaseException:
-                store.receipt = store.receipt.with_pending(None)
-                if store.exists or store.receipt.releases:
-                    store.save()
+                if not sink.leftovers:  # undone: nothing for the next run to recover
+                    store.receipt = store.receipt.with_pending(None)
+                    if store.exists or store.receipt.releases:
+                        store.save()
                 raise
             if vr.ended_early:
                 result = run.reuse(vr.index, decided[-1])
             else:
                 result = run.activate(vr, sink, versions)
+            faults.point("install.served")  # serving and recorded; the Elastic steps next
             if result.status != "dry-run":
                 elastic_steps.run(result, layout, store, opts, run.plan)
             return result

@@ -141,6 +141,15 @@ class Layout:
             return []
         return sorted(self.releases.glob(STAGING_PREFIX + "*"))
 
+    def stale_temps(self) -> list[Path]:
+        """Temp files of atomic writes (``.<name>.*.partial``) and of the ``current`` switch
+        that a killed run left (only ever called under the prefix lock)."""
+        found = [p for p in self.prefix.glob(".current.*") if p.is_symlink()]
+        for d in (self.state, self.secrets, self.serve):
+            if d.is_dir() and not d.is_symlink():
+                found += [p for p in d.rglob(".*.partial") if p.is_file() and not p.is_symlink()]
+        return sorted(found)
+
     def auth_dir(self, name: str) -> Path:
         """Per-start Nginx auth files and TLS copies of bundle ``name``."""
         return self.secrets / "nginx" / slug(name)

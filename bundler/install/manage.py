@@ -11,6 +11,7 @@ from pathlib import Path
 
 import requests
 
+from bundler import faults
 from bundler.bundle.index import BLOB_PREFIX, parse_index
 from bundler.errors import AirgapError, InstallError
 from bundler.hashing import FileRange, hash_sources
@@ -24,6 +25,7 @@ from bundler.install.serve import Server, serve_release
 from bundler.install.sink import recover
 from bundler.install.state import InstallLock, ReceiptFile
 from bundler.install.targets import EngineTarget, TargetPool, target_from_spec
+from bundler.oci.engine import recover_containers
 
 
 def _no_receipt(prefix: Path, hint: str) -> InstallError:
@@ -172,6 +174,13 @@ def uninstall(
                 target = targets.get(rel.target)
                 if rel.serve and rel.serve.containers and isinstance(target, EngineTarget):
                     removed += Server(target.runtime, layout, rel.name).remove(rel.serve.containers)
+            # and any a killed serving start left behind (not on record)
+            for spec in {rel.target for rel in releases.values()}:
+                target = targets.get(spec)
+                if isinstance(target, EngineTarget):
+                    owner = str(layout.prefix.resolve())
+                    removed += recover_containers(target.runtime, owner, set())
+            faults.point("uninstall.containers-removed")
             # First every release's own tags, then the images install loaded (an image
             # two releases share is removed once neither tag names it).
             for created in (False, True):
@@ -192,10 +201,12 @@ def uninstall(
                             removed.append(f"kept image {img.ref} ({img.id}): {e.message}")
         finally:
             targets.close()
+        faults.point("uninstall.images-removed")
         layout.switch_current(None)
         for key in list(releases):
             shutil.rmtree(layout.release(key), ignore_errors=True)
             removed.append(f"release {key}")
+            faults.point("uninstall.release-removed")
         for d, what in (
             (layout.secrets, "tokens, TLS keys"),
             (layout.serve, "nginx configuration"),
@@ -235,8 +246,17 @@ def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[st
         raise _no_receipt(prefix, "Check --prefix.")
     with InstallLock(layout.prefix):
         store = ReceiptFile.load(layout.state)
+        current = store.receipt.current
+        # first undo what a killed install or rollback left (containers, staging, images)
+        spec = store.receipt.pending.target if store.receipt.pending else None
+        if spec is None and current in store.receipt.releases:
+            spec = store.receipt.releases[current].target
+        pool = TargetPool(None, runtime_url)
+        try:
+            notes += recover(layout, store, pool.get(spec) if spec else None)
+        finally:
+            pool.close()
         receipt = store.receipt
-        current = receipt.current
         history = [k for k in receipt.history if k in receipt.releases]
         earlier = [k for k in reversed(history) if k != current and layout.release(k).is_dir()]
         if not earlier:
@@ -281,6 +301,7 @@ def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[st
                 served = serve_release(server, layout.release(key), key, serve, no_gpu)
             finally:
                 target.close()
+            faults.point("rollback.served")  # the earlier release serves; nothing recorded yet
             receipt = receipt.with_release(key, rel.model_copy(update={"serve": served}))
             # the current release's containers were replaced by the earlier release's
             stopped = now.serve.model_copy(update={"containers": {}})
@@ -289,5 +310,6 @@ def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[st
             if served.model != now.serve.model:
                 notes += connector_note(receipt, key, served)
         layout.switch_current(key)
+        faults.point("rollback.switched")  # `current` moved, the receipt not yet
         store.save(receipt.activated(key))
         return key, notes

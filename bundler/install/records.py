@@ -246,3 +246,12 @@ class Receipt(Record):
 
     def images_in_use(self, exclude: str | None = None) -> set[str]:
         return {i.id for key, rel in self.releases.items() if key != exclude for i in rel.images}
+
+    def container_ids(self) -> set[str]:
+        """The serving containers on record, of every release."""
+        return {
+            c.id
+            for rel in self.releases.values()
+            if rel.serve
+            for c in rel.serve.containers.values()
+        }

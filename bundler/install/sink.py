@@ -9,12 +9,12 @@ next run can remove what a killed one left.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import shutil
 import threading
 from pathlib import Path
 
+from bundler import faults
 from bundler.bundle.extract import StagingExtractor
 from bundler.bundle.index import BLOB_PREFIX, FileEntry, ImageEntry, Index
 from bundler.errors import AirgapError
@@ -24,7 +24,8 @@ from bundler.install.records import PendingRun
 from bundler.install.reuse import Reuse
 from bundler.install.reusecopy import feed_blobs, put_files
 from bundler.install.state import ReceiptFile
-from bundler.install.targets import ImageTarget, target_from_spec
+from bundler.install.targets import EngineTarget, ImageTarget, target_from_spec
+from bundler.oci.engine import recover_containers
 
 
 def release_key(index: Index) -> str:
@@ -56,6 +57,9 @@ class InstallSink:
         self._local = threading.local()
         self._manifests: set[str] = set()
         self.reuse: Reuse | None = None  # a delta's base, as the preflight found it
+        # True once undoing this run's images failed (an engine gone): the receipt's
+        # pending record must then stay, so that the next run finishes the job.
+        self.leftovers = False
 
     def begin(
         self, index: Index, index_bytes: bytes, signatures: list[tuple[str, bytes]], sums: bytes
@@ -118,9 +122,11 @@ class InstallSink:
         if route is Route.FILE:
             assert self.extractor is not None
             self.extractor.close_member(entry)
+            faults.point("install.file-written")
         elif route is Route.ENGINE:
             assert self.feed is not None
             self.feed.close_blob(entry.size)
+            faults.point("install.layer-fed")
 
     def commit(self) -> None:
         assert self.extractor is not None and self.staging is not None
@@ -142,19 +148,27 @@ class InstallSink:
 
     def remove_loaded(self) -> None:
         """Undo this run's tags, and remove the images it loaded that no release uses."""
-        with contextlib.suppress(AirgapError):
+        try:
             self.target.undo_tags()
+        except AirgapError:
+            self.leftovers = True
         in_use = self.store.receipt.images_in_use()
         for img in self.to_load:
             record = self.target.record(img, True)
             if record.id not in in_use:
-                with contextlib.suppress(AirgapError):
+                try:
                     self.target.remove(record)
+                except AirgapError:
+                    self.leftovers = True
 
 
 def recover(layout: Layout, store: ReceiptFile, target: ImageTarget | None) -> list[str]:
-    """Undo what a killed run left: its staging dir and the images it may have loaded."""
+    """Undo what a killed run left: the containers of a half-done serving start (what
+    served before serves again), its staging dir and the images it may have loaded."""
     done = []
+    if isinstance(target, EngineTarget):
+        owner = str(layout.prefix.resolve())
+        done += recover_containers(target.runtime, owner, store.receipt.container_ids())
     pending = store.receipt.pending
     if pending:
         in_use = store.receipt.images_in_use()
@@ -188,4 +202,7 @@ def recover(layout: Layout, store: ReceiptFile, target: ImageTarget | None) -> l
     for stale in layout.stale_staging():
         shutil.rmtree(stale, ignore_errors=True)
         done.append(f"removed {stale.name} of an interrupted run")
+    for temp in layout.stale_temps():
+        temp.unlink(missing_ok=True)
+        done.append(f"removed {temp.relative_to(layout.prefix)} of an interrupted run")
     return done

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from bundler import faults
 from bundler.bundle.index import ImageEntry, Index
 from bundler.errors import AirgapError, InstallError
 from bundler.install.feeds import ArchiveFeed, RegistryFeed
@@ -97,6 +98,7 @@ class EngineTarget:
                     f"the signed config digest is {img.config_digest}",
                     hint="The engine did not load what the bundle carries; see its log.",
                 )
+        faults.point("install.images-loaded")
         for img in images:
             created = self._created.setdefault(img.role, [])
             for tag in self.wanted_tags(img):
@@ -111,6 +113,7 @@ class EngineTarget:
                     )
                 self.runtime.tag(img.config_digest, tag)
                 created.append(tag)
+        faults.point("install.images-tagged")
 
     def undo_tags(self) -> None:
         """Remove the tags this run created (a failed run)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,12 +23,17 @@ import docker.errors
 import docker.types
 import requests
 
-from bundler import env, net
+from bundler import env, faults, net
 from bundler.errors import InstallError, UsageError
 from bundler.names import container_name
+from bundler.oci.binds import check_binds
 
 logger = logging.getLogger(__name__)
 
+ENGINE_HINT = (
+    "Check that the engine runs and answers on its socket (--runtime-url, DOCKER_HOST); "
+    "then run the same command again: it first removes what an interrupted run left."
+)
 DEFAULT_URLS = {
     "docker": "unix:///var/run/docker.sock",
     "podman": "unix:///run/podman/podman.sock",
@@ -80,7 +85,9 @@ class Runtime:
             version = self.api.version()
             info = self.api.info()
         except (docker.errors.DockerException, requests.RequestException) as e:
-            raise InstallError(f"{self.kind} engine at {self.url} does not answer: {e}") from e
+            raise InstallError(
+                f"{self.kind} engine at {self.url} does not answer: {e}", hint=ENGINE_HINT
+            ) from e
         runtimes = info.get("Runtimes") or {}
         gpu = "nvidia" in runtimes
         detail = "nvidia runtime present" if "nvidia" in runtimes else "no nvidia runtime"
@@ -117,7 +124,10 @@ class Runtime:
         except docker.errors.NotFound:
             return None
         except (docker.errors.DockerException, requests.RequestException) as e:
-            raise InstallError(f"cannot inspect image {ref} on {self.kind}: {e}") from e
+            raise InstallError(
+                f"cannot inspect image {ref} on the {self.kind} engine at {self.url}: {e}",
+                hint=ENGINE_HINT,
+            ) from e
         image_id = str(data.get("Id", ""))
         return image_id if image_id.startswith("sha256:") else f"sha256:{image_id}"
 
@@ -162,7 +172,11 @@ class Runtime:
         except docker.errors.APIError as e:
             raise InstallError(f"{self.kind} refused the images: {e.explanation or e}") from e
         except (docker.errors.DockerException, requests.RequestException) as e:
-            raise InstallError(f"image load from the bundle was cut off: {e}") from e
+            raise InstallError(
+                f"image load into the {self.kind} engine at {self.url} was cut off: {e}",
+                hint="Check that the engine runs (its log says why it stopped), then run the "
+                "same install again: it first removes what this one left.",
+            ) from e
         return messages
 
     def tag(self, image_id: str, ref: str) -> None:
@@ -172,7 +186,9 @@ class Runtime:
         try:
             self.api.tag(image_id, repo, tag)
         except (docker.errors.DockerException, requests.RequestException) as e:
-            raise InstallError(f"cannot tag {image_id} as {ref}: {e}") from e
+            raise InstallError(
+                f"cannot tag {image_id} as {ref} at {self.url}: {e}", hint=ENGINE_HINT
+            ) from e
 
     def untag(self, ref: str) -> None:
         """Remove the tag ``ref`` (the image stays while another tag or an ID names it).
@@ -185,7 +201,9 @@ class Runtime:
         except docker.errors.NotFound:
             return
         except (docker.errors.DockerException, requests.RequestException) as e:
-            raise InstallError(f"cannot remove tag {ref}: {e}") from e
+            raise InstallError(
+                f"cannot remove tag {ref} at {self.url}: {e}", hint=ENGINE_HINT
+            ) from e
 
     def remove_image(self, image_id: str) -> bool:
         """Remove an image by ID (with its tags); False if it was already gone."""
@@ -194,7 +212,9 @@ class Runtime:
         except docker.errors.NotFound:
             return False
         except (docker.errors.DockerException, requests.RequestException) as e:
-            raise InstallError(f"cannot remove image {image_id}: {e}") from e
+            raise InstallError(
+                f"cannot remove image {image_id} at {self.url}: {e}", hint=ENGINE_HINT
+            ) from e
         return True
 
     def container_exists(self, ident: str) -> bool:
@@ -205,7 +225,10 @@ class Runtime:
         except docker.errors.NotFound:
             return False
         except (docker.errors.DockerException, requests.RequestException) as e:
-            raise InstallError(f"cannot inspect container {ident} on {self.kind}: {e}") from e
+            raise InstallError(
+                f"cannot inspect container {ident} on the {self.kind} engine at {self.url}: {e}",
+                hint=ENGINE_HINT,
+            ) from e
         return True
 
     def close(self) -> None:
@@ -229,28 +252,6 @@ def _unreachable_hint(kind: net.Kind, timeout: float) -> str:
             "check that it is not hung, or raise AIRGAP_NET_TIMEOUT."
         )
     return "Start it, or point --runtime-url (or DOCKER_HOST) at its socket."
-
-
-def _check_binds(binds: dict[str, dict[str, str]]) -> None:
-    """Every bind source is an absolute path that exists (the engine would create a
-    missing one on the host), and no path holds the ``:`` that separates a bind's fields.
-    Sources are the release's proven model directory (``contained``) or paths the
-    layout names; none is spelled from index content.
-
-    Raises:
-        InstallError: a bind breaks either rule.
-    """
-    for source, spec in binds.items():
-        problem = None
-        if ":" in source or ":" in spec["bind"]:
-            problem = "holds ':'"
-        elif not os.path.isabs(source) or not os.path.lexists(source):
-            problem = "does not exist"
-        if problem:
-            raise InstallError(
-                f"bind mount {source} -> {spec['bind']} {problem}; refusing to start a container",
-                hint="Use an install --prefix without ':' or links in its path.",
-            )
 
 
 class Containers:
@@ -286,7 +287,7 @@ class Containers:
         except docker.errors.NotFound:
             return
         except (docker.errors.DockerException, requests.RequestException) as e:
-            raise InstallError(f"cannot remove container {ident}: {e}") from e
+            raise InstallError(f"cannot remove container {ident}: {e}", hint=ENGINE_HINT) from e
 
     def logs(self, ident: str, lines: int = 30) -> str:
         try:
@@ -310,7 +311,7 @@ class Containers:
         port: int | None = None,
         ipc_host: bool = False,
     ) -> str:
-        _check_binds(binds)
+        check_binds(binds)
         device_requests = None
         if gpus != "none":
             if gpus == "all":
@@ -343,6 +344,7 @@ class Containers:
                     "airgap.role": role,
                 },
             )
+            faults.point("serve.container-created")
             self.api.start(c["Id"])
         except docker.errors.APIError as e:
             raise InstallError(
@@ -353,7 +355,7 @@ class Containers:
 
     def check_nginx(self, image: str, binds: dict[str, dict[str, str]], network: str) -> None:
         """``nginx -t`` of the generated configuration, inside the nginx image."""
-        _check_binds(binds)
+        check_binds(binds)
         try:
             c = self.api.create_container(
                 image,
@@ -436,3 +438,45 @@ class Containers:
             role: bool((self.find(c["id"]) or {}).get("State", {}).get("Running"))
             for role, c in containers.items()
         }
+
+
+def recover_containers(runtime: Runtime, owner: str, known: set[str]) -> list[str]:
+    """Undo a serving start that was killed half-way (``kill -9``, a power cut).
+
+    Such a start may have left, among the containers labelled with ``owner`` (the
+    install's prefix): new containers under the serving names, and the containers that
+    served before, stopped and renamed ``<name>-previous-<time>``. Every container not
+    in ``known`` (the containers on record in the receipt) is removed; the ones on
+    record get their name back and are started again, so what served before serves
+    again. ``known`` empty removes every container of ``owner`` (uninstall).
+
+    Raises:
+        InstallError: the engine does not answer or refuses.
+    """
+    api = runtime.api
+    done: list[str] = []
+    try:
+        found = api.containers(all=True, filters={"label": [f"{MANAGED}=true", f"{OWNER}={owner}"]})
+        restore = []
+        for c in found:
+            name = str((c.get("Names") or ["/?"])[0]).lstrip("/")
+            renamed = re.fullmatch(r"(?P<name>.+)-previous-\d+", name)
+            if c["Id"] in known:
+                if renamed:
+                    restore.append((c["Id"], renamed["name"]))
+                continue
+            api.remove_container(c["Id"], force=True)
+            done.append(f"removed container {name} of an interrupted run")
+        for ident, name in restore:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.inspect_container(name)
+                continue  # the name is taken by a container on record: leave it be
+            api.rename(ident, name)
+            api.start(ident)
+            done.append(f"started {name} again (an interrupted run had stopped it)")
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        raise InstallError(
+            f"cannot clean up the containers of an interrupted run on {runtime.url}: {e}",
+            hint="Check the engine is running, then run the same command again.",
+        ) from e
+    return done

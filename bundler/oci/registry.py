@@ -20,6 +20,7 @@ import base64
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ import requests
 
 from bundler import env, net, safejson
 from bundler.errors import AirgapError, FetchError, InstallError, UsageError
+from bundler.oci.auth import docker_config_auth
 from bundler.oci.media import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -48,30 +50,6 @@ MAX_MANIFEST = 4 * 1024 * 1024
 _LOGIN_HINT = "`docker login` the registry (~/.docker/config.json, or DOCKER_CONFIG)."
 
 
-def docker_config_auth(registry: str, config: Path | None = None) -> tuple[str, str] | None:
-    """Basic credentials for ``registry`` from Docker's config.json (``auths``)."""
-    path = config or env.docker_config_dir() / "config.json"
-    try:
-        doc = safejson.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    auths = doc.get("auths") if isinstance(doc, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    keys = [registry, f"https://{registry}", f"http://{registry}"]
-    if registry == "docker.io":
-        keys += ["https://index.docker.io/v1/", "index.docker.io"]
-    for k in keys:
-        entry = auths.get(k)
-        if isinstance(entry, dict) and isinstance(entry.get("auth"), str) and entry["auth"]:
-            try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return None
-            return user, password
-    return None
-
-
 @dataclass
 class ResolvedImage:
     ref: ImageRef
@@ -82,6 +60,20 @@ class ResolvedImage:
     config_size: int
     layers: list[dict[str, Any]] = field(default_factory=list)  # digest, size, mediaType
     platform: str = ""
+
+
+def _dropped(e: requests.RequestException) -> bool:
+    """A connection that was made and then broke or stalled (worth another try)."""
+    if isinstance(e, requests.ReadTimeout | requests.exceptions.ChunkedEncodingError):
+        return True
+    text = str(e)
+    return (
+        isinstance(e, requests.ConnectionError)
+        and not isinstance(e, requests.ConnectTimeout)
+        and "Connection refused" not in text
+        and "Name or service not known" not in text
+        and "Temporary failure in name resolution" not in text
+    )
 
 
 class RegistryClient:
@@ -165,21 +157,21 @@ class RegistryClient:
 
     def request(self, method: str, url: str, **kw: Any) -> requests.Response:
         """One request, logging in once when the registry asks (a body that is an
-        iterator cannot be sent twice: such requests follow one that logged in)."""
+        iterator cannot be sent twice: such requests follow one that logged in).
+
+        A GET or HEAD that meets a 5xx/429 answer, a dropped connection or a read
+        timeout is sent again (``AIRGAP_FETCH_RETRIES``, with backoff); a refused
+        connection or an unknown host is not (it will not get better in seconds).
+        """
         limit = env.net_timeout()
         timeout = kw.pop("timeout", (min(15, limit), limit))
         extra = kw.pop("headers", {})
-        try:
-            r = self.session.request(
-                method,
-                url,
-                headers={**extra, **self.auth_headers()},
-                timeout=timeout,
-                verify=self.verify,
-                **kw,
-            )
-            if r.status_code == 401 and self._login(r.headers.get("WWW-Authenticate", ""), url):
-                r.close()
+        tries = 1 + (env.fetch_retries() if method in ("GET", "HEAD") else 0)
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(env.fetch_backoff() * 2 ** (attempt - 1))
+            last = attempt + 1 == tries
+            try:
                 r = self.session.request(
                     method,
                     url,
@@ -188,9 +180,27 @@ class RegistryClient:
                     verify=self.verify,
                     **kw,
                 )
-        except requests.RequestException as e:
-            raise self._unreachable(e, url, f"registry ({method})", limit) from e
-        return r
+                if r.status_code == 401 and self._login(r.headers.get("WWW-Authenticate", ""), url):
+                    r.close()
+                    r = self.session.request(
+                        method,
+                        url,
+                        headers={**extra, **self.auth_headers()},
+                        timeout=timeout,
+                        verify=self.verify,
+                        **kw,
+                    )
+            except requests.RequestException as e:
+                if not last and _dropped(e):
+                    logger.info("%s %s: %s; retrying", method, url, type(e).__name__)
+                    continue
+                raise self._unreachable(e, url, f"registry ({method})", limit) from e
+            if not last and (r.status_code >= 500 or r.status_code == 429):
+                logger.info("%s %s: HTTP %d; retrying", method, url, r.status_code)
+                r.close()
+                continue
+            return r
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def _unreachable(
         self, e: requests.RequestException, url: str, what: str, timeout: float

@@ -84,7 +84,9 @@ class JsonServer:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @contextmanager
-    def running(self) -> Iterator[JsonServer]:
+    def running(self, port: int = 0) -> Iterator[JsonServer]:
+        """Serve on ``port`` (0: any free one) until the block ends; a stand-in can be
+        stopped and started again on the port it had, keeping what it holds."""
         outer = self
 
         class _H(BaseHTTPRequestHandler):
@@ -138,7 +140,7 @@ class JsonServer:
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # a client that went away (or failed the TLS handshake) is no news
 
-        self._server = _Server((self.host, 0), _H)
+        self._server = _Server((self.host, port), _H)
         self._server.daemon_threads = True
         if self.tls is not None:
             self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)

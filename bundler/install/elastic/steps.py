@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundler import faults
 from bundler.bundle.index import parse_index
 from bundler.errors import AirgapError, ElasticStepError, InstallError
 from bundler.fsutil import atomic_write_bytes
@@ -170,6 +171,7 @@ def run(
                 on_created=lambda r: keep("kibana", KibanaRecord.model_validate(r.record())),
             )
             keep("kibana", KibanaRecord.model_validate(reg.record()))
+            faults.point("install.kibana-done")
             if reg.test_error is not None:
                 raise reg.test_error
             if reg.test_reply is not None:
