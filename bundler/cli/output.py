@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bundler.cli.output_elastic import show_elastic, show_release_elastic
+from bundler.cli.output_elastic import show_elastic, show_kubernetes, show_release_elastic
 from bundler.fmt import human
 from bundler.progress import NullReporter, Reporter
 
@@ -241,9 +241,12 @@ def show_install(result: InstallResult) -> None:
         )
         for img in result.images:
             click.echo(f"  image {img.role}: {img.ref} = {img.id}")
+    if result.kubernetes:
+        show_kubernetes(result.kubernetes)
     if result.serving and result.status != "dry-run":
         s = result.serving
-        click.echo(f"serving {s.model} at {s.url} (answered a chat completion)")
+        proof = "(answered a chat completion)" if not result.kubernetes else "(public URL)"
+        click.echo(f"serving {s.model} at {s.url} {proof}")
         plan = (result.elastic or {}).get("plan") or {}
         who = "Elasticsearch" if plan.get("wiring") == "inference-endpoint" else "Kibana"
         click.echo(f"  trust this CA in {who}: {s.ca_cert}")

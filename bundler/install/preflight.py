@@ -77,6 +77,7 @@ class Facts:
     elastic_plan: Plan | None = None  # how the model is wired into Elastic (None: not at all)
     gpus: tuple[Check, ...] = ()  # serving with GPUs: nvidia-smi, driver, fit (install/fit.py)
     gpu_errors: dict[str, AirgapError] = field(default_factory=dict)
+    kubernetes: tuple[Check, ...] = ()  # the version, the model's form and volume, warnings
 
 
 def _port_free(port: int) -> bool:
@@ -135,13 +136,16 @@ def gather(
     check_signed_names(index, bundle=opts.bundle)
     target.bind(index)
     known = receipt.releases.get(key)
-    files = sum(f.size for f in index.files if not f.path.startswith(BLOB_PREFIX))
+    k8s = opts.kubernetes
+    # Kubernetes: the model goes to the registry as it streams, never onto this disk
+    model = ("models/",) if k8s is not None else ()
+    files = sum(f.size for f in index.files if not f.path.startswith((BLOB_PREFIX, *model)))
     engine = isinstance(target, EngineTarget)
-    will_serve = opts.serve is not None and engine
+    will_serve = opts.serve is not None and engine or bool(k8s and k8s.public_url)
     ours = _our_ports(receipt, target)
     has_elastic = any(f.path.startswith("elastic/") for f in index.files)
     ports: dict[int, PortState] = {}
-    for port in wanted_ports(opts, has_elastic, will_serve):
+    for port in wanted_ports(opts, has_elastic, will_serve and engine):
         ports[port] = "ours" if port in ours else ("free" if _port_free(port) else "busy")
     errors: dict[str, AirgapError] = {}
     elastic, plan = elastic_preflight(opts, index, errors, will_serve)
@@ -187,7 +191,26 @@ def gather(
         elastic_plan=plan,
         gpus=gpus,
         gpu_errors=gpu_errors,
+        kubernetes=tuple(_k8s_rows(opts)),
     )
+
+
+def _k8s_rows(opts: InstallOptions) -> list[Check]:
+    k8s = opts.kubernetes
+    if k8s is None:
+        return []
+    volume = f"{k8s.volume} volume" + (f" (PVC {k8s.model_pvc})" if k8s.model_pvc else "")
+    rows = [
+        Check(
+            "kubernetes",
+            True,
+            f"{k8s.k8s_version}: model as {k8s.model_artifact}, {volume}, "
+            f"{k8s.replicas} replica(s), base into {k8s.output}"
+            + ("; then kubectl apply" if k8s.apply else "; kubectl commands printed"),
+        )
+    ]
+    rows += [Check("kubernetes", None, w) for w in k8s.check()]
+    return rows
 
 
 def evaluate(f: Facts, opts: InstallOptions) -> list[Check]:
@@ -240,7 +263,8 @@ def evaluate(f: Facts, opts: InstallOptions) -> list[Check]:
     if opts.no_gpu:
         checks.append(Check("gpu", None, "skipped (--no-gpu)"))
     elif f.gpu is None:
-        checks.append(Check("gpu", None, "not checked: images go to a registry"))
+        where = "the cluster's GPU nodes" if opts.kubernetes else "a registry"
+        checks.append(Check("gpu", None, f"not checked: images go to {where}"))
     elif f.gpus:
         checks.extend(f.gpus)
     else:
@@ -257,6 +281,7 @@ def evaluate(f: Facts, opts: InstallOptions) -> list[Check]:
             checks.append(
                 Check(f"port {port}", state == "free", "free" if state == "free" else "in use")
             )
+    checks.extend(f.kubernetes)
     checks.extend(f.elastic)
     return checks
 

@@ -80,7 +80,17 @@ class RegistrySpec(Record):
     insecure: bool = False
 
 
-TargetSpec = Annotated[EngineSpec | RegistrySpec, Field(discriminator="kind")]
+class KubernetesSpec(Record):
+    """Images and the model pushed to ``registry``; a kustomize base written to ``base_dir``
+    (what a cluster runs is in the release's :class:`KubernetesRecord`)."""
+
+    kind: Literal["kubernetes"] = "kubernetes"
+    registry: str
+    insecure: bool = False
+    base_dir: str
+
+
+TargetSpec = Annotated[EngineSpec | RegistrySpec | KubernetesSpec, Field(discriminator="kind")]
 
 
 class ImageRecord(Record):
@@ -172,11 +182,26 @@ class ServeRecord(Record):
         return [p for p in ports if p]
 
 
+class KubernetesRecord(Record):
+    """What an install wrote for a cluster, and whether it applied it."""
+
+    namespace: str
+    deployment: str
+    base_dir: str  # -o DIR
+    release_base: str  # the copy kept in the release (what rollback applies)
+    files: dict[str, str] = Field(default_factory=dict)  # name -> sha256
+    k8s_version: str
+    model_artifact: str  # modelcar | oci
+    model_volume: str  # image | init-copy
+    model_ref: str  # by digest
+    applied: bool = False
+
+
 # -- the receipt ---------------------------------------------------------------------
 
 
 class Release(Record):
-    omit_unset = frozenset({"serve", "elastic"})
+    omit_unset = frozenset({"serve", "elastic", "kubernetes"})
 
     name: str
     version: int
@@ -188,6 +213,7 @@ class Release(Record):
     images: list[ImageRecord] = Field(default_factory=list)
     serve: ServeRecord | None = None
     elastic: ElasticRecord | None = None
+    kubernetes: KubernetesRecord | None = None
 
 
 class PendingRun(Record):

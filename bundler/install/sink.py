@@ -19,10 +19,12 @@ from bundler.bundle.extract import StagingExtractor
 from bundler.bundle.index import BLOB_PREFIX, FileEntry, ImageEntry, Index
 from bundler.errors import AirgapError
 from bundler.install.feeds import ArchiveFeed, RegistryFeed
+from bundler.install.k8s_target import KubernetesTarget
 from bundler.install.layout import Layout
 from bundler.install.records import PendingRun
 from bundler.install.state import ReceiptFile
 from bundler.install.targets import ImageTarget, target_from_spec
+from bundler.k8s.artifact import ModelFeed
 
 
 def release_key(index: Index) -> str:
@@ -35,6 +37,7 @@ class Route(enum.Enum):
     FILE = "file"  # into the staging release
     ENGINE = "engine"  # into the image feed (engine load or registry push)
     DROP = "drop"  # a layer the target has already: verified, not kept
+    MODEL = "model"  # a model file pushed to a registry (Kubernetes), never kept here
 
 
 class InstallSink:
@@ -47,6 +50,7 @@ class InstallSink:
         self.staging: Path | None = None
         self.extractor: StagingExtractor | None = None
         self.feed: ArchiveFeed | RegistryFeed | None = None
+        self.model_feed: ModelFeed | None = None
         self.to_load: list[ImageEntry] = []
         self.images: list[ImageEntry] = []
         # open/write/close come from two threads (files from the reader, layers from
@@ -75,6 +79,8 @@ class InstallSink:
         self.extractor.begin(index, index_bytes, signatures, sums)
         if self.to_load:
             self.feed = self.target.feed(self.to_load)
+        if isinstance(self.target, KubernetesTarget):
+            self.model_feed = self.target.open_model_feed()
 
     def _digest(self, entry: FileEntry) -> str | None:
         if entry.path.startswith(BLOB_PREFIX):
@@ -82,13 +88,18 @@ class InstallSink:
         return None
 
     def verified_only(self, entry: FileEntry) -> bool:
+        if self.model_feed is not None and self.model_feed.wants(entry):
+            return True
         digest = self._digest(entry)
         return digest is not None and self.feed is not None and self.feed.wants(digest)
 
     def open_member(self, entry: FileEntry) -> None:
         assert self.extractor is not None
         digest = self._digest(entry)
-        if digest is None or digest in self._manifests:
+        if self.model_feed is not None and self.model_feed.wants(entry):
+            self._local.route = Route.MODEL
+            self.model_feed.open_file(entry)
+        elif digest is None or digest in self._manifests:
             self._local.route = Route.FILE
             self.extractor.open_member(entry)
         elif self.feed is not None and self.feed.wants(digest):
@@ -105,6 +116,9 @@ class InstallSink:
         elif route is Route.ENGINE:
             assert self.feed is not None
             self.feed.write(data)
+        elif route is Route.MODEL:
+            assert self.model_feed is not None
+            self.model_feed.write(data)
 
     def close_member(self, entry: FileEntry) -> None:
         route: Route = self._local.route
@@ -114,6 +128,9 @@ class InstallSink:
         elif route is Route.ENGINE:
             assert self.feed is not None
             self.feed.close_blob(entry.size)
+        elif route is Route.MODEL:
+            assert self.model_feed is not None
+            self.model_feed.close_file(entry)
 
     def commit(self) -> None:
         assert self.extractor is not None and self.staging is not None
@@ -129,6 +146,8 @@ class InstallSink:
     def abort(self) -> None:
         if self.feed is not None:
             self.feed.abort()
+        if self.model_feed is not None:
+            self.model_feed.abort()
         if self.extractor is not None:
             self.extractor.abort()
         self.remove_loaded()
@@ -138,8 +157,10 @@ class InstallSink:
         with contextlib.suppress(AirgapError):
             self.target.undo_tags()
         in_use = self.store.receipt.images_in_use()
-        for img in self.to_load:
-            record = self.target.record(img, True)
+        records = [self.target.record(img, True) for img in self.to_load]
+        if isinstance(self.target, KubernetesTarget) and self.target.model_digest:
+            records.append(self.target.model_record())
+        for record in records:
             if record.id not in in_use:
                 with contextlib.suppress(AirgapError):
                     self.target.remove(record)
