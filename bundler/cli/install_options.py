@@ -135,7 +135,9 @@ def _image_destination(kw: Params) -> ImageDestination:
         )
     if target == "engine" and registry:
         raise click.UsageError("--registry pushes to a registry: drop it, or use --target registry")
-    kind: TargetKind = "kubernetes" if target == "kubernetes" else ("registry" if registry else "engine")
+    kind: TargetKind = (
+        "kubernetes" if target == "kubernetes" else ("registry" if registry else "engine")
+    )
     return ImageDestination(
         kind=kind,
         registry=registry,

@@ -99,7 +99,9 @@ k8s_options = option_group(
         "--replicas", type=click.IntRange(1, 1000), default=1, show_default=True, help="Pods."
     ),
     click.option("--namespace", default=None, help="Namespace (default airgap-<bundle>)."),
-    click.option("--ingress-host", default=None, help="Add an Ingress (and Route host) for this name."),
+    click.option(
+        "--ingress-host", default=None, help="Add an Ingress (and Route host) for this name."
+    ),
     click.option("--ingress-class", default=None, help="The Ingress's ingressClassName."),
     click.option("--openshift", is_flag=True, help="Add an OpenShift Route (TLS passthrough)."),
     click.option(

@@ -275,6 +275,13 @@ def show_status(report: StatusReport) -> None:
             click.echo(
                 f"      serving {serving.url}: {running}; /health through nginx: {serving.health}"
             )
+        if rel.cluster:
+            c = rel.cluster
+            click.echo(
+                f"      kubernetes {c['namespace']}/{c['deployment']}: base {c['base']} "
+                f"{c['base_state']}; rollout {c['rollout']}"
+                + (f"; images {c['images']}" if "images" in c else "")
+            )
         show_release_elastic(rel.elastic.to_json() if rel.elastic else {}, rel.elastic_live)
     for t in report.es_truststores:
         detail = f": {t['detail']}" if t["detail"] else ""

@@ -26,10 +26,10 @@ from bundler.bundle.policy import TrustPolicy, VerifyResult
 from bundler.bundle.reader import read_bundle
 from bundler.install.elastic import steps as elastic_steps
 from bundler.install.elastic.wiring import Plan
+from bundler.install.k8s_target import KubernetesTarget, after_deploy, deploy
 from bundler.install.layout import Layout
 from bundler.install.options import Check, InstallOptions, InstallResult, InstallStatus
 from bundler.install.preflight import Decision, decide, evaluate, gather
-from bundler.install.k8s_target import KubernetesTarget, after_deploy, check_output_dir, deploy
 from bundler.install.records import (
     ImageRecord,
     KubernetesRecord,
@@ -41,6 +41,7 @@ from bundler.install.serve import Server, serve_release
 from bundler.install.sink import InstallSink, recover, release_key
 from bundler.install.state import InstallLock, ReceiptFile, VersionRegistry
 from bundler.install.targets import EngineTarget, ImageTarget, RegistryTarget
+from bundler.k8s.options import check_output_dir
 from bundler.oci.engine import Runtime, RuntimeInfo
 from bundler.oci.registry import Registry
 

@@ -14,58 +14,34 @@ rollback applies) and into ``-o DIR``, and returns what the receipt records.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 from bundler.bundle.index import ImageEntry, Index
-from bundler.errors import InstallError, UsageError
+from bundler.errors import InstallError
+from bundler.fsutil import atomic_write_bytes
 from bundler.install.feeds import ArchiveFeed, RegistryFeed
 from bundler.install.layout import Layout
 from bundler.install.options import InstallResult
+from bundler.install.records import (
+    ImageRecord,
+    KubernetesRecord,
+    KubernetesSpec,
+    ServeOptions,
+    ServeRecord,
+)
+from bundler.install.serveconf import auth_conf, nginx_conf, vllm_command
 from bundler.install.state import ReceiptFile
-from bundler.install.records import ImageRecord, KubernetesRecord, KubernetesSpec, ServeOptions, ServeRecord
-from bundler.install.serveconf import nginx_conf, vllm_command
 from bundler.install.targets import RegistryTarget
 from bundler.install.tlsgen import current_secret, ensure_tls, new_secret
-from bundler.fsutil import atomic_write_bytes
 from bundler.k8s.apply import Commands
 from bundler.k8s.artifact import ArtifactFeed, ModelcarFeed, ModelFeed
-from bundler.k8s.options import K8sOptions
-from bundler.k8s.render import BASE_MARKER, Deployable, Secrets, write_base
-from bundler.install.serveconf import auth_conf
+from bundler.k8s.options import BASE_MARKER, K8sOptions, check_output_dir, is_ip, k8s_name
+from bundler.k8s.render import Deployable, Secrets, write_base
 from bundler.manifest import parse_manifest
-from bundler.names import model_mount, registry_name, slug
+from bundler.names import model_mount, registry_name
 from bundler.oci.media import OCI_MANIFEST
 from bundler.oci.registry import Registry
-
-
-def k8s_name(text: str) -> str:
-    """An RFC 1123 label (object and namespace names): ``text`` when it is one."""
-    s = slug(text)
-    if re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", s) and len(s) <= 50:
-        return s
-    import hashlib
-
-    base = re.sub(r"[^a-z0-9]+", "-", s).strip("-")[:40] or "x"
-    return f"{base}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
-def check_output_dir(path: Path) -> None:
-    """``-o DIR`` must be new, empty, or a base airgap wrote (it is replaced).
-
-    Raises:
-        UsageError: it holds other files (a GitOps checkout's own), or is not a directory.
-    """
-    if not path.exists():
-        return
-    if not path.is_dir() or path.is_symlink():
-        raise UsageError(f"-o {path}: not a directory", hint="Name a directory for the base.")
-    if any(path.iterdir()) and not (path / BASE_MARKER).is_file():
-        raise UsageError(
-            f"-o {path}: holds files airgap did not write",
-            hint="Give an empty or new directory (airgap replaces only a base it wrote).",
-        )
 
 
 class KubernetesTarget(RegistryTarget):
@@ -206,7 +182,7 @@ def deploy(
     if missing:
         raise InstallError(f"{key}: no {', '.join(missing)} in the registry records")
     service_dns = (f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local")
-    hosts = [h for h in (k8s.public_host, k8s.ingress_host) if h and not _is_ip(h)]
+    hosts = [h for h in (k8s.public_host, k8s.ingress_host) if h and not is_ip(h)]
     names = tuple(dict.fromkeys([*serve.server_names, *hosts, *service_dns]))
     secrets, ca = _secrets(layout, serve, names)
     model_bytes = sum(
@@ -225,9 +201,15 @@ def deploy(
         model_image=target.by_digest(by_role["model"]),
         model_bytes=model_bytes,
         vllm_args=vllm_command(
-            m, model_mount(m.model.served_name), "0.0.0.0", serve.internal_port, serve.extra_vllm_args
+            m,
+            model_mount(m.model.served_name),
+            "0.0.0.0",
+            serve.internal_port,
+            serve.extra_vllm_args,
         ),
-        nginx_conf=nginx_conf(serve.port, f"127.0.0.1:{serve.internal_port}", auth="/etc/airgap/auth/auth.conf"),
+        nginx_conf=nginx_conf(
+            serve.port, f"127.0.0.1:{serve.internal_port}", auth="/etc/airgap/auth/auth.conf"
+        ),
         secrets=secrets,
         port=serve.port,
         internal_port=serve.internal_port,
@@ -270,18 +252,10 @@ def deploy(
     return record, served
 
 
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def commands(record: KubernetesRecord, base: str | None = None, timeout: float = 900) -> Commands:
-    return Commands(Path(base or record.base_dir), record.namespace, record.deployment, int(timeout))
+    return Commands(
+        Path(base or record.base_dir), record.namespace, record.deployment, int(timeout)
+    )
 
 
 def apply(record: KubernetesRecord, timeout: float, base: str | None = None) -> KubernetesRecord:

@@ -141,7 +141,7 @@ def gather(
     model = ("models/",) if k8s is not None else ()
     files = sum(f.size for f in index.files if not f.path.startswith((BLOB_PREFIX, *model)))
     engine = isinstance(target, EngineTarget)
-    will_serve = opts.serve is not None and engine or bool(k8s and k8s.public_url)
+    will_serve = (opts.serve is not None and engine) or bool(k8s and k8s.public_url)
     ours = _our_ports(receipt, target)
     has_elastic = any(f.path.startswith("elastic/") for f in index.files)
     ports: dict[int, PortState] = {}

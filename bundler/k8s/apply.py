@@ -30,7 +30,15 @@ class Commands:
     timeout: int = 900
 
     def apply(self) -> list[str]:
-        return ["kubectl", "apply", "--server-side", "--field-manager", FIELD_MANAGER, "-k", str(self.base)]
+        return [
+            "kubectl",
+            "apply",
+            "--server-side",
+            "--field-manager",
+            FIELD_MANAGER,
+            "-k",
+            str(self.base),
+        ]
 
     def rollout(self) -> list[str]:
         return [
@@ -47,7 +55,15 @@ class Commands:
         return ["kubectl", "delete", "-k", str(self.base), "--ignore-not-found"]
 
     def get(self) -> list[str]:
-        return ["kubectl", "-n", self.namespace, "get", f"deployment/{self.deployment}", "-o", "json"]
+        return [
+            "kubectl",
+            "-n",
+            self.namespace,
+            "get",
+            f"deployment/{self.deployment}",
+            "-o",
+            "json",
+        ]
 
     def install_lines(self) -> list[str]:
         return [shlex.join(self.apply()), shlex.join(self.rollout())]

@@ -110,7 +110,9 @@ class ModelFeed:
 
     form = ""
 
-    def __init__(self, registry: Registry, repository: str, tag: str, files: list[FileEntry], root: str) -> None:
+    def __init__(
+        self, registry: Registry, repository: str, tag: str, files: list[FileEntry], root: str
+    ) -> None:
         self.registry = registry
         self.repository = repository
         self.tag = tag
@@ -133,7 +135,9 @@ class ModelFeed:
         digest = _sha(manifest)
         got = self.registry.put_manifest(self.repository, self.tag, OCI_MANIFEST, manifest)
         if got and got != digest:
-            raise InstallError(f"{self.ref}: the registry stored {got} for the model's manifest {digest}")
+            raise InstallError(
+                f"{self.ref}: the registry stored {got} for the model's manifest {digest}"
+            )
         return digest
 
     def open_file(self, entry: FileEntry) -> None:
@@ -303,13 +307,17 @@ class ModelcarFeed(ModelFeed):
         layer = "sha256:" + self._hash.hexdigest()
         assert self._location is not None
         sep = "&" if "?" in self._location else "?"
-        self.registry._check(self.registry.request("PUT", f"{self._location}{sep}digest={layer}"), 201)
+        self.registry._check(
+            self.registry.request("PUT", f"{self._location}{sep}digest={layer}"), 201
+        )
         # the base's layers (pushed with the images, or there already) into this repository
         for la in self.base.layers:
             if not self.registry.has_blob(self.repository, la.digest) and not self.registry.mount(
                 self.repository, la.digest, self.base_repository
             ):
-                raise InstallError(f"{self.ref}: cannot mount {la.digest} from {self.base_repository}")
+                raise InstallError(
+                    f"{self.ref}: cannot mount {la.digest} from {self.base_repository}"
+                )
         base_ref = ImageRef(self.registry.host, self.base_repository, None, None)
         cfg = json.loads(self.registry.blob_bytes(base_ref, self.base.config_digest))
         cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"].append(layer)
@@ -320,7 +328,11 @@ class ModelcarFeed(ModelFeed):
         config = canonical(cfg)
         self._put_small_blob(_sha(config), config)
         layers = [
-            {"mediaType": _DOCKER_LAYERS.get(la.media_type, la.media_type), "digest": la.digest, "size": la.size}
+            {
+                "mediaType": _DOCKER_LAYERS.get(la.media_type, la.media_type),
+                "digest": la.digest,
+                "size": la.size,
+            }
             for la in self.base.layers
         ]
         layers.append({"mediaType": LAYER_TAR, "digest": layer, "size": self._size})

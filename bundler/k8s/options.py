@@ -10,12 +10,16 @@ modelcar into an emptyDir or a PVC) unless the target version is 1.35 or later.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from bundler.errors import UsageError
+from bundler.names import slug
 
 ModelArtifact = Literal["modelcar", "oci"]
 ModelVolume = Literal["image", "init-copy"]
@@ -27,6 +31,7 @@ OLDEST_K8S_VERSION = (1, 27)  # the oldest minor the base is written (and valida
 IMAGE_VOLUME_DEFAULT = (1, 35)  # ImageVolume beta, on by default
 IMAGE_VOLUME_GATED = (1, 33)  # 1.33-1.34: beta behind the gate (1.31-1.32: alpha)
 IMAGE_VOLUME_FIELD = (1, 31)  # the Pod API has volumes[].image
+BASE_MARKER = ".airgap-base"  # a directory airgap wrote (replaced on the next install)
 
 
 def parse_k8s_version(text: str) -> tuple[int, int]:
@@ -109,7 +114,9 @@ class K8sOptions:
                 "whose runtime mounts OCI artifacts.",
             )
         if self.model_pvc and self.volume != "init-copy":
-            raise UsageError("--model-pvc is where init-copy copies to: use --model-volume init-copy")
+            raise UsageError(
+                "--model-pvc is where init-copy copies to: use --model-volume init-copy"
+            )
         if self.public_url is not None:
             u = urlsplit(self.public_url)
             if u.scheme != "https" or not u.hostname or u.path not in ("", "/"):
@@ -129,3 +136,37 @@ class K8sOptions:
     @property
     def public_port(self) -> int:
         return (urlsplit(self.public_url).port or 443) if self.public_url else 443
+
+
+def k8s_name(text: str) -> str:
+    """An RFC 1123 label (object and namespace names): ``text`` when it is one."""
+    s = slug(text)
+    if re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", s) and len(s) <= 50:
+        return s
+    base = re.sub(r"[^a-z0-9]+", "-", s).strip("-")[:40] or "x"
+    return f"{base}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def check_output_dir(path: Path) -> None:
+    """``-o DIR`` must be new, empty, or a base airgap wrote (it is replaced).
+
+    Raises:
+        UsageError: it holds other files (a GitOps checkout's own), or is not a directory.
+    """
+    if not path.exists():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise UsageError(f"-o {path}: not a directory", hint="Name a directory for the base.")
+    if any(path.iterdir()) and not (path / BASE_MARKER).is_file():
+        raise UsageError(
+            f"-o {path}: holds files airgap did not write",
+            hint="Give an empty or new directory (airgap replaces only a base it wrote).",
+        )
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
