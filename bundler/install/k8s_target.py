@@ -87,6 +87,7 @@ class KubernetesTarget(RegistryTarget):
                 base_repository=base_repo,
                 mtime=int(index.created_at.timestamp()),
             )
+        self.model_feed.replace_tags = self.replace_tags
         return self.model_feed
 
     def finish(

@@ -119,6 +119,7 @@ class ModelFeed:
         self.root = root  # models/<served_name>/
         self.files = [f for f in files if f.path.startswith(root)]
         self.size = sum(f.size for f in self.files)
+        self.replace_tags = False
 
     def wants(self, entry: FileEntry) -> bool:
         return entry.path.startswith(self.root)
@@ -133,6 +134,13 @@ class ModelFeed:
 
     def _put_manifest(self, manifest: bytes) -> str:
         digest = _sha(manifest)
+        have = self.registry.manifest_digest(self.repository, self.tag, OCI_MANIFEST)
+        if have is not None and have != digest and not self.replace_tags:
+            raise InstallError(
+                f"{self.ref} names another manifest ({have}) than this bundle's model "
+                f"({digest}); airgap does not overwrite it",
+                hint="Remove that tag in the registry, or pass --replace-tags.",
+            )
         got = self.registry.put_manifest(self.repository, self.tag, OCI_MANIFEST, manifest)
         if got and got != digest:
             raise InstallError(

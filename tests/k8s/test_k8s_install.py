@@ -41,9 +41,14 @@ def make_bundle(tmp: Path, key: Keys, version: int = 1, **kw: Any) -> Path:
 def install(bundle: Path, key: Keys, tmp: Path, registry: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     return airgap(
         "install", str(bundle), "--trusted-key", str(key.public), "--prefix", str(tmp / "opt"),
-        "--target", "kubernetes", "--registry", f"{registry}/site", "-o", str(tmp / "base"),
+        "--target", "kubernetes", "--registry", f"{registry}/{repo_prefix(tmp)}", "-o", str(tmp / "base"),
         "--no-gpu", *extra, env=env,
     )  # fmt: skip
+
+
+def repo_prefix(tmp: Path) -> str:
+    """A registry prefix of this test's own (the registry is shared by the session)."""
+    return "t" + hashlib.sha256(str(tmp).encode()).hexdigest()[:12]
 
 
 def receipt(tmp: Path) -> dict[str, Any]:
@@ -198,7 +203,7 @@ def test_output_dir_with_other_files_is_refused_before_any_push(
     r = install(bundle, key, tmp_path, f"{oci_registry.url}/refused")
     assert r.returncode == 2, r.stderr.decode()
     assert "holds files airgap did not write" in r.stderr.decode()
-    assert services.registry_digest(f"{oci_registry.url}/refused/site/demo/vllm:1") is None
+    assert services.registry_digest(f"{oci_registry.url}/refused/{repo_prefix(tmp_path)}/demo/vllm:1") is None
     assert (tmp_path / "base" / "README.md").read_text() == "a GitOps repository's own file\n"
 
 
@@ -257,8 +262,9 @@ def test_commands_printed_then_applied_status_rollback_uninstall(
     assert r.returncode == 0, r.stderr.decode()
     assert calls(stub)[-1]["argv"] == ["delete", "-k", str(base), "--ignore-not-found"]
     out = r.stdout.decode()
-    assert out.index("kubernetes objects of") < out.index(f"image {reg}/site/demo/model:1")
-    assert services.registry_digest(f"{reg}/site/demo/model:1") is None
+    model1 = f"{reg}/{repo_prefix(tmp_path)}/demo/model:1"
+    assert out.index("kubernetes objects of") < out.index(f"image {model1}")
+    assert services.registry_digest(model1) is None
     assert not base.exists() and not (tmp_path / "opt").exists()
 
 
@@ -286,3 +292,37 @@ def test_elastic_wiring_uses_the_public_url(tmp_path: Path, key: Keys, oci_regis
     assert "DNS:llm.site.example" in cert and "DNS:airgap-demo.airgap-demo.svc" in cert
     r = install(bundle, key, tmp_path, f"{oci_registry.url}/el2", "--kibana-url", "https://kibana.site:5601")
     assert r.returncode == 2 and "--public-url" in r.stderr.decode()
+
+
+def test_model_tag_naming_another_manifest_is_not_moved(
+    tmp_path: Path, key: Keys, oci_registry: services.Service
+) -> None:
+    """The model's tag is refused like an image's: another install (here the other form)
+    that would move it fails, the tag keeps its manifest; --replace-tags moves it."""
+    bundle = make_bundle(tmp_path, key)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    prefix = f"{oci_registry.url}/tag"
+    assert install(bundle, key, first, prefix, "--k8s-version", "1.34").returncode == 0
+    ref = f"{prefix}/{repo_prefix(first)}/demo/model:1"
+    before = services.registry_digest(ref)
+    assert before is not None
+    args = ("--model-artifact", "oci", "--model-volume", "image")
+    r = airgap(
+        "install", str(bundle), "--trusted-key", str(key.public), "--prefix", str(second / "opt"),
+        "--target", "kubernetes", "--registry", f"{prefix}/{repo_prefix(first)}",
+        "-o", str(second / "base"), "--no-gpu", *args,
+    )  # fmt: skip
+    assert r.returncode == 1 and "airgap does not overwrite it" in r.stderr.decode()
+    assert services.registry_digest(ref) == before
+    r = airgap(
+        "install", str(bundle), "--trusted-key", str(key.public), "--prefix", str(second / "opt"),
+        "--target", "kubernetes", "--registry", f"{prefix}/{repo_prefix(first)}",
+        "-o", str(second / "base"), "--no-gpu", "--replace-tags", *args,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    # (skopeo inspect reads an artifact's config as an image's: hash the raw manifest)
+    moved = "sha256:" + hashlib.sha256(skopeo_inspect_raw(ref).encode()).hexdigest()
+    model = next(i for i in receipt(second)["releases"]["demo-1"]["images"] if i["role"] == "model")
+    assert moved == model["id"] != before
