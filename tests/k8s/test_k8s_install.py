@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Keys, airgap, build_bundle
 
 from bundler.bundle.index import parse_index
 from devkit import services
 from devkit.demo_data import make_demo_sources
+
+from conftest import Keys, airgap, build_bundle
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,7 +39,14 @@ def make_bundle(tmp: Path, key: Keys, version: int = 1, **kw: Any) -> Path:
     return out
 
 
-def install(bundle: Path, key: Keys, tmp: Path, registry: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def install(
+    bundle: Path,
+    key: Keys,
+    tmp: Path,
+    registry: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     return airgap(
         "install", str(bundle), "--trusted-key", str(key.public), "--prefix", str(tmp / "opt"),
         "--target", "kubernetes", "--registry", f"{registry}/{repo_prefix(tmp)}", "-o", str(tmp / "base"),
@@ -58,7 +66,11 @@ def receipt(tmp: Path) -> dict[str, Any]:
 def model_files(tmp: Path, release: str = "demo-1") -> dict[str, str]:
     """The model's files and signed sha256s, from the index the release kept."""
     index = parse_index((tmp / "opt" / "releases" / release / "airgap" / "index.json").read_bytes())
-    return {f.path.removeprefix("models/tiny/"): f.sha256 for f in index.files if f.path.startswith("models/")}
+    return {
+        f.path.removeprefix("models/tiny/"): f.sha256
+        for f in index.files
+        if f.path.startswith("models/")
+    }
 
 
 def by_digest(record: dict[str, Any]) -> str:
@@ -89,7 +101,10 @@ def stub(tmp_path: Path) -> dict[str, str]:
     exe = bindir / "kubectl"
     exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "kubectl_stub.py"}" "$@"\n')
     exe.chmod(0o755)
-    return {"PATH": f"{bindir}:{os.environ['PATH']}", "KUBECTL_STUB_LOG": str(tmp_path / "kubectl.log")}
+    return {
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "KUBECTL_STUB_LOG": str(tmp_path / "kubectl.log"),
+    }
 
 
 def calls(env: dict[str, str]) -> list[dict[str, Any]]:
@@ -97,7 +112,9 @@ def calls(env: dict[str, str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def test_modelcar_round_trips_by_digest(tmp_path: Path, key: Keys, oci_registry: services.Service) -> None:
+def test_modelcar_round_trips_by_digest(
+    tmp_path: Path, key: Keys, oci_registry: services.Service
+) -> None:
     bundle = make_bundle(tmp_path, key)
     r = install(bundle, key, tmp_path, oci_registry.url, "--k8s-version", "1.34")
     assert r.returncode == 0, r.stderr.decode()
@@ -115,7 +132,9 @@ def test_modelcar_round_trips_by_digest(tmp_path: Path, key: Keys, oci_registry:
     manifest = json.loads(blob(digest).read_bytes())
     vllm_manifest = json.loads(skopeo_inspect_raw(by_digest(images["vllm"])))
     # the vLLM image's layers (same blobs), then one uncompressed layer with the model
-    assert [la["digest"] for la in manifest["layers"][:-1]] == [la["digest"] for la in vllm_manifest["layers"]]
+    assert [la["digest"] for la in manifest["layers"][:-1]] == [
+        la["digest"] for la in vllm_manifest["layers"]
+    ]
     last = manifest["layers"][-1]
     assert last["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
     config = json.loads(blob(manifest["config"]["digest"]).read_bytes())
@@ -143,14 +162,22 @@ def skopeo_inspect_raw(ref: str) -> str:
     return done.stdout
 
 
-def test_oci_artifact_round_trips_by_digest(tmp_path: Path, key: Keys, oci_registry: services.Service) -> None:
+def test_oci_artifact_round_trips_by_digest(
+    tmp_path: Path, key: Keys, oci_registry: services.Service
+) -> None:
     bundle = make_bundle(tmp_path, key)
-    r = install(bundle, key, tmp_path, oci_registry.url, "--model-artifact", "oci", "--k8s-version", "1.35")
+    r = install(
+        bundle, key, tmp_path, oci_registry.url, "--model-artifact", "oci", "--k8s-version", "1.35"
+    )
     assert r.returncode == 0, r.stderr.decode()
-    model = next(i for i in receipt(tmp_path)["releases"]["demo-1"]["images"] if i["role"] == "model")
+    model = next(
+        i for i in receipt(tmp_path)["releases"]["demo-1"]["images"] if i["role"] == "model"
+    )
     skopeo_copy(by_digest(model), f"dir:{tmp_path / 'pulled'}")
     manifest = json.loads((tmp_path / "pulled" / "manifest.json").read_text())
-    assert hashlib.sha256((tmp_path / "pulled" / "manifest.json").read_bytes()).hexdigest() == model["id"].removeprefix("sha256:")
+    assert hashlib.sha256(
+        (tmp_path / "pulled" / "manifest.json").read_bytes()
+    ).hexdigest() == model["id"].removeprefix("sha256:")
     assert manifest["artifactType"] == "application/vnd.airgap.model.v1"
     assert manifest["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
     got = {}
@@ -203,7 +230,10 @@ def test_output_dir_with_other_files_is_refused_before_any_push(
     r = install(bundle, key, tmp_path, f"{oci_registry.url}/refused")
     assert r.returncode == 2, r.stderr.decode()
     assert "holds files airgap did not write" in r.stderr.decode()
-    assert services.registry_digest(f"{oci_registry.url}/refused/{repo_prefix(tmp_path)}/demo/vllm:1") is None
+    assert (
+        services.registry_digest(f"{oci_registry.url}/refused/{repo_prefix(tmp_path)}/demo/vllm:1")
+        is None
+    )
     assert (tmp_path / "base" / "README.md").read_text() == "a GitOps repository's own file\n"
 
 
@@ -231,16 +261,31 @@ def test_commands_printed_then_applied_status_rollback_uninstall(
     assert r.returncode == 0, r.stderr.decode()
     made = calls(stub)
     assert [c["argv"][:2] for c in made] == [["apply", "--server-side"], ["-n", "airgap-demo"]]
-    assert made[0]["argv"] == ["apply", "--server-side", "--field-manager", "airgap", "-k", str(base)]
+    assert made[0]["argv"] == [
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "airgap",
+        "-k",
+        str(base),
+    ]
     assert made[0]["dir"] == str(base.resolve())
-    assert made[0]["files"] == {n: h for n, h in receipt(tmp_path)["releases"]["demo-1"]["kubernetes"]["files"].items()}
+    assert made[0]["files"] == {
+        n: h for n, h in receipt(tmp_path)["releases"]["demo-1"]["kubernetes"]["files"].items()
+    }
     assert receipt(tmp_path)["releases"]["demo-1"]["kubernetes"]["applied"] is True
     # 3. status: base as written; with --apply the Deployment's images are the digests
     r = airgap("status", "--prefix", str(tmp_path / "opt"), "--apply", "--json", env=stub)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
     k = json.loads(r.stdout)["releases"][0]["kubernetes"]
     assert k["images"] == "as recorded" and k["rollout"] == "1/1 ready, 1 updated"
-    r = airgap("status", "--prefix", str(tmp_path / "opt"), "--apply", env={**stub, "KUBECTL_STUB_READY": "0"})
+    r = airgap(
+        "status",
+        "--prefix",
+        str(tmp_path / "opt"),
+        "--apply",
+        env={**stub, "KUBECTL_STUB_READY": "0"},
+    )
     assert r.returncode == 1 and "0/1 ready" in r.stdout.decode()
     # 4. a second release, then rollback --apply puts v1's base back and applies it
     v2 = make_bundle(tmp_path, key, 2, model_bytes=200_000)  # another model: another modelcar
@@ -268,7 +313,9 @@ def test_commands_printed_then_applied_status_rollback_uninstall(
     assert not base.exists() and not (tmp_path / "opt").exists()
 
 
-def test_uninstall_without_apply_says_the_delete(tmp_path: Path, key: Keys, oci_registry: services.Service, stub: dict[str, str]) -> None:
+def test_uninstall_without_apply_says_the_delete(
+    tmp_path: Path, key: Keys, oci_registry: services.Service, stub: dict[str, str]
+) -> None:
     v1 = make_bundle(tmp_path, key, 1)
     assert install(v1, key, tmp_path, f"{oci_registry.url}/keep", env=stub).returncode == 0
     r = airgap("uninstall", "--prefix", str(tmp_path / "opt"), env=stub)
@@ -277,20 +324,48 @@ def test_uninstall_without_apply_says_the_delete(tmp_path: Path, key: Keys, oci_
     assert calls(stub) == [] and (tmp_path / "base" / "kustomization.yaml").is_file()
 
 
-def test_elastic_wiring_uses_the_public_url(tmp_path: Path, key: Keys, oci_registry: services.Service) -> None:
+def test_elastic_wiring_uses_the_public_url(
+    tmp_path: Path, key: Keys, oci_registry: services.Service
+) -> None:
     """The connector is written for --public-url (preconfigured mode: no Kibana call), with
     the CA that signs a certificate naming that host."""
     bundle = make_bundle(tmp_path, key)
-    r = install(bundle, key, tmp_path, f"{oci_registry.url}/el", "--public-url", "https://llm.site.example", "--kibana-mode", "preconfigured")
+    r = install(
+        bundle,
+        key,
+        tmp_path,
+        f"{oci_registry.url}/el",
+        "--public-url",
+        "https://llm.site.example",
+        "--kibana-mode",
+        "preconfigured",
+    )
     assert r.returncode == 0, r.stderr.decode()
-    snippet = yaml.safe_load((tmp_path / "opt" / "secrets" / "kibana-preconfigured.yml").read_text())
+    snippet = yaml.safe_load(
+        (tmp_path / "opt" / "secrets" / "kibana-preconfigured.yml").read_text()
+    )
     connector = next(iter(snippet["xpack.actions.preconfigured"].values()))
     assert connector["config"]["apiUrl"] == "https://llm.site.example/v1/chat/completions"
     host = snippet["xpack.actions.customHostSettings"][0]
     assert host["url"] == "https://llm.site.example"
-    cert = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(tmp_path / "opt" / "secrets" / "tls" / "server.crt")], capture_output=True, text=True, check=True).stdout
+    cert = subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+            "-in",
+            str(tmp_path / "opt" / "secrets" / "tls" / "server.crt"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "DNS:llm.site.example" in cert and "DNS:airgap-demo.airgap-demo.svc" in cert
-    r = install(bundle, key, tmp_path, f"{oci_registry.url}/el2", "--kibana-url", "https://kibana.site:5601")
+    r = install(
+        bundle, key, tmp_path, f"{oci_registry.url}/el2", "--kibana-url", "https://kibana.site:5601"
+    )
     assert r.returncode == 2 and "--public-url" in r.stderr.decode()
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import Keys
 from podman43 import changes, podman_43
 from test_k8s_install import install, make_bundle, receipt
 
 from devkit import services
+
+from conftest import Keys
 
 # Every path a transform may touch (podman_43's docstring), and nothing else.
 ALLOWED = [
@@ -86,17 +87,28 @@ def test_podman_runs_the_deployment(
     env = {**os.environ, "CONTAINERS_CONF": str(podman_engine.root / "containers.conf")}
 
     def run(*argv: str, check: bool = True) -> str:
-        done = subprocess.run([*podman, *argv], capture_output=True, text=True, env=env, check=False)
+        done = subprocess.run(
+            [*podman, *argv], capture_output=True, text=True, env=env, check=False
+        )
         assert not check or done.returncode == 0, done.stderr
         return done.stdout
 
     pod = f"{deployment['metadata']['name']}-pod-0"
+    recorded = {i["role"]: i for i in receipt(tmp_path)["releases"]["demo-1"]["images"]}
+    refs = [f"{i['ref'].rsplit(':', 1)[0]}@{i['id']}" for i in recorded.values()]
     try:
-        run("kube", "play", "--tls-verify=false", "--network", "none", *args, str(work / "deployment.yaml"))
+        run(
+            "kube",
+            "play",
+            "--tls-verify=false",
+            "--network",
+            "none",
+            *args,
+            str(work / "deployment.yaml"),
+        )
         images = run("images", "--digests", "--format", "{{.Repository}}@{{.Digest}}").split()
-        recorded = {i["role"]: i for i in receipt(tmp_path)["releases"]["demo-1"]["images"]}
-        for role in ("vllm", "nginx", "model"):  # pulled from the registry, by digest
-            assert f"{recorded[role]['ref'].rsplit(':', 1)[0]}@{recorded[role]['id']}" in images
+        assert sorted(recorded) == ["model", "nginx", "vllm"]
+        assert set(refs) <= set(images)  # pulled from the registry, by digest
         infra = json.loads(run("pod", "inspect", pod))["InfraContainerID"]
         pid = run("inspect", "--format", "{{.State.Pid}}", infra).strip()
         ca = work / "ca.crt"
@@ -130,3 +142,4 @@ def test_podman_runs_the_deployment(
         assert "from /models/tiny" in logs["vllm"]
     finally:
         run("pod", "rm", "-f", pod, check=False)
+        run("rmi", "-f", *refs, check=False)

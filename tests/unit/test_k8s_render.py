@@ -70,18 +70,26 @@ def validate(objs: list[dict[str, Any]], version: str) -> list[str]:
 
 
 def by_kind(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {o["kind"] + ("/" + o["metadata"]["name"] if o["kind"] == "Secret" else ""): o for o in objs}
+    return {
+        o["kind"] + ("/" + o["metadata"]["name"] if o["kind"] == "Secret" else ""): o for o in objs
+    }
 
 
 def test_default_version_is_the_newest_the_schemas_know() -> None:
-    assert DEFAULT_K8S_VERSION == kv.major_minor(kv.latest_version())
+    assert kv.major_minor(kv.latest_version()) == DEFAULT_K8S_VERSION
 
 
 CASES = [
     pytest.param(DEFAULT_K8S_VERSION, {"volume": "image"}, id="newest-image-volume"),
-    pytest.param("1.35", {"volume": "image", "ingress_host": "llm.site", "openshift": True}, id="1.35-ingress-route"),
+    pytest.param(
+        "1.35",
+        {"volume": "image", "ingress_host": "llm.site", "openshift": True},
+        id="1.35-ingress-route",
+    ),
     pytest.param("1.34", {"volume": "init-copy"}, id="1.34-init-copy-emptydir"),
-    pytest.param("1.28", {"volume": "init-copy", "pvc": "models", "replicas": 3}, id="1.28-init-copy-pvc"),
+    pytest.param(
+        "1.28", {"volume": "init-copy", "pvc": "models", "replicas": 3}, id="1.28-init-copy-pvc"
+    ),
 ]
 
 
@@ -136,7 +144,11 @@ def test_deployment_says_what_a_gpu_cluster_needs(tmp_path: Path) -> None:
     assert {"name": "dshm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert vllm[probe]["httpGet"]["path"] == "/health"
-    assert nginx["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8443, "scheme": "HTTPS"}
+    assert nginx["readinessProbe"]["httpGet"] == {
+        "path": "/health",
+        "port": 8443,
+        "scheme": "HTTPS",
+    }
     env = {e["name"]: e.get("value") or e["valueFrom"] for e in vllm["env"]}
     assert env["HF_HUB_OFFLINE"] == "1" and "secretKeyRef" in env["VLLM_API_KEY"]
     assert all(c["image"].endswith(DIGEST) for c in [vllm, nginx, init])
