@@ -401,3 +401,28 @@ def test_model_tag_naming_another_manifest_is_not_moved(
     moved = "sha256:" + hashlib.sha256(skopeo_inspect_raw(ref).encode()).hexdigest()
     model = next(i for i in receipt(second)["releases"]["demo-1"]["images"] if i["role"] == "model")
     assert moved == model["id"] != before
+
+
+def test_kibana_connector_points_at_the_public_url(
+    tmp_path: Path, key: Keys, oci_registry: services.Service
+) -> None:
+    """The connector path through Kibana's API (the stand-in enforces its contract): the
+    connector calls --public-url with the bearer token (its test call needs the rollout,
+    so it is skipped here)."""
+    from devkit.standins.kibana import KibanaStandIn
+
+    api_key = "a2liYW5hOmtleQ=="
+    bundle = make_bundle(tmp_path, key)
+    kibana = KibanaStandIn("9.2.0", api_keys={api_key})
+    with kibana.running():
+        r = install(
+            bundle, key, tmp_path, f"{oci_registry.url}/kb", "--public-url",
+            "https://llm.site.example:8443", "--kibana-url", kibana.url, "--no-kibana-test",
+            env={"AIRGAP_KIBANA_API_KEY": api_key},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr.decode()
+        (stored,) = kibana.connectors["default"].values()
+    token = (tmp_path / "opt" / "secrets" / "bearer-token").read_text().strip()
+    assert stored["config"]["apiUrl"] == "https://llm.site.example:8443/v1/chat/completions"
+    assert stored["secrets"] == {"apiKey": token}
+    assert receipt(tmp_path)["releases"]["demo-1"]["elastic"]["kibana"]["created_by_us"]
