@@ -46,8 +46,8 @@ import os, shutil, sys
 src, root, name, mark = sys.argv[1:5]
 dst, done = os.path.join(root, name), os.path.join(root, mark)
 if os.path.isfile(done) and os.path.isdir(dst):
-    print("model already copied:", dst)
-    sys.exit(0)
+    sys.stdout.write("model already copied: " + dst + "\\n")
+    raise SystemExit(0)
 for old in os.listdir(root):
     p = os.path.join(root, old)
     if old in (name, name + ".partial") or old.startswith(".airgap-modelcar-"):
@@ -55,7 +55,7 @@ for old in os.listdir(root):
 shutil.copytree(src, dst + ".partial")
 os.replace(dst + ".partial", dst)
 open(done, "w").close()
-print("model copied:", dst)
+sys.stdout.write("model copied: " + dst + "\\n")
 """
 
 
