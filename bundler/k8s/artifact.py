@@ -82,7 +82,7 @@ class _Stream:
                 while True:  # unblock the producer
                     self._q.get_nowait()
 
-    def put(self, data: bytes) -> None:
+    def put(self, data: object) -> None:
         while self._error is None:
             try:
                 self._q.put(data, timeout=0.5)
@@ -93,7 +93,7 @@ class _Stream:
 
     def close(self) -> None:
         if self._error is None:
-            self.put(self._END)  # type: ignore[arg-type]
+            self.put(self._END)
         self._thread.join()
         if self._error is not None:
             raise self._error
