@@ -412,7 +412,13 @@ def openai_stub_image(out: Path, tag: str = "airgap-demo/openai-stub:1") -> Path
         "unittest",
         "distutils",
     }
-    files: dict[str, Path | bytes] = {"/usr/bin/python3.11": python, **_BASE_ETC}
+    # python3 too, as vllm/vllm-openai has it: the Kubernetes modelcar's init container
+    # copies the model with it
+    files: dict[str, Path | bytes] = {
+        "/usr/bin/python3.11": python,
+        "/usr/bin/python3": python,
+        **_BASE_ETC,
+    }
     libs = set(_ldd(python))
     for path in stdlib.rglob("*"):
         rel = path.relative_to(stdlib)

@@ -23,11 +23,13 @@
    endpoint Kibana's default model; ELSER deployed by the Elasticsearch stand-in from
    Nginx behind its built-in ``.elser-2-elasticsearch`` endpoint, Kibana's knowledge base
    set up on it and the product docs installed from the same Nginx. Then the connector
-   path for an older Kibana (9.2), a damaged part named, an update to v2 by a delta
-   bundle (built on the connected side against v1's signed index; only the changed
-   product docs carried, the rest taken from the installed v1), and an uninstall that
-   removes both, uninstalls the product docs, keeps the knowledge base and puts Kibana's
-   setting back.
+   path for an older Kibana (9.2); the same bundle for a Kubernetes cluster (``--target
+   kubernetes``: images and the model pushed to a site registry while verified, a
+   kustomize base written, the kubectl commands printed, not applied: no cluster runs
+   here); a damaged part named; an update to v2 by a delta bundle (built on the connected
+   side against v1's signed index; only the changed product docs carried, the rest taken
+   from the installed v1); and an uninstall that removes both, uninstalls the product
+   docs, keeps the knowledge base and puts Kibana's setting back.
 
 Everything it starts is stopped and every file it writes is removed at the end.
 """
@@ -344,7 +346,8 @@ def main() -> None:
         print(
             f"demo finished in {total:.1f}s: a {len(joined) / 2**20:.0f} MiB bundle in "
             f"{len(parts)} parts, built from a registry and a hub, signed twice, verified, "
-            "installed, served, wired into Elastic 9.5 and 9.2, removed"
+            "installed, served, wired into Elastic 9.5 and 9.2, pushed with a Kubernetes base, "
+            "removed"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -512,6 +515,30 @@ def run_air_gapped(
 
     print("\n== the same release wired into an older Kibana (9.2): the connector path ==")
     airgap("install", part0, *trust, *target, "--kibana-url", old_kibana.url, label="install (9.2)")
+
+    print("\n== the same bundle for a Kubernetes cluster: the site's registry and a base ==")
+    with services.registry() as site:  # the site's internal registry (Harbor, Quay, ...)
+        base = work / "k8s-base"
+        airgap(
+            "-q",
+            "install",
+            part0,
+            *trust,
+            "--prefix",
+            str(work / "opt-k8s"),
+            "--target",
+            "kubernetes",
+            "--registry",
+            f"{site.url}/ai",
+            "-o",
+            str(base),
+            "--k8s-version",
+            "1.34",
+            "--no-gpu",
+            label="install (k8s)",
+        )
+        print(f"  {base.name}/: {', '.join(sorted(p.name for p in base.glob('*.yaml')))}")
+        print("  (not applied: no cluster here; the commands above are what --apply runs)")
 
     print("\n== a damaged transfer is named precisely, and changes nothing ==")
     victim = parts[1]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bundler.cli.install_options import elastic_options, image_options, serve_options
+from bundler.cli.k8s_options import k8s_options
 from bundler.cli.kb_options import kb_options
 from bundler.cli.llm_options import llm_options
 from bundler.cli.options import (
@@ -22,6 +23,7 @@ from bundler.cli.output import note, print_json, render_checks, show_install
 
 if TYPE_CHECKING:
     from bundler.cli.install_options import ElasticRequest, ImageDestination
+    from bundler.cli.k8s_options import K8sRequest
     from bundler.cli.options import HostInputs, TrustInputs
     from bundler.install.elastic.kbroutes import KbOptions
     from bundler.install.elastic.steps import ElasticAccess
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 )
 @serve_options
 @image_options
+@k8s_options
 @elastic_options
 @llm_options
 @kb_options
@@ -80,6 +83,7 @@ def install(
     accept_license: str | None,
     serve: ServeOptions | None,
     images: ImageDestination,
+    kubernetes: K8sRequest,
     elastic: ElasticRequest,
     llm: LlmOptions,
     kb: KbOptions,
@@ -98,8 +102,16 @@ def install(
     from bundler.install.installer import install as run_install
     from bundler.install.options import InstallOptions
 
+    k8s = kubernetes.options() if images.kind == "kubernetes" else None
+    if k8s is None and kubernetes.output:
+        raise click.UsageError("-o DIR is where --target kubernetes writes its base: add it")
     if images.kind == "registry":
         serve = None  # the images are only pushed: nothing runs here
+    if k8s is not None and (elastic.wants_kibana or elastic.es_url) and not k8s.public_url:
+        raise click.UsageError(
+            "--target kubernetes with Kibana/Elasticsearch needs --public-url: the address "
+            "they call the model at (the Ingress, Route or Service)"
+        )
     if elastic.wants_kibana and serve is None:
         raise click.UsageError(
             "the Kibana connector needs the served endpoint: drop --no-serve/--registry"
@@ -129,7 +141,7 @@ def install(
         no_gpu=no_gpu,
         skip_fit_check=skip_fit_check,
         skip_driver_check=skip_driver_check,
-        ports=() if serve is None else (serve.port,),
+        ports=() if serve is None or k8s is not None else (serve.port,),
         serve=serve,
         kibana=kibana,
         elasticsearch=es,
@@ -140,6 +152,7 @@ def install(
         stall_timeout=stall_timeout,
         accept_license=accept_license,
         base_bundle=base_bundle,
+        kubernetes=k8s,
     )
     with reporter(as_json) as r:
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from bundler.install.elastic.steps import ElasticAccess
     from bundler.install.records import ServeOptions
 
-TargetKind = Literal["engine", "registry"]
+TargetKind = Literal["engine", "registry", "kubernetes"]
 
 
 # -- serve: vLLM behind Nginx --------------------------------------------------------------
@@ -129,18 +129,15 @@ class ImageDestination:
 
 def _image_destination(kw: Params) -> ImageDestination:
     target, registry = kw.pop("target"), kw.pop("registry")
-    if target == "kubernetes":
+    if target in ("registry", "kubernetes") and not registry:
         raise click.UsageError(
-            "--target kubernetes is not available in this version yet (it comes with a "
-            "later feature); use --target engine or --target registry"
-        )
-    if target == "registry" and not registry:
-        raise click.UsageError(
-            "--target registry needs --registry HOST[:PORT][/PREFIX]: the registry to push to"
+            f"--target {target} needs --registry HOST[:PORT][/PREFIX]: the registry to push to"
         )
     if target == "engine" and registry:
         raise click.UsageError("--registry pushes to a registry: drop it, or use --target registry")
-    kind: TargetKind = "registry" if registry else "engine"
+    kind: TargetKind = (
+        "kubernetes" if target == "kubernetes" else ("registry" if registry else "engine")
+    )
     return ImageDestination(
         kind=kind,
         registry=registry,
@@ -158,8 +155,9 @@ image_options = option_group(
         "--target",
         type=click.Choice(["engine", "registry", "kubernetes"]),
         default=None,
-        help="Where the images go: the container engine (default), or the OCI registry "
-        "named by --registry (which alone means --target registry).",
+        help="Where the images go: the container engine (default), the OCI registry "
+        "named by --registry (which alone means --target registry), or that registry plus "
+        "a kustomize base for a Kubernetes cluster (-o DIR).",
     ),
     click.option(
         "--registry",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bundler.cli.output_delta import delta_line
-from bundler.cli.output_elastic import show_elastic, show_release_elastic
+from bundler.cli.output_elastic import show_elastic, show_kubernetes, show_release_elastic
 from bundler.fmt import human
 from bundler.progress import NullReporter, Reporter
 
@@ -275,9 +275,12 @@ def show_install(result: InstallResult) -> None:
         )
         for img in result.images:
             click.echo(f"  image {img.role}: {img.ref} = {img.id}")
+    if result.kubernetes:
+        show_kubernetes(result.kubernetes)
     if result.serving and result.status != "dry-run":
         s = result.serving
-        click.echo(f"serving {s.model} at {s.url} (answered a chat completion)")
+        proof = "(answered a chat completion)" if not result.kubernetes else "(public URL)"
+        click.echo(f"serving {s.model} at {s.url} {proof}")
         plan = (result.elastic or {}).get("plan") or {}
         who = "Elasticsearch" if plan.get("wiring") == "inference-endpoint" else "Kibana"
         click.echo(f"  trust this CA in {who}: {s.ca_cert}")
@@ -307,6 +310,13 @@ def show_status(report: StatusReport) -> None:
             )
             click.echo(
                 f"      serving {serving.url}: {running}; /health through nginx: {serving.health}"
+            )
+        if rel.cluster:
+            c = rel.cluster
+            click.echo(
+                f"      kubernetes {c['namespace']}/{c['deployment']}: base {c['base']} "
+                f"{c['base_state']}; rollout {c['rollout']}"
+                + (f"; images {c['images']}" if "images" in c else "")
             )
         show_release_elastic(rel.elastic.to_json() if rel.elastic else {}, rel.elastic_live)
     for t in report.es_truststores:

@@ -126,3 +126,17 @@ def show_release_elastic(el: dict[str, Any], live: dict[str, Any] | None = None)
         )
     if el.get("settings_file"):
         click.echo(f"      Elastic settings to add: {el['settings_file']}")
+
+
+def show_kubernetes(k: dict[str, Any]) -> None:
+    """The base written for a cluster, and the commands (run, or to run)."""
+    click.echo(
+        f"kubernetes {k['k8s_version']}: base in {k['base']} (namespace {k['namespace']}), "
+        f"model {k['model_artifact']} as {k['model_volume']}: {k['model']}"
+    )
+    if k.get("applied"):
+        click.echo("  applied and rolled out:")
+    else:
+        click.echo("  to deploy (or commit the directory for GitOps), run:")
+    for line in k["commands"]:
+        click.echo(f"    {line}")

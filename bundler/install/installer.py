@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bundler import faults
 from bundler.bundle.index import Index
@@ -27,15 +28,23 @@ from bundler.bundle.policy import TrustPolicy, VerifyResult
 from bundler.bundle.reader import read_bundle
 from bundler.install.elastic import steps as elastic_steps
 from bundler.install.elastic.wiring import Plan
+from bundler.install.k8s_target import KubernetesTarget, after_deploy, deploy
 from bundler.install.layout import Layout
 from bundler.install.licence import license_acceptance
 from bundler.install.options import Check, InstallOptions, InstallResult, InstallStatus
 from bundler.install.preflight import Decision, decide, evaluate, gather
-from bundler.install.records import Release, ServeRecord
+from bundler.install.records import (
+    ImageRecord,
+    KubernetesRecord,
+    Release,
+    ServeOptions,
+    ServeRecord,
+)
 from bundler.install.serve import Server, serve_release
 from bundler.install.sink import InstallSink, recover, release_key
 from bundler.install.state import InstallLock, ReceiptFile, VersionRegistry
 from bundler.install.targets import EngineTarget, ImageTarget, RegistryTarget
+from bundler.k8s.options import check_output_dir
 from bundler.oci.engine import Runtime, RuntimeInfo
 from bundler.oci.registry import Registry
 
@@ -49,6 +58,14 @@ _STATUS: dict[Decision, InstallStatus] = {
 
 def open_target(opts: InstallOptions) -> ImageTarget:
     """The engine or registry this run puts images into."""
+    if opts.kubernetes is not None:
+        assert opts.registry is not None
+        check_output_dir(Path(opts.kubernetes.output))  # before anything is pushed
+        return KubernetesTarget(
+            Registry(opts.registry, insecure=opts.registry_insecure, ca=opts.registry_ca),
+            opts.kubernetes,
+            replace_tags=opts.replace_tags,
+        )
     if opts.registry:
         return RegistryTarget(
             Registry(opts.registry, insecure=opts.registry_insecure, ca=opts.registry_ca),
@@ -73,14 +90,22 @@ class InstallRun:
     checks: list[Check] = field(default_factory=list)
     plan: Plan | None = None  # the Elastic wiring the preflight chose
 
-    def _serve(self, key: str, name: str) -> ServeRecord | None:
-        """Serve ``key`` when this run serves (an engine target and serve options)."""
+    def _serve(
+        self, key: str, name: str, images: list[ImageRecord]
+    ) -> tuple[ServeRecord | None, KubernetesRecord | None]:
+        """Serve ``key`` when this run serves (an engine target and serve options); for
+        Kubernetes, write the base instead (a release with only the records set)."""
+        if isinstance(self.target, KubernetesTarget):
+            serve = self.opts.serve or ServeOptions()
+            k8s, served = deploy(self.target, self.layout, key, images, serve, self.opts.no_gpu)
+            return served, k8s
         if self.opts.serve is None or not isinstance(self.target, EngineTarget):
-            return None
+            return None, None
         server = Server(self.target.runtime, self.layout, name)
-        return serve_release(
+        served = serve_release(
             server, self.layout.release(key), key, self.opts.serve, self.opts.no_gpu
         )
+        return served, None
 
     def activate(
         self, vr: VerifyResult, sink: InstallSink, versions: VersionRegistry
@@ -92,12 +117,14 @@ class InstallRun:
         release_dir = self.layout.release(key)
         loaded = {img.config_digest for img in sink.to_load}
         images = [sink.target.record(img, img.config_digest in loaded) for img in index.images]
+        if isinstance(sink.target, KubernetesTarget):
+            images.append(sink.target.model_record())
         serve_record = None
         try:
             # same name and version, left without a receipt entry
             self.layout.remove_release_dir(key)
             os.replace(sink.staging, release_dir)
-            serve_record = self._serve(key, index.name)
+            serve_record, k8s_record = self._serve(key, index.name, images)
             self.layout.switch_current(key)
             release = Release(
                 name=index.name,
@@ -115,6 +142,8 @@ class InstallRun:
                 release = release.model_copy(update={"license_acceptance": acceptance})
             if index.base is not None:  # a delta: the release it was built on
                 release = release.model_copy(update={"base": index.base.index_sha256})
+            if k8s_record is not None:
+                release = release.model_copy(update={"kubernetes": k8s_record})
             receipt = self.store.receipt.with_release(key, release).activated(key)
             self.store.save(receipt.with_pending(None))
             versions.record(index.name, index.version)
@@ -150,7 +179,12 @@ class InstallRun:
             # Same bundle again: leave a healthy service alone, unless asked to rotate the
             # token, or the containers are gone (then start them again).
             serve = self.opts.serve
-            if serve is not None and isinstance(self.target, EngineTarget):
+            if isinstance(self.target, KubernetesTarget):  # the base, with today's options
+                served, k8s = self._serve(key, index.name, list(known.images))
+                update = {"kubernetes": k8s, **({"serve": served} if served else {})}
+                known = known.model_copy(update=update)
+                receipt = receipt.with_release(key, known)
+            elif serve is not None and isinstance(self.target, EngineTarget):
                 server = Server(self.target.runtime, self.layout, index.name)
                 serving = known.serve.containers if known.serve else {}
                 running = server.running(serving) if serving else {}
@@ -211,6 +245,8 @@ def install(
                 where = f"{info.kind} {info.version} at {info.url}"
             else:
                 where = f"registry {target.registry.host} ({target.registry.ping()})"
+                if isinstance(target, KubernetesTarget):
+                    where += f", then a kustomize base into {target.k8s.output}"
             for line in recover(layout, store, target):
                 if notes:
                     notes(line)
@@ -249,6 +285,8 @@ def install(
                 result = run.reuse(vr.index, decided[-1])
             else:
                 result = run.activate(vr, sink, versions)
+            if result.status != "dry-run" and isinstance(target, KubernetesTarget):
+                after_deploy(result, layout, store, target.k8s, opts.serve)
             faults.point("install.served")  # serving and recorded; the Elastic steps next
             if result.status != "dry-run":
                 elastic_steps.run(result, layout, store, opts, run.plan)

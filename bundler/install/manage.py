@@ -18,6 +18,7 @@ from bundler.hashing import FileRange, hash_sources
 from bundler.install.elastic import kb, llm
 from bundler.install.elastic.steps import ElasticAccess, connector_note, undo
 from bundler.install.elastic.truststore_state import check_nodes
+from bundler.install.k8s_manage import cluster_status, rollback_to, uninstall_cluster
 from bundler.install.layout import Layout
 from bundler.install.records import Receipt, RegistrySpec, ServeRecord
 from bundler.install.report import ImageStatus, ReleaseStatus, ServingProbe, StatusReport
@@ -39,6 +40,7 @@ def status(
     *,
     deep: bool = False,
     access: ElasticAccess | None = None,
+    check_cluster: bool = False,
 ) -> StatusReport:
     """The receipt, checked against what is really there (files, images; with
     credentials in ``access``, the current release's Kibana and Elasticsearch objects).
@@ -66,7 +68,7 @@ def status(
             )
             files_ok = None
             if deep and index_ok:
-                files_ok = _deep_check(path, index_file)
+                files_ok = _deep_check(path, index_file, models=rel.kubernetes is None)
             target = targets.get(rel.target)
             images = [ImageStatus(img, target.exists(img)) for img in rel.images]
             serving = None
@@ -75,6 +77,9 @@ def status(
             live = None
             if key == receipt.current and rel.elastic and access is not None:
                 live = {**llm.live(rel.elastic, access), **kb.live(rel.elastic, access)}
+            cluster = None
+            if key == receipt.current and rel.kubernetes is not None:
+                cluster = cluster_status(rel, check_cluster)
             row = ReleaseStatus(
                 release=key,
                 version=rel.version,
@@ -88,6 +93,7 @@ def status(
                 elastic_live=live,
                 installed_at=rel.installed_at,
                 base_chain=base_chain(receipt, key),
+                cluster=cluster,
             )
             if key == receipt.current:
                 ok = ok and row.healthy
@@ -130,10 +136,15 @@ def _probe(server: Server, serve: ServeRecord) -> ServingProbe:
     return ServingProbe(serve.url, serve.ca_cert, running, health)
 
 
-def _deep_check(path: Path, index_file: Path) -> bool:
+def _deep_check(path: Path, index_file: Path, *, models: bool = True) -> bool:
+    """Re-hash the release's files (a Kubernetes release keeps no model: it is in the
+    registry, checked by digest)."""
     index = parse_index(index_file.read_bytes())
     files = [
-        f for f in index.files if not f.path.startswith(BLOB_PREFIX) or (path / f.path).exists()
+        f
+        for f in index.files
+        if (not f.path.startswith(BLOB_PREFIX) or (path / f.path).exists())
+        and (models or not f.path.startswith("models/"))
     ]
     sources = [FileRange(path / f.path, 0, f.size) for f in files]
     try:
@@ -148,9 +159,11 @@ def uninstall(
     runtime_kind: str = "docker",
     runtime_url: str | None = None,
     access: ElasticAccess | None = None,
+    check_cluster: bool = False,
 ) -> list[str]:
     """Remove exactly what the receipt says this tool created: the Kibana connector and
-    ELSER endpoint, containers, images, releases, secrets, state.
+    ELSER endpoint, containers, images, releases, secrets, state; for Kubernetes, the
+    objects of the base (with ``check_cluster``: ``--apply``), else the delete to run.
 
     Raises:
         InstallError: no receipt under ``prefix``; or Kibana/Elasticsearch objects to
@@ -165,6 +178,8 @@ def uninstall(
         if not store.exists:
             raise _no_receipt(prefix, "Check --prefix.")
         removed += undo(store.receipt, access or ElasticAccess())
+        # the cluster first: its pods are what uses the registry's images
+        removed += uninstall_cluster(list(store.receipt.releases.values()), check_cluster)
         targets = TargetPool(runtime_kind, runtime_url)
         try:
             pending = store.receipt.pending
@@ -227,7 +242,9 @@ def uninstall(
     return removed
 
 
-def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[str]]:
+def rollback(
+    prefix: Path, runtime_url: str | None = None, *, apply: bool = False
+) -> tuple[str, list[str]]:
     """Make the release that was active before the current one current again, and serve it.
 
     When the releases were served, the earlier release's containers are started the way
@@ -267,7 +284,10 @@ def rollback(prefix: Path, runtime_url: str | None = None) -> tuple[str, list[st
         key = earlier[0]
         rel = receipt.releases[key]
         now = receipt.releases.get(current or "")
-        if current and now and now.serve and now.serve.containers:
+        if rel.kubernetes is not None:
+            timeout = rel.serve.options.health_timeout if rel.serve and rel.serve.options else 900
+            notes += rollback_to(rel, now, apply, timeout)
+        elif current and now and now.serve and now.serve.containers:
             if rel.name != now.name:
                 raise InstallError(
                     f"{key} is another bundle than the current {current}; rollback stays "

@@ -14,6 +14,7 @@ from bundler.install.elastic.kibana import KibanaOptions
 from bundler.install.elastic.wiring import LlmOptions
 from bundler.install.layout import DEFAULT_PREFIX
 from bundler.install.records import ImageRecord, ServeOptions, ServeRecord
+from bundler.k8s.options import K8sOptions
 
 InstallStatus = Literal["installed", "unchanged", "reactivated", "dry-run"]
 
@@ -57,6 +58,7 @@ class InstallOptions:
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # bundle "-": stdin may send nothing this long
     accept_license: str | None = None  # the model licence id the operator accepts
     base_bundle: str | None = None  # a delta's base bundle (else its installed release)
+    kubernetes: K8sOptions | None = None  # --target kubernetes (images and model to registry)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class InstallResult:
     seconds: float = 0.0
     serving: ServeRecord | None = None
     elastic: dict[str, Any] | None = None  # settings to add, connector, endpoint, files
+    kubernetes: dict[str, Any] | None = None  # the base written, its commands, applied
 
     def to_json(self) -> dict[str, object]:
         """The ``airgap install --json`` document."""
@@ -87,6 +90,7 @@ class InstallResult:
             "images": [i.to_json() for i in self.images],
             "serving": self.serving.to_json() if self.serving else None,
             "elastic": self.elastic,
+            **({"kubernetes": self.kubernetes} if self.kubernetes is not None else {}),
             "bytes": self.bytes_read,
             "seconds": round(self.seconds, 3),
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],

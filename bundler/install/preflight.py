@@ -34,6 +34,7 @@ from bundler.install.contents import check_signed_names
 from bundler.install.elastic.checks import elastic_preflight
 from bundler.install.elastic.wiring import Plan
 from bundler.install.fit import gpu_preflight
+from bundler.install.k8s_manage import k8s_rows
 from bundler.install.layout import Layout
 from bundler.install.licence import license_check
 from bundler.install.options import Check, InstallOptions
@@ -89,6 +90,7 @@ class Facts:
     base: tuple[Check, ...] = ()  # a delta: its base found and checked (install/reuse.py)
     base_errors: dict[str, AirgapError] = field(default_factory=dict)
     reuse: Reuse | None = None
+    kubernetes: tuple[Check, ...] = ()  # the version, the model's form and volume, warnings
 
 
 def _port_free(port: int) -> bool:
@@ -158,16 +160,19 @@ def gather(
         base = base_preflight(index, opts.base_bundle, layout, receipt, target, info)
     reuse = base[2]
     carried = index.carried  # a delta: plus what it copies from its base
-    files = sum(f.size for f in carried if not f.path.startswith(BLOB_PREFIX))
+    k8s = opts.kubernetes
+    # Kubernetes: the model goes to the registry as it streams, never onto this disk
+    model = ("models/",) if k8s is not None else ()
+    files = sum(f.size for f in carried if not f.path.startswith((BLOB_PREFIX, *model)))
     files += reuse.copy_bytes if reuse else 0
     blobs = sum(f.size for f in carried if f.path.startswith(BLOB_PREFIX))
     blobs += reuse.feed_bytes if reuse else 0
     engine = isinstance(target, EngineTarget)
-    will_serve = opts.serve is not None and engine
+    will_serve = (opts.serve is not None and engine) or bool(k8s and k8s.public_url)
     ours = _our_ports(receipt, target)
     has_elastic = any(f.path.startswith("elastic/") for f in index.files)
     ports: dict[int, PortState] = {}
-    for port in wanted_ports(opts, has_elastic, will_serve):
+    for port in wanted_ports(opts, has_elastic, will_serve and engine):
         ports[port] = "ours" if port in ours else ("free" if _port_free(port) else "busy")
     errors: dict[str, AirgapError] = {}
     elastic, plan = elastic_preflight(opts, index, errors, will_serve)
@@ -211,6 +216,7 @@ def gather(
         base=base[0],
         base_errors=base[1],
         reuse=reuse,
+        kubernetes=tuple(k8s_rows(opts)),
     )
 
 
@@ -266,7 +272,8 @@ def evaluate(f: Facts, opts: InstallOptions) -> list[Check]:
     if opts.no_gpu:
         checks.append(Check("gpu", None, "skipped (--no-gpu)"))
     elif f.gpu is None:
-        checks.append(Check("gpu", None, "not checked: images go to a registry"))
+        where = "the cluster's GPU nodes" if opts.kubernetes else "a registry"
+        checks.append(Check("gpu", None, f"not checked: images go to {where}"))
     elif f.gpus:
         checks.extend(f.gpus)
     else:
@@ -283,6 +290,7 @@ def evaluate(f: Facts, opts: InstallOptions) -> list[Check]:
             checks.append(
                 Check(f"port {port}", state == "free", "free" if state == "free" else "in use")
             )
+    checks.extend(f.kubernetes)
     checks.extend(f.elastic)
     return checks
 

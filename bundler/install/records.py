@@ -80,7 +80,17 @@ class RegistrySpec(Record):
     insecure: bool = False
 
 
-TargetSpec = Annotated[EngineSpec | RegistrySpec, Field(discriminator="kind")]
+class KubernetesSpec(Record):
+    """Images and the model pushed to ``registry``; a kustomize base written to ``base_dir``
+    (what a cluster runs is in the release's :class:`KubernetesRecord`)."""
+
+    kind: Literal["kubernetes"] = "kubernetes"
+    registry: str
+    insecure: bool = False
+    base_dir: str
+
+
+TargetSpec = Annotated[EngineSpec | RegistrySpec | KubernetesSpec, Field(discriminator="kind")]
 
 
 class ImageRecord(Record):
@@ -172,6 +182,21 @@ class ServeRecord(Record):
         return [p for p in ports if p]
 
 
+class KubernetesRecord(Record):
+    """What an install wrote for a cluster, and whether it applied it."""
+
+    namespace: str
+    deployment: str
+    base_dir: str  # -o DIR
+    release_base: str  # the copy kept in the release (what rollback applies)
+    files: dict[str, str] = Field(default_factory=dict)  # name -> sha256
+    k8s_version: str
+    model_artifact: str  # modelcar | oci
+    model_volume: str  # image | init-copy
+    model_ref: str  # by digest
+    applied: bool = False
+
+
 # -- the receipt ---------------------------------------------------------------------
 
 
@@ -185,7 +210,7 @@ class LicenseAcceptance(Record):
 
 
 class Release(Record):
-    omit_unset = frozenset({"serve", "elastic", "license_acceptance", "base"})
+    omit_unset = frozenset({"serve", "elastic", "license_acceptance", "base", "kubernetes"})
 
     name: str
     version: int
@@ -199,6 +224,7 @@ class Release(Record):
     elastic: ElasticRecord | None = None
     license_acceptance: LicenseAcceptance | None = None  # receipts before it: none recorded
     base: str | None = None  # a delta's base: the index sha256 of the release it built on
+    kubernetes: KubernetesRecord | None = None
 
 
 class PendingRun(Record):

@@ -59,6 +59,8 @@ class ReleaseStatus:
     elastic_live: dict[str, Any] | None = None
     # a delta's base, its base's base...: release keys (an index sha256 if not installed)
     base_chain: tuple[str, ...] = ()
+    # Kubernetes: the base against the receipt, and (with --apply) the Deployment
+    cluster: dict[str, Any] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -68,6 +70,7 @@ class ReleaseStatus:
             and all(i.present for i in self.images)
             and (self.serving is None or self.serving.ok)
             and all(v.get("ok") is not False for v in (self.elastic_live or {}).values())
+            and (self.cluster is None or self.cluster.get("ok") is not False)
         )
 
     def to_json(self) -> dict[str, object]:
@@ -82,6 +85,7 @@ class ReleaseStatus:
             "serving": self.serving.to_json() if self.serving else None,
             "elastic": self.elastic.to_json() if self.elastic else None,
             "elastic_live": self.elastic_live,
+            **({"kubernetes": self.cluster} if self.cluster is not None else {}),
             "healthy": self.healthy,
             "installed_at": self.installed_at,
             "base_chain": list(self.base_chain),

@@ -90,8 +90,10 @@ def nginx_conf(
     elser: bool = False,
     docs: bool = False,
     artifacts_port: int | None = None,
+    auth: str = "/etc/airgap/auth.conf",
 ) -> str:
-    """The Nginx configuration; the token and the internal key live in auth.conf (0600)."""
+    """The Nginx configuration; the token and the internal key live in ``auth`` (0600;
+    on Kubernetes a Secret mounted where a ConfigMap cannot also be)."""
     artifacts = _artifact_locations(elser, docs)
     plain = (
         f"""
@@ -123,7 +125,7 @@ http {{
     scgi_temp_path /tmp/nginx-scgi;
     client_max_body_size 32m;
     map_hash_bucket_size 128;  # the token map's key is longer than the default allows
-    include /etc/airgap/auth.conf;
+    include {auth};
     upstream vllm {{ server {upstream}; keepalive 16; }}
     server {{
         listen {port} ssl;

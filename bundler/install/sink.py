@@ -19,12 +19,14 @@ from bundler.bundle.extract import StagingExtractor
 from bundler.bundle.index import BLOB_PREFIX, FileEntry, ImageEntry, Index
 from bundler.errors import AirgapError
 from bundler.install.feeds import ArchiveFeed, RegistryFeed
+from bundler.install.k8s_target import KubernetesTarget
 from bundler.install.layout import Layout
 from bundler.install.records import PendingRun
 from bundler.install.reuse import Reuse
 from bundler.install.reusecopy import feed_blobs, put_files
 from bundler.install.state import ReceiptFile
 from bundler.install.targets import EngineTarget, ImageTarget, target_from_spec
+from bundler.k8s.artifact import ModelFeed
 from bundler.oci.engine import recover_containers
 
 
@@ -38,6 +40,7 @@ class Route(enum.Enum):
     FILE = "file"  # into the staging release
     ENGINE = "engine"  # into the image feed (engine load or registry push)
     DROP = "drop"  # a layer the target has already: verified, not kept
+    MODEL = "model"  # a model file pushed to a registry (Kubernetes), never kept here
 
 
 class InstallSink:
@@ -50,6 +53,7 @@ class InstallSink:
         self.staging: Path | None = None
         self.extractor: StagingExtractor | None = None
         self.feed: ArchiveFeed | RegistryFeed | None = None
+        self.model_feed: ModelFeed | None = None
         self.to_load: list[ImageEntry] = []
         self.images: list[ImageEntry] = []
         # open/write/close come from two threads (files from the reader, layers from
@@ -86,6 +90,8 @@ class InstallSink:
             self.feed = self.target.feed(self.to_load)
             if self.reuse is not None:
                 feed_blobs(self.reuse, self.feed, index.chunk_size)
+        if isinstance(self.target, KubernetesTarget):
+            self.model_feed = self.target.open_model_feed()
 
     def _digest(self, entry: FileEntry) -> str | None:
         if entry.path.startswith(BLOB_PREFIX):
@@ -93,13 +99,18 @@ class InstallSink:
         return None
 
     def verified_only(self, entry: FileEntry) -> bool:
+        if self.model_feed is not None and self.model_feed.wants(entry):
+            return True
         digest = self._digest(entry)
         return digest is not None and self.feed is not None and self.feed.wants(digest)
 
     def open_member(self, entry: FileEntry) -> None:
         assert self.extractor is not None
         digest = self._digest(entry)
-        if digest is None or digest in self._manifests:
+        if self.model_feed is not None and self.model_feed.wants(entry):
+            self._local.route = Route.MODEL
+            self.model_feed.open_file(entry)
+        elif digest is None or digest in self._manifests:
             self._local.route = Route.FILE
             self.extractor.open_member(entry)
         elif self.feed is not None and self.feed.wants(digest):
@@ -116,6 +127,9 @@ class InstallSink:
         elif route is Route.ENGINE:
             assert self.feed is not None
             self.feed.write(data)
+        elif route is Route.MODEL:
+            assert self.model_feed is not None
+            self.model_feed.write(data)
 
     def close_member(self, entry: FileEntry) -> None:
         route: Route = self._local.route
@@ -127,6 +141,9 @@ class InstallSink:
             assert self.feed is not None
             self.feed.close_blob(entry.size)
             faults.point("install.layer-fed")
+        elif route is Route.MODEL:
+            assert self.model_feed is not None
+            self.model_feed.close_file(entry)
 
     def commit(self) -> None:
         assert self.extractor is not None and self.staging is not None
@@ -142,6 +159,8 @@ class InstallSink:
     def abort(self) -> None:
         if self.feed is not None:
             self.feed.abort()
+        if self.model_feed is not None:
+            self.model_feed.abort()
         if self.extractor is not None:
             self.extractor.abort()
         self.remove_loaded()
@@ -153,8 +172,10 @@ class InstallSink:
         except AirgapError:
             self.leftovers = True
         in_use = self.store.receipt.images_in_use()
-        for img in self.to_load:
-            record = self.target.record(img, True)
+        records = [self.target.record(img, True) for img in self.to_load]
+        if isinstance(self.target, KubernetesTarget) and self.target.model_digest:
+            records.append(self.target.model_record())
+        for record in records:
             if record.id not in in_use:
                 try:
                     self.target.remove(record)

@@ -14,7 +14,7 @@ from bundler import faults
 from bundler.bundle.index import ImageEntry, Index
 from bundler.errors import AirgapError, InstallError
 from bundler.install.feeds import ArchiveFeed, RegistryFeed
-from bundler.install.records import EngineSpec, ImageRecord, RegistrySpec
+from bundler.install.records import EngineSpec, ImageRecord, KubernetesSpec, RegistrySpec
 from bundler.names import image_tag, registry_name
 from bundler.oci.engine import Runtime
 from bundler.oci.media import OCI_MANIFEST
@@ -290,11 +290,15 @@ class RegistryTarget:
 ImageTarget = EngineTarget | RegistryTarget
 
 
+AnySpec = EngineSpec | RegistrySpec | KubernetesSpec
+
+
 def target_from_spec(
-    spec: EngineSpec | RegistrySpec, runtime: str | None = None, runtime_url: str | None = None
+    spec: AnySpec, runtime: str | None = None, runtime_url: str | None = None
 ) -> ImageTarget:
-    """Rebuild the image target a release was installed into (from its receipt)."""
-    if isinstance(spec, RegistrySpec):
+    """Rebuild the image target a release was installed into (from its receipt): for a
+    Kubernetes release, the registry its images and model went to."""
+    if isinstance(spec, RegistrySpec | KubernetesSpec):
         return RegistryTarget(Registry(spec.registry, insecure=spec.insecure))
     return EngineTarget(Runtime(runtime or spec.runtime, runtime_url or spec.url))
 
@@ -305,9 +309,9 @@ class TargetPool:
     def __init__(self, runtime: str | None, runtime_url: str | None) -> None:
         self.runtime = runtime
         self.runtime_url = runtime_url
-        self._open: dict[EngineSpec | RegistrySpec, ImageTarget] = {}
+        self._open: dict[AnySpec, ImageTarget] = {}
 
-    def get(self, spec: EngineSpec | RegistrySpec) -> ImageTarget:
+    def get(self, spec: AnySpec) -> ImageTarget:
         if spec not in self._open:
             self._open[spec] = target_from_spec(spec, self.runtime, self.runtime_url)
         return self._open[spec]

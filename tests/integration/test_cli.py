@@ -287,8 +287,15 @@ def test_install_target_is_explicit_and_misuse_is_a_usage_error(
     assert b"--target registry needs --registry HOST[:PORT][/PREFIX]" in r.stderr
     r = airgap(*base, "--target", "kubernetes")
     assert r.returncode == 2, r.stderr
-    assert b"--target kubernetes is not available in this version yet" in r.stderr
+    assert b"--target kubernetes needs --registry HOST[:PORT][/PREFIX]" in r.stderr
     assert b"Traceback" not in r.stderr
+    r = airgap(*base, "--target", "kubernetes", "--registry", "127.0.0.1:5000/x")
+    assert r.returncode == 2 and b"--target kubernetes needs -o DIR" in r.stderr
+    r = airgap(*base, "--registry", "127.0.0.1:5000/x", "-o", str(tmp_path / "base"))
+    assert r.returncode == 2 and b"-o DIR is where --target kubernetes writes" in r.stderr
+    r = airgap(*base, "--target", "kubernetes", "--registry", "127.0.0.1:5000/x", "-o", "b",
+               "--k8s-version", "1.30", "--model-volume", "image")  # fmt: skip
+    assert r.returncode == 2 and b"Kubernetes 1.30 has no image volumes" in r.stderr
     r = airgap(*base, "--target", "engine", "--registry", "127.0.0.1:5000/x")
     assert r.returncode == 2 and b"use --target registry" in r.stderr
     r = airgap(*base, "--target", "cloud")

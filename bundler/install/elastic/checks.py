@@ -140,6 +140,8 @@ def elser_repository(
     (the one that serves, or, before serving, the one this run will start)."""
     if opts.elser_dir is not None:
         return f"file://{opts.elser_dir.resolve()}"
+    if opts.kubernetes is not None:
+        return None  # the pod serves the model only, not the Elastic artifacts
     if served is not None:
         return served.artifacts.get("elser") or None
     if opts.serve is None or not will_serve:

@@ -1,0 +1,1 @@
+"""Kubernetes delivery: the model as an OCI artifact, a kustomize base, ``kubectl``."""
