@@ -366,7 +366,7 @@ def next_release_as_delta(work: Path, manifest: Path, bundle: Path, keys: Path, 
     )
     index_v1.write_bytes(got.stdout)
     print(f"$ airgap inspect --index {bundle.name}.part-000 > {index_v1.name}")
-    docs = work / "www" / "product-docs" / "kb-product-doc-kibana-9.2.zip"
+    docs = work / "www" / "product-docs" / "kb-product-doc-kibana-9.5.zip"
     docs.write_bytes(docs.read_bytes() + b"v2")  # upstream published new docs
     manifest.write_text(manifest.read_text().replace("version: 1\n", "version: 2\n"))
     delta = usb / "demo-v2.tar"
