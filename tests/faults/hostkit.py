@@ -213,6 +213,7 @@ EXEMPT: dict[str, str] = {
     r"^secrets/tls/": "the CA and server key pair are generated on the host",
     r"^secrets/nginx/": "per-start copies of the token and the TLS pair",
     r"^serve/elastic-settings\.txt$": "quotes the CA generated on the host",
+    r"^elastic/es-truststore\.sh$": "inlines the CA generated on the host (the trust step)",
     r"^serve/[^/]+/<start>/product-docs\.xml$": "LastModified is the extracted file's mtime",
     r"^state/receipt\.json$": "compared as normalised JSON (receipt_view), not as bytes",
     r"^hashes\.sqlite3$": "SQLite pages depend on write order; compared by rows (hash_rows)",
