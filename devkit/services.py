@@ -146,8 +146,67 @@ def podman() -> Iterator[Service]:
             {"CONTAINER_HOST": f"unix://{sock}", "PODMAN_BASE": " ".join(base)},
         )
     finally:
+        # Pods and containers outlive the service (conmon is not its child): remove them
+        # with the daemonless CLI, which works even when the service has died.
+        for what in (["pod", "rm"], ["rm"]):
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(
+                    [*base, *what, "--all", "--force", "--time", "0"],
+                    env=env,
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
         _stop(proc)
+        kill_leftovers(root)
         _rmtree(root)
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(d.name))
+    return tree
+
+
+def kill_leftovers(root: Path) -> list[int]:
+    """Kill (SIGKILL) what still runs from a service's private ``root``, and its children.
+
+    conmon and the container processes under it are started with paths below ``root`` on
+    their command line; they are ours even when the service that started them is gone.
+    Returns the PIDs killed.
+    """
+    mark = str(root.resolve()).encode() + b"/"
+    me = os.getpid()
+    roots = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            if mark in (d / "cmdline").read_bytes():
+                roots.append(int(d.name))
+        except OSError:
+            continue
+    tree = _children()
+    victims: list[int] = []
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in victims:
+            continue
+        victims.append(pid)
+        todo += tree.get(pid, [])
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return victims
 
 
 def free_port() -> int:
