@@ -99,9 +99,7 @@ def test_stream_refuses_a_terminal_and_split_size(
     assert (tmp_path / "s.tar").stat().st_size == 0
 
 
-def test_stream_whose_reader_goes_away_is_one_clear_error(
-    demo_manifest: Path, key: Keys
-) -> None:
+def test_stream_whose_reader_goes_away_is_one_clear_error(demo_manifest: Path, key: Keys) -> None:
     build = subprocess.Popen(
         _build_cmd(demo_manifest, key), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

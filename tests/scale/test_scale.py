@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import make_key
 from devkit.demo_data import make_demo_sources
+
+from conftest import make_key
 
 GIB = 1 << 30
 SHARD = 5 * GIB  # a 70B model comes as shards of about 5 GB
@@ -50,6 +51,9 @@ def test_build_to_stdout_piped_into_verify_stays_bounded(tmp_path: Path) -> None
     key = make_key(tmp_path / "keys")
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(int(time.time()) - 60)}
     airgap = [sys.executable, "-m", "bundler", "-q"]
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    # the build hashes every source before its first byte: verify waits that long
+    patient = ["--stall-timeout", "86400"]
     started = time.monotonic()
     with (
         open(tmp_path / "build.err", "wb") as build_err,
@@ -57,17 +61,14 @@ def test_build_to_stdout_piped_into_verify_stays_bounded(tmp_path: Path) -> None
         open(tmp_path / "verify.err", "wb") as verify_err,
     ):
         build = subprocess.Popen(
-            [*airgap, "build", str(manifest), "-o", "-", "--key", str(key.private)]
-            + ["--cache-dir", str(tmp_path / "cache")],
+            [*airgap, "build", str(manifest), "-o", "-", "--key", str(key.private), *cache],
             stdout=subprocess.PIPE,
             stderr=build_err,
             env=env,
         )
         assert build.stdout is not None
         verify = subprocess.Popen(
-            [*airgap, "verify", "-", "--trusted-key", str(key.public)]
-            # the build hashes everything before its first byte: give it that long
-            + ["--stall-timeout", "86400"],
+            [*airgap, "verify", "-", "--trusted-key", str(key.public), *patient],
             stdin=build.stdout,
             stdout=verify_out,
             stderr=verify_err,

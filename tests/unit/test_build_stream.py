@@ -42,7 +42,7 @@ def test_a_source_changed_while_streaming_ends_the_stream_unfinished(
     with pytest.raises(SourceError, match="changed while the bundle was being streamed"):
         _stream(demo_manifest, key, tmp_path / "cut.tar", weights / "tokenizer" / "tokenizer.json")
     data = (tmp_path / "cut.tar").read_bytes()
-    assert 0 < len(data) and not data.endswith(tarfmt.END_OF_ARCHIVE)
+    assert len(data) > 0 and not data.endswith(tarfmt.END_OF_ARCHIVE)
     with open(tmp_path / "cut.tar", "rb") as f, pytest.raises(BundleError, match="ends early"):
         read_bundle("-", TrustPolicy(key.trust()), stdin=f)
 
