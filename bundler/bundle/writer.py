@@ -313,6 +313,7 @@ def write_bundle(
         UsageError: no signing key, a bad split size, or an index or parts list larger
             than readers accept.
         SourceError: a source is unreadable, changed during the build, or mismatched.
+        InsufficientSpaceError: the output directory cannot hold the bundle (nothing written).
     """
     if not keys:
         raise UsageError("at least one --key is needed to sign the bundle")
