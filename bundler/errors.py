@@ -70,6 +70,11 @@ class SourceError(AirgapError):
         self.path = path
 
 
+class InsufficientSpaceError(AirgapError):
+    """A file system has less free space than a command will write there (refused
+    before anything is written)."""
+
+
 class FetchError(AirgapError):
     """Downloading from a hub, registry or artifact server failed."""
 

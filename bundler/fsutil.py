@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bundler import faults
+from bundler.errors import InsufficientSpaceError
+from bundler.fmt import human
 
 
 @contextlib.contextmanager
@@ -126,6 +128,22 @@ def free_space(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def require_free(directory: Path, need: int, what: str, hint: str) -> None:
+    """Refuse, before anything is written, when ``directory``'s file system has less
+    than ``need`` bytes free for us.
+
+    Raises:
+        InsufficientSpaceError: the path, what needs the space, how much, how much is free.
+    """
+    free = free_space(directory)
+    if need > free:
+        raise InsufficientSpaceError(
+            f"{directory}: not enough free space: {what} needs {human(need)} ({need} bytes), "
+            f"{human(free)} ({free} bytes) free",
+            hint=hint,
+        )
+
+
 COPY_BLOCK = 8 * 1024 * 1024
 
 
@@ -141,6 +159,37 @@ def copy_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
                 if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                     raise
                 use_cfr = False
+                continue
+        else:
+            data = os.pread(src_fd, min(count, COPY_BLOCK), offset)
+            n = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dst_fd, view) :]
+        if n == 0:
+            raise EOFError(f"source ended {count} bytes early")
+        offset += n
+        count -= n
+
+
+def send_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
+    """Send ``count`` bytes of ``src_fd`` from ``offset`` to ``dst_fd`` (a pipe, a socket
+    or a file): ``sendfile`` moves them in the kernel; where it cannot (an ``O_APPEND``
+    file, an old kernel) a bounded read/write loop does.
+
+    Raises:
+        EOFError: the source ended early (it shrank).
+        OSError: a read or write failed (``EPIPE``: the reader went away).
+    """
+    use_sendfile = True
+    while count > 0:
+        if use_sendfile:
+            try:
+                n = os.sendfile(dst_fd, src_fd, offset, min(count, 1 << 30))
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                use_sendfile = False
                 continue
         else:
             data = os.pread(src_fd, min(count, COPY_BLOCK), offset)

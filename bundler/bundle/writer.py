@@ -36,6 +36,7 @@ from bundler.bundle.index import (
 from bundler.bundle.parts import PARTS_FORMAT, part_name, parts_list_path, parts_sums_path
 from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload, check_limits
 from bundler.bundle.signing import SigningKey
+from bundler.bundle.sizing import bundle_size, require_output_space
 from bundler.errors import SourceError, UsageError
 from bundler.fsutil import (
     COPY_BLOCK,
@@ -312,6 +313,7 @@ def write_bundle(
         UsageError: no signing key, a bad split size, or an index or parts list larger
             than readers accept.
         SourceError: a source is unreadable, changed during the build, or mismatched.
+        InsufficientSpaceError: the output directory cannot hold the bundle (nothing written).
     """
     if not keys:
         raise UsageError("at least one --key is needed to sign the bundle")
@@ -349,6 +351,8 @@ def write_bundle(
         )
     )
     check_limits(placeholder_index, head_size, payloads, split_size, mtime)
+    remove_stale_temps(output.parent, output.name)  # what a killed build of it left
+    require_output_space(output, bundle_size(head_size, payloads, mtime))
 
     logger.info(
         "writing %s: %d files, %d bytes, head %d bytes",
@@ -363,7 +367,6 @@ def write_bundle(
         compute_entries, early, plan.chunk_size, hash_progress, hash_cache
     )
     late: list[FileEntry] = []
-    remove_stale_temps(output.parent, output.name)  # what a killed build of it left
     held = contextlib.ExitStack()  # our temp files are live until the commit
     held.enter_context(writing_in(output.parent))
     out = _Output(output, split_size, head_size)

@@ -27,7 +27,9 @@ from bundler.cli.output import (
 from bundler.cli.output_delta import show_delta_preview
 
 if TYPE_CHECKING:
+    from bundler.build import BuildOptions
     from bundler.cli.options import FetchInputs
+    from bundler.manifest import Manifest
 
 manifest_argument = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 
@@ -78,7 +80,8 @@ def schema() -> None:
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,
-    help="Bundle file to write (split parts get .part-NNN appended).",
+    help="Bundle file to write (split parts get .part-NNN appended), or - for standard "
+    "output (a pipe: `airgap build M -o - --key K | airgap verify - …`).",
 )
 @click.option(
     "--key",
@@ -201,6 +204,9 @@ def build(
         else:
             show_dry_run(plan)
         return
+    if str(output) == "-":
+        _build_to_stdout(m, opts, keys, base, passphrase_file, as_json)
+        return
     pw = read_passphrase(passphrase_file)
     opts = dataclasses.replace(opts, keys=tuple(load_signing_key(k, pw) for k in keys))
     with reporter(as_json) as r:
@@ -211,6 +217,43 @@ def build(
         show_build(result)
         if base and result.index.base is None:
             show_warnings([f"nothing in common with the base {base}: wrote a full bundle"])
+
+
+def _build_to_stdout(
+    m: Manifest,
+    opts: BuildOptions,
+    keys: tuple[Path, ...],
+    base: str | None,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """``-o -``: the bundle on standard output; the summary (or ``--json``) on stderr."""
+    import contextlib
+    import dataclasses
+    import sys
+
+    from bundler.build_stream import build_to_stream
+    from bundler.bundle.signing import load_signing_key
+    from bundler.errors import UsageError
+
+    if sys.stdout.isatty():
+        raise UsageError(
+            "-o - writes the bundle to standard output, which is a terminal here",
+            hint="Pipe it (`airgap build … -o - | airgap verify - …`) or redirect it to a "
+            "file; or give -o BUNDLE.",
+        )
+    pw = read_passphrase(passphrase_file)
+    opts = dataclasses.replace(opts, keys=tuple(load_signing_key(k, pw) for k in keys))
+    sys.stdout.flush()
+    with reporter(as_json) as r:
+        result = build_to_stream(m, opts, sys.stdout.fileno(), r)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the bundle
+        if as_json:
+            print_json(result.to_json())
+        else:
+            show_build(result)
+            if base and result.index.base is None:
+                show_warnings([f"nothing in common with the base {base}: wrote a full bundle"])
 
 
 @click.command()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from faults.connected import World
+from faults.connected import SDE, World
 from faults.hostkit import (
     HostState,
     airgap_paused,
@@ -82,16 +82,36 @@ def test_fetch_into_a_full_cache(connected: World, tmp_path: Path, how: str) -> 
 
 
 @pytest.mark.fault("disk full: build (output)")
+@pytest.mark.parametrize("how", ["too small", "filled mid-write"])
 def test_build_into_a_full_output_directory(
-    connected: World, fault_key: Keys, tmp_path: Path
+    connected: World, fault_key: Keys, tmp_path: Path, how: str
 ) -> None:
     ref = tmp_path / "ref"
     ref.mkdir()
     assert_ok(connected.build(fault_key, ref / "demo.tar"), "clean build")
     out = tmp_path / "out"
-    with tmpfs(out, "128K"):
-        r = connected.build(fault_key, out / "demo.tar")
-        assert_clean_error(r, str(out / "demo.tar"), "No space left on device")
+    with tmpfs(out, "128K" if how == "too small" else "16M"):
+        if how == "too small":
+            # refused before a byte is written: the bundle's exact size against the free space
+            r = connected.build(fault_key, out / "demo.tar")
+            assert_clean_error(r, f"{out}: not enough free space: the bundle demo.tar needs")
+        else:
+            fillers: list[Path] = []
+            r = airgap_paused(
+                "build",
+                str(connected.demo),
+                "-o",
+                str(out / "demo.tar"),
+                "--key",
+                str(fault_key.private),
+                "--chunk-size",
+                "64K",
+                env={"SOURCE_DATE_EPOCH": SDE},
+                point="build.payload-written:2",
+                while_stopped=lambda: fillers.append(fill(out)),
+            )
+            assert_clean_error(r, str(out / "demo.tar"), "No space left on device")
+            fillers[0].unlink()
         assert tree(out) == {}  # no bundle, no part, no temp file
         remount(out, "16M")
         assert_ok(connected.build(fault_key, out / "demo.tar"))

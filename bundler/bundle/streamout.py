@@ -1,0 +1,194 @@
+"""Write a bundle to a stream (``airgap build -o -``): hash everything first, then send.
+
+A pipe cannot be patched afterwards, so the head (index, signatures, SHA256SUMS) can only
+go out once every source is hashed: all cores hash first (the hash cache makes a second
+build of the same sources skip that), then the head and the payload are sent in order,
+the payload by ``sendfile`` (in the kernel, no copy through this process). The bytes are
+those :func:`bundler.bundle.writer.write_bundle` writes to a file from the same plan.
+
+Each source's stamp (size, mtime) is taken before hashing and compared again just
+before and just after it is sent. A source that changed in between ends the stream
+with an error and without the end-of-archive blocks, so the reader on the other side
+(``airgap verify -``) refuses it as incomplete; a change that keeps size and mtime is
+caught there by the chunk hashes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bundler.bundle import tarfmt
+from bundler.bundle.index import FileEntry, chunk_count, render_sha256sums
+from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload, check_limits
+from bundler.bundle.signing import SigningKey
+from bundler.bundle.writer import _dedupe, _head, build_index, compute_entries, stamp
+from bundler.errors import AirgapError, SourceError, UsageError
+from bundler.fsutil import send_range
+from bundler.hashcache import HashCache
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+
+STDOUT_NAME = "-"
+
+
+class StreamClosedError(AirgapError):
+    """The program reading the bundle from our standard output went away."""
+
+
+def head_size_of(plan: BuildPlan, payloads: Sequence[Payload], keyids: Sequence[str]) -> int:
+    """The head's exact size, from placeholder digests of the same length; also refuses
+    (:func:`check_limits`) an index that readers would refuse."""
+    zero = "0" * 64
+    placeholder = [
+        FileEntry(
+            path=p.path,
+            size=p.size,
+            sha256=zero,
+            chunks=[zero] * chunk_count(p.size, plan.chunk_size),
+        )
+        for p in payloads
+    ]
+    index = build_index(plan, placeholder, validate=False).to_bytes()
+    mtime = int(plan.created.timestamp())
+    size = len(
+        _head(index, [(k, bytes(64)) for k in keyids], render_sha256sums(placeholder), mtime)
+    )
+    check_limits(index, size, payloads, None, mtime)
+    return size
+
+
+class _Sink:
+    """Blocking writes to ``fd``, counting bytes; a reader that went away is one clear error."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.total = 0
+
+    def _closed(self, e: OSError) -> StreamClosedError:
+        return StreamClosedError(
+            f"standard output was closed by the program reading the bundle after "
+            f"{self.total} bytes ({e.strerror})",
+            hint="The reading side stopped (its own error says why); the stream is "
+            "incomplete and every reader refuses it. Run the pipeline again.",
+        )
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self.total += n
+        except OSError as e:
+            if e.errno in (errno.EPIPE, errno.ECONNRESET):
+                raise self._closed(e) from e
+            raise
+
+    def send(self, src_fd: int, offset: int, count: int) -> None:
+        try:
+            send_range(src_fd, offset, self.fd, count)
+        except OSError as e:
+            if e.errno in (errno.EPIPE, errno.ECONNRESET):
+                raise self._closed(e) from e
+            raise
+        self.total += count
+
+
+def _changed(path: Path) -> SourceError:
+    return SourceError(
+        "changed while the bundle was being streamed; the stream ends without its "
+        "end-of-archive, so every reader refuses it",
+        path=str(path),
+        hint="Do not modify sources during `airgap build`; run it again.",
+    )
+
+
+def stream_bundle(
+    plan: BuildPlan,
+    fd: int,
+    keys: Sequence[SigningKey],
+    *,
+    progress: ProgressFn | None = None,
+    hash_progress: ProgressFn | None = None,
+    hash_cache: HashCache | None = None,
+) -> BuildResult:
+    """Hash every source (all cores), sign, then write the bundle to ``fd`` (a pipe).
+
+    Memory stays bounded: hashing shares the hashers' buffer budget, the payload goes
+    from file to ``fd`` in the kernel, and only the head (index, signatures, sums) and
+    the small generated members are held.
+
+    Raises:
+        UsageError: no signing key, or an index larger than readers accept.
+        SourceError: a source is unreadable, mismatched, or changed before or while it
+            was sent (the stream then has no end-of-archive).
+        StreamClosedError: the reading side closed the pipe.
+    """
+    if not keys:
+        raise UsageError("at least one --key is needed to sign the bundle")
+    payloads = _dedupe(plan.payloads)
+    keys = list({k.keyid: k for k in keys}.values())
+    mtime = int(plan.created.timestamp())
+    before = plan.stamps or {
+        p.source.path: stamp(p.source.path)
+        for p in payloads
+        if not isinstance(p.source, (bytes, LateBytes))
+    }
+    head_size_of(plan, payloads, [k.keyid for k in keys])  # limits, before any hashing
+    early = [p for p in payloads if not isinstance(p.source, LateBytes)]
+    entries = compute_entries(early, plan.chunk_size, hash_progress, hash_cache)
+    done = sorted([*entries, *plan.reused], key=lambda e: e.path)
+    rendered: dict[str, bytes] = {}
+    for p in payloads:
+        if isinstance(p.source, LateBytes):
+            rendered[p.path] = p.source.rendered(p.path, done)
+            entries += compute_entries([Payload(p.path, rendered[p.path])], plan.chunk_size)
+    entries.sort(key=lambda e: e.path)
+    for path, was in before.items():
+        if stamp(path) != was:
+            raise _changed(path)  # nothing written yet
+    index = build_index(plan, entries)
+    index_bytes = index.to_bytes()
+    signatures = sorted((k.keyid, k.sign(index_bytes)) for k in keys)
+    out = _Sink(fd)
+    logger.info("streaming %s v%s: %d files", plan.name, plan.version, len(payloads))
+    out.write(_head(index_bytes, signatures, render_sha256sums(entries), mtime))
+    for p in payloads:
+        out.write(tarfmt.member_header(p.path, p.size, mtime))
+        if isinstance(p.source, bytes):
+            out.write(p.source)
+        elif isinstance(p.source, LateBytes):
+            out.write(rendered[p.path])
+        else:
+            src = p.source
+            src_fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                st = os.fstat(src_fd)
+                if (st.st_size, st.st_mtime_ns) != before[src.path]:
+                    raise _changed(src.path)
+                try:
+                    out.send(src_fd, src.offset, src.size)
+                except EOFError as e:
+                    raise _changed(src.path) from e
+            finally:
+                os.close(src_fd)
+            if stamp(src.path) != before[src.path]:
+                raise _changed(src.path)
+        out.write(b"\0" * tarfmt.padding(p.size))
+        if progress:
+            progress(p.size)
+    out.write(tarfmt.END_OF_ARCHIVE)
+    return BuildResult(
+        index=index,
+        index_sha256=hashlib.sha256(index_bytes).hexdigest(),
+        outputs=(Path(STDOUT_NAME),),
+        size=out.total,
+        signers=tuple(k for k, _ in signatures),
+    )
