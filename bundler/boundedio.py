@@ -48,6 +48,9 @@ MAX_KEY_FILE = 64 * 1024
 
 # `verify -` / `install -`: give up when standard input sends nothing for this long.
 DEFAULT_STALL_TIMEOUT = 300.0
+# ... and when its first byte takes longer than this: a producer may work a long time before
+# it sends anything (`build -o -` hashes every source first: ~4 min per 100 GiB on 2 cores).
+DEFAULT_START_TIMEOUT = 3600.0
 
 
 def json_values_bound(data: bytes) -> int:
@@ -158,7 +161,9 @@ class StallGuard:
     """Read a stream from a file descriptor, giving up when it stalls.
 
     Each read first waits (``poll``, no busy loop) for data for at most ``timeout``
-    seconds; if none arrives, :class:`InputStalledError` names ``option``.
+    seconds; if none arrives, :class:`InputStalledError` names ``option``. Until the first
+    byte has arrived the wait is ``start_timeout`` instead: a stream that has not started
+    yet is not one that went quiet.
     """
 
     def __init__(
@@ -168,9 +173,12 @@ class StallGuard:
         *,
         what: str = "<stdin>",
         option: str = "--stall-timeout",
+        start_timeout: float | None = None,
     ) -> None:
         self.fd = fd
         self.timeout = timeout
+        self.start_timeout = timeout if start_timeout is None else max(timeout, start_timeout)
+        self._started = False
         self.what = what
         self.option = option
         self._poll = select.poll()
@@ -182,13 +190,25 @@ class StallGuard:
         Raises:
             InputStalledError: no byte arrived within the timeout.
         """
-        if not self._poll.poll(min(max(0, int(self.timeout * 1000)), 2**31 - 1)):
+        wait, option = self.timeout, self.option
+        if not self._started:
+            wait, option = self.start_timeout, "--start-timeout"
+        if not self._poll.poll(min(max(0, int(wait * 1000)), 2**31 - 1)):
+            if not self._started:
+                raise InputStalledError(
+                    f"{self.what}: nothing arrived in the first {wait:g} s ({option}); giving up",
+                    hint="Check what feeds standard input is running; a producer that works "
+                    f"long before its first byte (a cold `airgap build -o -` hashes every "
+                    f"source first) needs a longer {option} SECONDS.",
+                )
             raise InputStalledError(
-                f"{self.what}: no data arrived for {self.timeout:g} s ({self.option}); giving up",
+                f"{self.what}: no data arrived for {wait:g} s ({option}); giving up",
                 hint=f"Check what feeds standard input (a stopped `cat`, a diode or link "
-                f"that went quiet); allow longer pauses with {self.option} SECONDS.",
+                f"that went quiet); allow longer pauses with {option} SECONDS.",
             )
-        return os.readv(self.fd, [buffer])
+        n = os.readv(self.fd, [buffer])
+        self._started = True
+        return n
 
     def close(self) -> None:
         """Standard input stays open: it is not ours to close."""

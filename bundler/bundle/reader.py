@@ -21,7 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bundler.boundedio import DEFAULT_STALL_TIMEOUT, MAX_INDEX_SIZE, MAX_SIGNATURES, StallGuard
+from bundler.boundedio import (
+    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_START_TIMEOUT,
+    MAX_INDEX_SIZE,
+    MAX_SIGNATURES,
+    StallGuard,
+)
 from bundler.bundle import tarfmt
 from bundler.bundle.delivery import Delivery
 from bundler.bundle.index import (
@@ -250,12 +256,14 @@ def read_bundle(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
 ) -> VerifyResult:
     """Verify a bundle in one pass, feeding its payload to ``sink`` as it streams.
 
     The sink's ``commit`` is called only after every check passed; on any
     failure its ``abort`` is called and the error raised. Standard input that sends
-    nothing for ``stall_timeout`` seconds raises InputStalledError.
+    nothing for ``stall_timeout`` seconds (``start_timeout`` before its first byte) raises
+    InputStalledError.
 
     Raises:
         TrustError, ExpiredError, RollbackError: the index is not acceptable.
@@ -263,7 +271,7 @@ def read_bundle(
     """
     loc = spec if isinstance(spec, BundleLocation) else locate_bundle(spec)
     if loc.base is None and stdin is None:
-        stdin = StallGuard(sys.stdin.fileno(), stall_timeout)
+        stdin = StallGuard(sys.stdin.fileno(), stall_timeout, start_timeout=start_timeout)
     stream = ChainedReader(loc, stdin)
     r = _Reader(loc, stream)
     started = time.monotonic()

@@ -15,11 +15,11 @@ from bundler.cli.options import (
     host_options,
     json_option,
     reporter,
-    stall_timeout_option,
     state,
     trust_options,
 )
 from bundler.cli.output import note, print_json, render_checks, show_install
+from bundler.cli.streamopts import stall_timeout_option
 
 if TYPE_CHECKING:
     from bundler.cli.install_options import ElasticRequest, ImageDestination
@@ -90,6 +90,7 @@ def install(
     access: ElasticAccess,
     base_bundle: str | None,
     stall_timeout: float,
+    start_timeout: float,
     as_json: bool,
 ) -> None:
     """Verify BUNDLE and install it: files into a release, images into the engine, then
@@ -150,6 +151,7 @@ def install(
         elser_dir=elastic.elser_dir,
         product_docs_dir=elastic.product_docs_dir,
         stall_timeout=stall_timeout,
+        start_timeout=start_timeout,
         accept_license=accept_license,
         base_bundle=base_bundle,
         kubernetes=k8s,

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import click
 
 from bundler import env
-from bundler.boundedio import DEFAULT_STALL_TIMEOUT
 from bundler.progress import NullReporter
 
 if TYPE_CHECKING:
@@ -232,12 +231,6 @@ trust_options = _trust_group(
         multiple=True,
         help="Extra detached signature <name>.<keyid>.sig (for stdin input).",
     ),
-)
-
-# `verify -` and `install -`: how long standard input may send nothing.
-stall_timeout_option = click.option(
-    "--stall-timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_STALL_TIMEOUT,
-    show_default=True, metavar="SECONDS", help="With -: fail when stdin sends nothing this long.",
 )
 
 # `sign` checks the signatures already on the bundle before adding its own.

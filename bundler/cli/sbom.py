@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bundler.cli.options import stall_timeout_option, trust_options
+from bundler.cli.options import trust_options
 from bundler.cli.output import show_warnings
+from bundler.cli.streamopts import stall_timeout_option
 from bundler.cli.trust import bundle_argument, verify_bundle
 
 if TYPE_CHECKING:
@@ -35,7 +36,12 @@ if TYPE_CHECKING:
 )
 @stall_timeout_option
 def sbom(
-    bundle: str, trust: TrustInputs, fmt: str, output: Path | None, stall_timeout: float
+    bundle: str,
+    trust: TrustInputs,
+    fmt: str,
+    output: Path | None,
+    stall_timeout: float,
+    start_timeout: float,
 ) -> None:
     """Verify BUNDLE (signatures and every byte), then write its SBOM.
 
@@ -50,7 +56,12 @@ def sbom(
 
     capture = SbomCapture(SBOM_PATH)
     result = verify_bundle(
-        bundle, trust, as_json=False, stall_timeout=stall_timeout, sink=capture
+        bundle,
+        trust,
+        as_json=False,
+        stall_timeout=stall_timeout,
+        start_timeout=start_timeout,
+        sink=capture,
     )
     show_warnings(result.warnings)
     if sbom_reference(result.index) is None or capture.data is None:

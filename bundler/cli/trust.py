@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bundler.boundedio import DEFAULT_STALL_TIMEOUT
+from bundler.boundedio import DEFAULT_STALL_TIMEOUT, DEFAULT_START_TIMEOUT
 from bundler.cli.options import (
     json_option,
     passphrase_option,
     read_passphrase,
     reporter,
     signed_by_options,
-    stall_timeout_option,
     state,
     trust_options,
 )
@@ -27,6 +26,7 @@ from bundler.cli.output import (
     show_verified,
     show_warnings,
 )
+from bundler.cli.streamopts import stall_timeout_option
 
 if TYPE_CHECKING:
     from bundler.bundle.policy import Sink, VerifyResult
@@ -54,6 +54,7 @@ def verify_bundle(
     *,
     as_json: bool,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
     sink: Sink | None = None,
 ) -> VerifyResult:
     """One verifying pass (signatures, threshold, every byte) with a progress bar;
@@ -75,6 +76,7 @@ def verify_bundle(
             detached=detached,
             progress=r.advance,
             stall_timeout=stall_timeout,
+            start_timeout=start_timeout,
         )
 
 
@@ -131,9 +133,17 @@ def sign(
 @trust_options
 @stall_timeout_option
 @json_option
-def verify(bundle: str, trust: TrustInputs, stall_timeout: float, as_json: bool) -> None:
+def verify(
+    bundle: str, trust: TrustInputs, stall_timeout: float, start_timeout: float, as_json: bool
+) -> None:
     """Verify BUNDLE (a file, its first .part-000, or - for stdin): signatures, every byte."""
-    result = verify_bundle(bundle, trust, as_json=as_json, stall_timeout=stall_timeout)
+    result = verify_bundle(
+        bundle,
+        trust,
+        as_json=as_json,
+        stall_timeout=stall_timeout,
+        start_timeout=start_timeout,
+    )
     show_warnings(result.warnings)
     if as_json:
         print_json(result.to_json())

@@ -274,6 +274,7 @@ def install(
                     detached=list(opts.detached),
                     progress=progress,
                     stall_timeout=opts.stall_timeout,
+                    start_timeout=opts.start_timeout,
                 )
             except BaseException:
                 if not sink.leftovers:  # undone: nothing for the next run to recover

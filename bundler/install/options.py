@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bundler.boundedio import DEFAULT_STALL_TIMEOUT
+from bundler.boundedio import DEFAULT_STALL_TIMEOUT, DEFAULT_START_TIMEOUT
 from bundler.bundle.signing import TrustedKey
 from bundler.install.elastic.elasticsearch import EsOptions
 from bundler.install.elastic.kbroutes import KbOptions
@@ -56,6 +56,7 @@ class InstallOptions:
     elser_dir: Path | None = None  # copy ELSER into Elasticsearch's config/models
     product_docs_dir: Path | None = None  # copy product docs (+ index.xml) for file://
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # bundle "-": stdin may send nothing this long
+    start_timeout: float = DEFAULT_START_TIMEOUT  # ... and take this long to send its first byte
     accept_license: str | None = None  # the model licence id the operator accepts
     base_bundle: str | None = None  # a delta's base bundle (else its installed release)
     kubernetes: K8sOptions | None = None  # --target kubernetes (images and model to registry)

@@ -381,6 +381,46 @@ def test_verify_stdin_that_stalls_fails_naming_the_option(
     assert ran.rc == 0, ran.err
 
 
+@contextmanager
+def late_writer(data: bytes, delay: float) -> Iterator[int]:
+    """A process that sends nothing for ``delay`` seconds, then ``data`` (like a cold
+    ``airgap build -o -``, which hashes every source before its first byte)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, time; d = sys.stdin.buffer.read(); time.sleep({delay}); "
+            "sys.stdout.buffer.write(d); sys.stdout.flush()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    feeder = threading.Thread(target=lambda: (proc.stdin.write(data), proc.stdin.close()))
+    feeder.start()
+    try:
+        yield proc.stdout.fileno()
+    finally:
+        proc.kill()  # by its id: the writer this test started
+        proc.wait()
+        feeder.join(5)
+        proc.stdout.close()
+
+
+def test_verify_stdin_waits_for_a_late_first_byte_up_to_the_start_timeout(
+    tmp_path: Path, bundle: Path, key: Keys
+) -> None:
+    data = bundle.read_bytes()
+    trust = ["--trusted-key", str(key.public), "--stall-timeout", "1"]
+    with late_writer(data, 3) as fd:  # 3 s of silence before the first byte: not a stall
+        ran = cli(tmp_path, "verify", "-", *trust, stdin=fd, timeout=60)
+    assert ran.rc == 0, ran.err
+    with late_writer(data, 30) as fd:  # negative control: a start timeout shorter than that
+        ran = cli(tmp_path, "verify", "-", *trust, "--start-timeout", "2", stdin=fd, timeout=60)
+    assert_clean_refusal(ran, 1, "<stdin>", "nothing arrived in the first 2 s", "--start-timeout")
+    assert ran.seconds < 20, ran
+
+
 def engine_images(svc: services.Service) -> set[str]:
     out = subprocess.run(
         ["docker", "-H", svc.url, "image", "ls", "-q", "--no-trunc"],

@@ -381,6 +381,30 @@ def test_stall_guard_waits_without_spinning_and_names_the_option() -> None:
             os.close(w)
 
 
+def test_stall_guard_gives_a_stream_that_has_not_started_its_start_timeout() -> None:
+    r, w = os.pipe()
+    try:
+        guard = StallGuard(r, 0.2, start_timeout=30)
+        buf = bytearray(100)
+        writer = threading.Timer(1.0, lambda: os.write(w, b"late"))
+        writer.start()
+        started = time.monotonic()
+        assert guard.readinto(memoryview(buf)) == 4  # 1 s before the first byte: waited for it
+        assert 0.8 < time.monotonic() - started < 10
+        with pytest.raises(InputStalledError) as e:  # once started, the stall timeout rules
+            guard.readinto(memoryview(buf))
+        assert "--stall-timeout" in str(e.value) and "0.2 s" in str(e.value)
+        # negative control: no first byte within the start timeout names that option
+        quiet = StallGuard(r, 0.1, start_timeout=0.3)
+        with pytest.raises(InputStalledError) as e:
+            quiet.readinto(memoryview(buf))
+        assert "first 0.3 s" in str(e.value) and "--start-timeout" in str(e.value) + e.value.hint
+        writer.join()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_fat32_split_size_round_trips_with_odd_part_sizes(
     tmp_path: Path, demo_manifest: Path, key: Keys, capsys: pytest.CaptureFixture[str]
 ) -> None:
