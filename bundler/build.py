@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from bundler.bundle.writer import write_bundle
 from bundler.errors import FetchError, SourceError, UsageError
 from bundler.fetch.cache import Cache
 from bundler.fetch.engine_export import export_from_docker
-from bundler.fetch.remote import Fetcher, FetchOptions
+from bundler.fetch.options import FetchOptions
 from bundler.hashcache import HashCache
 from bundler.hashing import FileRange
 from bundler.images import load_image_archive
@@ -34,6 +35,9 @@ from bundler.names import DOC_FILE_RE, ELSER_FILE_RE
 from bundler.pins import ArchiveImagePin, ImagePin, PathElasticPin, PathModelPin, Pins, drift
 from bundler.progress import NullReporter, Reporter
 from bundler.sbom.generate import add_sbom, check_model_licence
+
+if TYPE_CHECKING:
+    from bundler.fetch.remote import Fetcher
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,9 @@ def has_remote(m: Manifest) -> bool:
 
 
 def _fetcher(opts: BuildOptions, cache: Cache, reporter: Reporter) -> Fetcher:
+    # Imported here: a build from local sources needs no HTTP or hub client.
+    from bundler.fetch.remote import Fetcher
+
     return Fetcher(cache, opts.chunk_size, opts.fetch, progress=reporter.advance)
 
 
@@ -270,6 +277,8 @@ def write_lock(m: Manifest, fetch: FetchOptions, cache_dir: Path | None = None) 
     Raises:
         FetchError: an upstream cannot be reached or does not have what is named.
     """
+    from bundler.fetch.remote import Fetcher
+
     cache = Cache(cache_dir or env.cache_dir())
     try:
         pins = Fetcher(cache, 64 * 1024 * 1024, fetch).resolve(m)
