@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler import __version__, env, faults
 from bundler.bundle.delta import load_base, make_delta
+from bundler.bundle.entries import PayloadHashing
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry, path_problem
 from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload
 from bundler.bundle.signing import SigningKey
@@ -462,20 +463,30 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
     base = load_base(opts.base) if opts.base else None
     with planned(m, opts, reporter) as (plan, hashes):
         _, sbom_input = check_model_licence(plan, m)
-        reporter.stage("reading image layers for the SBOM")
-        sbom = add_sbom(plan, sbom_input, f"airgap {__version__}")
-        if base is not None:
-            reporter.stage("hashing (delta)", sum(p.size for p in plan.payloads))
-            plan = make_delta(plan, base, hashes, reporter.advance)
         total = sum(p.size for p in plan.payloads)
-        reporter.stage("hashing and writing", (1 if base else 2) * total)
-        result = write_bundle(
-            plan,
-            opts.output,
-            opts.keys,
-            split_size=opts.split_size,
-            progress=reporter.advance,
-            hash_progress=reporter.advance,
-            hash_cache=hashes,
+        if base is None:  # every core hashes while the layers are read for the SBOM
+            reporter.stage("hashing and writing (and reading image layers for the SBOM)", 2 * total)
+        hashing = (
+            None
+            if base
+            else PayloadHashing(plan.payloads, plan.chunk_size, reporter.advance, hashes)
         )
+        with hashing or contextlib.nullcontext():
+            if base is not None:
+                reporter.stage("reading image layers for the SBOM")
+            sbom = add_sbom(plan, sbom_input, f"airgap {__version__}")
+            if base is not None:
+                reporter.stage("hashing (delta)", total)
+                plan = make_delta(plan, base, hashes, reporter.advance)
+                reporter.stage("writing", sum(p.size for p in plan.payloads))
+            result = write_bundle(
+                plan,
+                opts.output,
+                opts.keys,
+                split_size=opts.split_size,
+                progress=reporter.advance,
+                hash_progress=reporter.advance,
+                hash_cache=hashes,
+                hashing=hashing,
+            )
         return replace(result, sbom=sbom)
