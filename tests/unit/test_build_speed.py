@@ -134,3 +134,20 @@ def test_hashing_stops_when_asked(tmp_path: Path) -> None:
     stop.set()
     with pytest.raises(Cancelled):
         hash_sources([FileRange(src, 0, 256 * 1024 * 1024)], 1024 * 1024, stop=stop)
+
+
+def test_build_json_reports_the_sbom_layer_reading(
+    tmp_path: Path, demo_manifest: Path, key: Keys
+) -> None:
+    """``build --json`` says how many layer bytes the SBOM read and how long it took,
+    so a benchmark can show that cost on its own row."""
+    out = tmp_path / "demo.tar"
+    proc = airgap(
+        "-q", "build", str(demo_manifest), "-o", str(out), "--key", str(key.private), "--json"
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    sbom = json.loads(proc.stdout)["sbom"]
+    index = json.loads(airgap("inspect", str(out), "--index").stdout)
+    read = sum(la["size"] for img in index["images"] for la in img["layers"])
+    assert sbom["layer_bytes"] == read > 0
+    assert 0 <= sbom["layer_seconds"] < 60
