@@ -110,7 +110,23 @@ def write_random(path: Path, size: int) -> None:
             i += 1
 
 
-def make_dataset(root: Path, size: int) -> Path:
+def compressible(size: int) -> bytes:
+    """Bytes that gzip to about 40% (like an image layer's programs and libraries)."""
+    import base64
+
+    text = b"".join(
+        b"lib%d.so.%d: GLIBC_2.%d symbol table\n" % (i, i % 7, i % 40) for i in range(32)
+    )
+    block = bytearray()
+    while len(block) < size:
+        block += base64.b64encode(os.urandom(24 * 1024)) + text * (32 * 1024 // len(text))
+    return bytes(block[:size])
+
+
+def make_dataset(root: Path, size: int, gzip_layer: int = 0) -> Path:
+    """The sources: three big weight files, small files, a 64 MiB uncompressed image layer
+    and, with ``gzip_layer``, one more layer of that many bytes, gzip-compressed (as from
+    a registry), which the SBOM must gunzip to read."""
     manifest = make_demo_sources(root)
     weights = root / "weights"
     big = [int(size * f) for f in (0.42, 0.30, 0.18)]
@@ -127,8 +143,12 @@ def make_dataset(root: Path, size: int) -> Path:
         budget -= n
         i += 1
     # an image with a real-sized layer (64 MiB), saved as a docker-archive
-    layer = {"opt/blob.bin": os.urandom(64 * MiB)}
-    Image([layer], compress=False).docker_archive(root / "vllm-big.tar", "example.org/vllm:bench")
+    layers = [{"opt/blob.bin": os.urandom(64 * MiB)}]
+    if gzip_layer:
+        layers.append({"opt/lib.bin": compressible(gzip_layer)})
+    Image(layers, compress=bool(gzip_layer)).docker_archive(
+        root / "vllm-big.tar", "example.org/vllm:bench"
+    )
     text = manifest.read_text().replace("./vllm.tar", "./vllm-big.tar")
     manifest.write_text(text)
     return manifest
@@ -313,6 +333,13 @@ def main() -> None:
         help="skip measurements that would start after this many seconds (0: no limit)",
     )
     ap.add_argument(
+        "--gzip-layer-mib",
+        type=float,
+        default=0.0,
+        help="add an image layer of this many MiB, gzip-compressed like a registry's, so "
+        "the builds' SBOM row shows the cost of gunzipping layers",
+    )
+    ap.add_argument(
         "--download-gib",
         type=float,
         default=0.0,
@@ -356,7 +383,7 @@ def main() -> None:
         src = work / "src"
         src.mkdir()
         print(f"generating {args.size_gib} GiB in {work} …", file=sys.stderr, flush=True)
-        manifest = make_dataset(src, int(args.size_gib * GiB))
+        manifest = make_dataset(src, int(args.size_gib * GiB), int(args.gzip_layer_mib * MiB))
         files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != "manifest.yaml")
         total = sum(p.stat().st_size for p in files)
         subprocess.run(
@@ -834,7 +861,7 @@ def footer(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
             flags.append(f"--{k.replace('_', '-')} {','.join(map(str, a[k]))}")
     if a["no_main"]:
         flags.append("--no-main")
-    for k in ("download_gib", "install_gib"):
+    for k in ("gzip_layer_mib", "download_gib", "install_gib"):
         if a[k]:
             flags.append(f"--{k.replace('_', '-')} {a[k]:g}")
     lines += ["", f"Reproduce: `python scripts/bench.py {' '.join(flags)}`", ""]
