@@ -21,7 +21,7 @@ from bundler.bundle.entries import PayloadHashing
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry, path_problem
 from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload
 from bundler.bundle.signing import SigningKey
-from bundler.bundle.writer import write_bundle
+from bundler.bundle.writer import check_output, write_bundle
 from bundler.errors import FetchError, SourceError, UsageError
 from bundler.fetch.cache import Cache
 from bundler.fetch.engine_export import export_from_docker
@@ -464,6 +464,7 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
     with planned(m, opts, reporter) as (plan, hashes):
         _, sbom_input = check_model_licence(plan, m)
         total = sum(p.size for p in plan.payloads)
+        check_output(opts.output, opts.keys, opts.split_size)  # before hashing starts
         if base is None:  # every core hashes while the layers are read for the SBOM
             reporter.stage("hashing and writing (and reading image layers for the SBOM)", 2 * total)
         hashing = (

@@ -237,6 +237,22 @@ def _head(
     return b"".join(out)
 
 
+def check_output(output: Path, keys: Sequence[SigningKey], split_size: int | None) -> Path:
+    """Refuse what would make :func:`write_bundle` fail before any work is done.
+
+    Raises:
+        UsageError: no signing key, a bad split size, or no such output directory.
+    """
+    if not keys:
+        raise UsageError("at least one --key is needed to sign the bundle")
+    if split_size is not None and split_size < 64 * 1024:
+        raise UsageError("--split-size must be at least 64K")
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise UsageError(f"{output.parent}: output directory does not exist")
+    return output
+
+
 def write_bundle(
     plan: BuildPlan,
     output: Path,
@@ -262,14 +278,7 @@ def write_bundle(
             than readers accept.
         SourceError: a source is unreadable, changed during the build, or mismatched.
     """
-    if not keys:
-        raise UsageError("at least one --key is needed to sign the bundle")
-    if split_size is not None and split_size < 64 * 1024:
-        raise UsageError("--split-size must be at least 64K")
-    output = Path(output)
-    if not output.parent.is_dir():
-        raise UsageError(f"{output.parent}: output directory does not exist")
-
+    output = check_output(output, keys, split_size)
     payloads = _dedupe(plan.payloads)
     keys = list({k.keyid: k for k in keys}.values())
     mtime = int(plan.created.timestamp())

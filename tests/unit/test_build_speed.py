@@ -14,7 +14,7 @@ from bundler.build import BuildOptions, build
 from bundler.bundle.index import ImageEntry
 from bundler.bundle.plan import BuildPlan
 from bundler.bundle.signing import load_signing_key
-from bundler.errors import SourceError
+from bundler.errors import SourceError, UsageError
 from bundler.hashing import Cancelled, FileRange, hash_sources
 from bundler.manifest import load_manifest
 from bundler.progress import NullReporter, Reporter
@@ -151,3 +151,16 @@ def test_build_json_reports_the_sbom_layer_reading(
     read = sum(la["size"] for img in index["images"] for la in img["layers"])
     assert sbom["layer_bytes"] == read > 0
     assert 0 <= sbom["layer_seconds"] < 60
+
+
+def test_a_missing_output_directory_is_refused_before_any_hashing_or_scan(
+    tmp_path: Path, demo_manifest: Path, key: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashing and the SBOM scan start early now; a build that cannot be written must
+    still say so before spending either."""
+    progress = _Progress()
+    scanned: list[BuildPlan] = []
+    monkeypatch.setattr(generate, "scan_images", lambda plan: scanned.append(plan) or ((), 0))
+    with pytest.raises(UsageError, match="output directory does not exist"):
+        _build(demo_manifest, tmp_path / "missing" / "demo.tar", key, progress)
+    assert scanned == [] and not progress.moved.is_set()
