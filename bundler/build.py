@@ -13,17 +13,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler import __version__, env, faults
 from bundler.bundle.delta import load_base, make_delta
+from bundler.bundle.entries import PayloadHashing
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry, path_problem
 from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload
 from bundler.bundle.signing import SigningKey
-from bundler.bundle.writer import write_bundle
+from bundler.bundle.writer import check_output, write_bundle
 from bundler.errors import FetchError, SourceError, UsageError
 from bundler.fetch.cache import Cache
 from bundler.fetch.engine_export import export_from_docker
-from bundler.fetch.remote import Fetcher, FetchOptions
+from bundler.fetch.options import FetchOptions
 from bundler.hashcache import HashCache
 from bundler.hashing import FileRange
 from bundler.images import load_image_archive
@@ -34,6 +36,9 @@ from bundler.names import DOC_FILE_RE, ELSER_FILE_RE
 from bundler.pins import ArchiveImagePin, ImagePin, PathElasticPin, PathModelPin, Pins, drift
 from bundler.progress import NullReporter, Reporter
 from bundler.sbom.generate import add_sbom, check_model_licence
+
+if TYPE_CHECKING:
+    from bundler.fetch.remote import Fetcher
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,9 @@ def has_remote(m: Manifest) -> bool:
 
 
 def _fetcher(opts: BuildOptions, cache: Cache, reporter: Reporter) -> Fetcher:
+    # Imported here: a build from local sources needs no HTTP or hub client.
+    from bundler.fetch.remote import Fetcher
+
     return Fetcher(cache, opts.chunk_size, opts.fetch, progress=reporter.advance)
 
 
@@ -270,6 +278,8 @@ def write_lock(m: Manifest, fetch: FetchOptions, cache_dir: Path | None = None) 
     Raises:
         FetchError: an upstream cannot be reached or does not have what is named.
     """
+    from bundler.fetch.remote import Fetcher
+
     cache = Cache(cache_dir or env.cache_dir())
     try:
         pins = Fetcher(cache, 64 * 1024 * 1024, fetch).resolve(m)
@@ -453,20 +463,31 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
     base = load_base(opts.base) if opts.base else None
     with planned(m, opts, reporter) as (plan, hashes):
         _, sbom_input = check_model_licence(plan, m)
-        reporter.stage("reading image layers for the SBOM")
-        sbom = add_sbom(plan, sbom_input, f"airgap {__version__}")
-        if base is not None:
-            reporter.stage("hashing (delta)", sum(p.size for p in plan.payloads))
-            plan = make_delta(plan, base, hashes, reporter.advance)
         total = sum(p.size for p in plan.payloads)
-        reporter.stage("hashing and writing", (1 if base else 2) * total)
-        result = write_bundle(
-            plan,
-            opts.output,
-            opts.keys,
-            split_size=opts.split_size,
-            progress=reporter.advance,
-            hash_progress=reporter.advance,
-            hash_cache=hashes,
+        check_output(opts.output, opts.keys, opts.split_size)  # before hashing starts
+        if base is None:  # every core hashes while the layers are read for the SBOM
+            reporter.stage("hashing and writing (and reading image layers for the SBOM)", 2 * total)
+        hashing = (
+            None
+            if base
+            else PayloadHashing(plan.payloads, plan.chunk_size, reporter.advance, hashes)
         )
+        with hashing or contextlib.nullcontext():
+            if base is not None:
+                reporter.stage("reading image layers for the SBOM")
+            sbom = add_sbom(plan, sbom_input, f"airgap {__version__}")
+            if base is not None:
+                reporter.stage("hashing (delta)", total)
+                plan = make_delta(plan, base, hashes, reporter.advance)
+                reporter.stage("writing", sum(p.size for p in plan.payloads))
+            result = write_bundle(
+                plan,
+                opts.output,
+                opts.keys,
+                split_size=opts.split_size,
+                progress=reporter.advance,
+                hash_progress=reporter.advance,
+                hash_cache=hashes,
+                hashing=hashing,
+            )
         return replace(result, sbom=sbom)

@@ -111,6 +111,7 @@ def hash_with_cache(
     chunk_size: int,
     cache: HashCache | None,
     progress: ProgressFn | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Digests]:
     """:func:`bundler.hashing.hash_sources`, reusing and recording remembered digests.
 
@@ -126,7 +127,7 @@ def hash_with_cache(
                     progress(src.size)
     todo = [i for i, d in enumerate(found) if d is None]
     stats = {i: HashCache._stat(src) for i in todo if isinstance(src := sources[i], FileRange)}
-    computed = hash_sources([sources[i] for i in todo], chunk_size, progress=progress)
+    computed = hash_sources([sources[i] for i in todo], chunk_size, progress=progress, stop=stop)
     for i, d in zip(todo, computed, strict=True):
         found[i] = d
         src = sources[i]

@@ -73,11 +73,19 @@ class Digests:
 ProgressFn = Callable[[int], None]
 
 
-def _hash_range(fd: int, offset: int, size: int, buf: bytearray) -> tuple[str, int]:
+class Cancelled(Exception):
+    """Hashing was stopped (``stop`` set) because the work it was for failed elsewhere."""
+
+
+def _hash_range(
+    fd: int, offset: int, size: int, buf: bytearray, stop: threading.Event | None = None
+) -> tuple[str, int]:
     h = hashlib.sha256()
     mv = memoryview(buf)
     done = 0
     while done < size:
+        if stop is not None and stop.is_set():
+            raise Cancelled("hashing stopped")
         want = min(len(buf), size - done)
         n = os.preadv(fd, [mv[:want]], offset + done)
         if n <= 0:
@@ -93,13 +101,16 @@ def hash_sources(
     *,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Digests]:
     """Whole-file and chunk sha256 of every source, using every core.
 
-    ``bytes`` sources (small generated files) are hashed inline.
+    ``bytes`` sources (small generated files) are hashed inline. Setting ``stop``
+    ends the work within one read block of every thread.
 
     Raises:
         OSError: a file cannot be read; EOFError if it is shorter than expected.
+        Cancelled: ``stop`` was set before every digest was known.
     """
     workers = workers or default_workers()
     block = read_block(workers, chunk_size)
@@ -138,7 +149,7 @@ def hash_sources(
                 fd = fds[src.path]
 
                 def task(off: int, n: int, report: bool, fd: int = fd) -> tuple[str, int]:
-                    digest, done = _hash_range(fd, off, n, buffer())
+                    digest, done = _hash_range(fd, off, n, buffer(), stop)
                     if report and progress:
                         progress(done)
                     return digest, done

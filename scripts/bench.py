@@ -10,10 +10,16 @@ two image archives), then times, as child processes with their peak RSS:
   cache), and a page-cache read of the bundle with N threads (``pread``, 1 MiB);
 * ``airgap verify`` on 1..N cores (``--cores``: each row runs on the first N CPUs
   this process may use), as a fraction of min(N-thread SHA-256, page-cache read);
-* cold ``airgap build`` on chosen core counts (``--build-cores``) against ``tar cf``
-  and the two-pass ceiling (SHA-256 of every byte twice on those cores);
-* on all cores: ``airgap build`` against ``tar cf`` and ``airgap verify`` against
+* cold ``airgap build`` on chosen core counts (``--build-cores``) against ``tar cf``,
+  ``tar cf`` followed by an fsync of the tar (airgap's bundle is on disk when it
+  returns; plain ``tar cf`` leaves it in the page cache) and the two-pass ceiling
+  (SHA-256 of every byte twice on those cores);
+* on all cores: ``airgap build`` against the same peers and ``airgap verify`` against
   ``openssl dgst -sha256`` over the same files.
+
+Each build row also shows, from ``build --json`` (airgap's own timer), the seconds
+spent reading image layers for the SBOM: a cost apart from the hashing path, now
+overlapped with it but reported on its own row, not hidden in the build's time.
 
 Every command runs ``--runs`` times after one warm-up; the median is reported, and
 ceilings take the best run. The page cache is warm for all of them alike, so the
@@ -48,6 +54,7 @@ COLD = "airgap build, cold (hashes every file)"
 WARM = "airgap build, warm (digests remembered)"
 OPENSSL = "openssl dgst -sha256 (same files)"
 TAR = "tar cf (same files)"
+TAR_SYNC = "tar cf, then sync (fsync) of the tar"
 VERIFY = "airgap verify"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -103,7 +110,23 @@ def write_random(path: Path, size: int) -> None:
             i += 1
 
 
-def make_dataset(root: Path, size: int) -> Path:
+def compressible(size: int) -> bytes:
+    """Bytes that gzip to about 40% (like an image layer's programs and libraries)."""
+    import base64
+
+    text = b"".join(
+        b"lib%d.so.%d: GLIBC_2.%d symbol table\n" % (i, i % 7, i % 40) for i in range(32)
+    )
+    block = bytearray()
+    while len(block) < size:
+        block += base64.b64encode(os.urandom(24 * 1024)) + text * (32 * 1024 // len(text))
+    return bytes(block[:size])
+
+
+def make_dataset(root: Path, size: int, gzip_layer: int = 0) -> Path:
+    """The sources: three big weight files, small files, a 64 MiB uncompressed image layer
+    and, with ``gzip_layer``, one more layer of that many bytes, gzip-compressed (as from
+    a registry), which the SBOM must gunzip to read."""
     manifest = make_demo_sources(root)
     weights = root / "weights"
     big = [int(size * f) for f in (0.42, 0.30, 0.18)]
@@ -120,8 +143,12 @@ def make_dataset(root: Path, size: int) -> Path:
         budget -= n
         i += 1
     # an image with a real-sized layer (64 MiB), saved as a docker-archive
-    layer = {"opt/blob.bin": os.urandom(64 * MiB)}
-    Image([layer], compress=False).docker_archive(root / "vllm-big.tar", "example.org/vllm:bench")
+    layers = [{"opt/blob.bin": os.urandom(64 * MiB)}]
+    if gzip_layer:
+        layers.append({"opt/lib.bin": compressible(gzip_layer)})
+    Image(layers, compress=bool(gzip_layer)).docker_archive(
+        root / "vllm-big.tar", "example.org/vllm:bench"
+    )
     text = manifest.read_text().replace("./vllm.tar", "./vllm-big.tar")
     manifest.write_text(text)
     return manifest
@@ -226,6 +253,23 @@ def measure(
     return row
 
 
+def tar_commands(tarball: Path, src: Path, rel: list[str]) -> dict[str, list[str]]:
+    """``tar cf`` of the files, and the same followed by an fsync of the tar (``sync FILE``)."""
+    plain = ["tar", "cf", str(tarball), "-C", str(src), *rel]
+    synced = ["sh", "-c", 'o=$1; shift; tar cf "$o" "$@" && sync "$o"', "sh", str(tarball)]
+    return {TAR: plain, TAR_SYNC: [*synced, "-C", str(src), *rel]}
+
+
+def sbom_cost(row: dict[str, Any]) -> dict[str, Any]:
+    """Move a build row's ``--json`` outputs into the SBOM's layer-reading seconds and bytes."""
+    docs = [json.loads(o) for o in row.pop("stdout", [])]
+    sboms = [d["sbom"] for d in docs if d.get("sbom") and "layer_seconds" in d["sbom"]]
+    if sboms:
+        row["sbom_s"] = statistics.median(x["layer_seconds"] for x in sboms)
+        row["sbom_bytes"] = sboms[0]["layer_bytes"]
+    return row
+
+
 def ceiling(kind: str, cores: int, runs: int, arg: str) -> float:
     """Best of ``runs``: bytes/s of SHA-256 or of a page-cache read with ``cores`` threads."""
     cmd = [sys.executable, "-c", CEILING, kind, str(cores), arg]
@@ -289,6 +333,13 @@ def main() -> None:
         help="skip measurements that would start after this many seconds (0: no limit)",
     )
     ap.add_argument(
+        "--gzip-layer-mib",
+        type=float,
+        default=0.0,
+        help="add an image layer of this many MiB, gzip-compressed like a registry's, so "
+        "the builds' SBOM row shows the cost of gunzipping layers",
+    )
+    ap.add_argument(
         "--download-gib",
         type=float,
         default=0.0,
@@ -332,7 +383,7 @@ def main() -> None:
         src = work / "src"
         src.mkdir()
         print(f"generating {args.size_gib} GiB in {work} …", file=sys.stderr, flush=True)
-        manifest = make_dataset(src, int(args.size_gib * GiB))
+        manifest = make_dataset(src, int(args.size_gib * GiB), int(args.gzip_layer_mib * MiB))
         files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != "manifest.yaml")
         total = sum(p.stat().st_size for p in files)
         subprocess.run(
@@ -345,7 +396,7 @@ def main() -> None:
         def airgap(*a: str) -> list[str]:
             return [py, "-m", "bundler", "-q", *a]
 
-        build = ["build", str(manifest), "-o", str(bundle), "--key", str(work / "k")]
+        build = ["build", str(manifest), "-o", str(bundle), "--key", str(work / "k"), "--json"]
         verify = airgap("verify", str(bundle), "--trusted-key", str(work / "k.pub"), "--json")
         print("building the bundle …", file=sys.stderr, flush=True)
         run(airgap(*build, "--no-hash-cache"))
@@ -378,12 +429,11 @@ def main() -> None:
 
         if args.build_cores:
             rows = results["build_cores"] = []
-            tar_row = None
-            if shutil.which("tar") and budget.allows("tar cf"):
-                tar_row = measure(
-                    TAR, ["tar", "cf", str(tarball), "-C", str(src), *rel], args.runs, [tarball]
-                )
-                tarball.unlink(missing_ok=True)
+            peers: dict[str, dict[str, Any]] = {}
+            for name, cmd in tar_commands(tarball, src, rel).items():
+                if shutil.which("tar") and budget.allows(name):
+                    peers[name] = measure(name, cmd, args.runs, [tarball])
+                    tarball.unlink(missing_ok=True)
             for n in args.build_cores:
                 measure_ceilings(n)
                 if budget.allows(f"cold build on {n} cores"):
@@ -394,27 +444,30 @@ def main() -> None:
                         args.runs,
                         [bundle],
                         cpus=cpu_set(n),
+                        capture=True,
                     )
-                    rows.append(build_row(row, ceilings, total, tar_row))
-            results["tar"] = tar_row
+                    rows.append(build_row(sbom_cost(row), ceilings, total, peers))
+            results["tar"] = peers.get(TAR)
+            results["tar_sync"] = peers.get(TAR_SYNC)
             ceiling_rows = [] if args.cores else ceiling_section(ceilings)
-            publish([*ceiling_rows, *build_section(rows, tar_row, total)])
+            publish([*ceiling_rows, *build_section(rows, peers, total)])
 
         if not args.no_main and budget.allows("all-cores table"):
             measure_ceilings(all_cores)
             print("all cores against stock tools …", file=sys.stderr, flush=True)
             rows = results["main"] = []
+            tars = tar_commands(tarball, src, rel)
             plan = [
-                (TAR, ["tar", "cf", str(tarball), "-C", str(src), *rel], [tarball], False),
-                (COLD, airgap(*build, "--no-hash-cache"), [bundle], False),
-                (WARM, airgap(*build, "--cache-dir", str(work / "cache")), [bundle], False),
+                (TAR, tars[TAR], [tarball], False),
+                (TAR_SYNC, tars[TAR_SYNC], [tarball], False),
+                (COLD, airgap(*build, "--no-hash-cache"), [bundle], True),
+                (WARM, airgap(*build, "--cache-dir", str(work / "cache")), [bundle], True),
                 (OPENSSL, ["openssl", "dgst", "-sha256", *map(str, files)], [], False),
                 (VERIFY, verify, [], True),
             ]
             # Rows measured above on all cores are the same measurement: not run twice.
             done = [*(results.get("scaling") or []), *(results.get("build_cores") or [])]
-            if results.get("tar"):
-                done.append(results["tar"])
+            done += [r for r in (results.get("tar"), results.get("tar_sync")) if r]
             known = {(r["name"], r["cores"]): r for r in done}
             for name, cmd, before, capture in plan:
                 if (name, all_cores) in known:
@@ -422,7 +475,8 @@ def main() -> None:
                 elif shutil.which(cmd[0]) is None:
                     print(f"skipped: {name} ({cmd[0]} is not installed)", file=sys.stderr)
                 elif budget.allows(name):
-                    rows.append(measure(name, cmd, args.runs, before, capture=capture))
+                    row = measure(name, cmd, args.runs, before, capture=capture)
+                    rows.append(sbom_cost(row) if name in (COLD, WARM) else row)
             tarball.unlink(missing_ok=True)
             publish(main_section(rows, ceilings, total, size, all_cores))
 
@@ -744,16 +798,20 @@ def verify_row(row: dict[str, Any], ceilings: dict[str, float], size: int) -> di
 
 
 def build_row(
-    row: dict[str, Any], ceilings: dict[str, float], total: int, tar: dict[str, Any] | None
+    row: dict[str, Any], ceilings: dict[str, float], total: int, peers: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Add the two-pass ceiling (SHA-256 of every byte twice on these cores) and ratios."""
+    """Add the two-pass ceiling (SHA-256 of every byte twice on these cores) and ratios
+    against it and against ``tar cf`` with and without an fsync of the tar."""
     n = row["cores"]
+    tar = peers.get(TAR)
     if f"sha256_{n}" in ceilings:
         row["two_pass_s"] = 2 * total / ceilings[f"sha256_{n}"]
         limit = max(row["two_pass_s"], tar["seconds"] if tar else 0.0)
         row["over_limit"] = row["seconds"] / limit
     if tar:
         row["over_tar"] = row["seconds"] / tar["seconds"]
+    if TAR_SYNC in peers:
+        row["over_tar_sync"] = row["seconds"] / peers[TAR_SYNC]["seconds"]
     return row
 
 
@@ -803,7 +861,7 @@ def footer(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
             flags.append(f"--{k.replace('_', '-')} {','.join(map(str, a[k]))}")
     if a["no_main"]:
         flags.append("--no-main")
-    for k in ("download_gib", "install_gib"):
+    for k in ("gzip_layer_mib", "download_gib", "install_gib"):
         if a[k]:
             flags.append(f"--{k.replace('_', '-')} {a[k]:g}")
     lines += ["", f"Reproduce: `python scripts/bench.py {' '.join(flags)}`", ""]
@@ -857,26 +915,33 @@ def scaling_section(rows: list[dict[str, Any]], size: int) -> list[str]:
     return lines
 
 
-def build_section(rows: list[dict[str, Any]], tar: dict[str, Any] | None, total: int) -> list[str]:
+def build_section(
+    rows: list[dict[str, Any]], peers: dict[str, dict[str, Any]], total: int
+) -> list[str]:
     lines = [f"## Cold build by core count ({total / GiB:.2f} GiB of sources)", ""]
-    if tar:
-        lines += [f"`tar cf` of the same files: {tar['seconds']:.2f} s.", ""]
+    said = [f"{name}: {peers[name]['seconds']:.2f} s" for name in (TAR, TAR_SYNC) if name in peers]
+    if said:
+        lines += ["Same files: " + "; ".join(said) + ".", ""]
     lines += [
-        "| cores | seconds | GB/s | two-pass hash ceiling | / max(tar cf, ceiling) | / tar cf "
-        "| peak RSS |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| cores | seconds | GB/s | of which SBOM layers | two-pass hash ceiling "
+        "| / max(tar cf, ceiling) | / tar cf | / tar cf + fsync | peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['cores']} | {r['seconds']:.2f} | {gbps(total, r['seconds']):.2f} | "
-            f"{num(r.get('two_pass_s'))} s | {num(r.get('over_limit'))}x | "
-            f"{num(r.get('over_tar'))}x | {r['rss'] / MiB:.0f} MiB |"
+            f"{num(r.get('sbom_s'))} s | {num(r.get('two_pass_s'))} s | "
+            f"{num(r.get('over_limit'))}x | {num(r.get('over_tar'))}x | "
+            f"{num(r.get('over_tar_sync'))}x | {r['rss'] / MiB:.0f} MiB |"
         )
     lines += [
         "",
         "Two-pass ceiling: SHA-256 of every byte twice (whole file and chunks) on those "
         "cores. Targets: at most 1.3x tar cf on 4+ cores; on 2 cores at most 1.15x "
-        "max(tar cf, two-pass ceiling).",
+        "max(tar cf, two-pass ceiling). airgap's bundle is on disk when it returns (fsync), "
+        "so `tar cf` followed by an fsync of the tar is the like-for-like peer. SBOM "
+        "layers: airgap's own timer (`build --json`) for reading the image layers for the "
+        "SBOM, which runs beside the hashing: part of the seconds, not added to them.",
         "",
     ]
     return lines
@@ -886,13 +951,28 @@ def main_section(
     rows: list[dict[str, Any]], ceilings: dict[str, float], total: int, size: int, cores: int
 ) -> list[str]:
     by = {r["name"]: r for r in rows}
-    lines = [f"## All {cores} cores against stock tools", "", *table(rows, total), ""]
-    if TAR in by and COLD in by:
-        lines.append(
-            f"- build / tar cf: cold **{by[COLD]['seconds'] / by[TAR]['seconds']:.2f}x**"
-            + (f", warm **{by[WARM]['seconds'] / by[TAR]['seconds']:.2f}x**" if WARM in by else "")
-            + " the time (target <= 1.3x)"
+    shown = list(rows)
+    if COLD in by and "sbom_s" in by[COLD]:
+        # Its own row: the SBOM's layer reading, inside the cold build's time (overlapped).
+        cold = by[COLD]
+        shown.insert(
+            shown.index(cold) + 1,
+            {
+                "name": f"… of which reading {cold['sbom_bytes'] / MiB:.0f} MiB of image "
+                "layers for the SBOM (airgap's timer, beside the hashing)",
+                "seconds": cold["sbom_s"],
+                "bytes": cold["sbom_bytes"],
+            },
         )
+    lines = [f"## All {cores} cores against stock tools", "", *table(shown, total), ""]
+    for peer, label in ((TAR, "tar cf"), (TAR_SYNC, "(tar cf + fsync)")):
+        if peer in by and COLD in by:
+            t = by[peer]["seconds"]
+            lines.append(
+                f"- build / {label}: cold **{by[COLD]['seconds'] / t:.2f}x**"
+                + (f", warm **{by[WARM]['seconds'] / t:.2f}x**" if WARM in by else "")
+                + " the time (target <= 1.3x)"
+            )
     if COLD in by and f"sha256_{cores}" in ceilings:
         two = 2 * total / ceilings[f"sha256_{cores}"]
         lines.append(
@@ -934,10 +1014,9 @@ def table(rows: list[dict], total: int) -> list[str]:
     """Markdown rows: seconds, throughput over ``total`` bytes, peak RSS."""
     out = ["| command | seconds (median) | GB/s | peak RSS |", "|---|---:|---:|---:|"]
     for r in rows:
-        out.append(
-            f"| {r['name']} | {r['seconds']:.2f} | {total / r['seconds'] / 1e9:.2f} | "
-            f"{r['rss'] / MiB:.0f} MiB |"
-        )
+        rate = gbps(r.get("bytes", total), r["seconds"])
+        rss = f"{r['rss'] / MiB:.0f} MiB" if "rss" in r else "–"
+        out.append(f"| {r['name']} | {r['seconds']:.2f} | {rate:.2f} | {rss} |")
     return out
 
 

@@ -151,7 +151,7 @@ def make_delta(
     Raises:
         SourceError: a source cannot be read or does not match its expected digest.
     """
-    from bundler.bundle.writer import _dedupe, compute_entries, stamp
+    from bundler.bundle.entries import _dedupe, compute_entries, stamp
 
     # a file made at write time (the SBOM) is new by nature: always carried, never hashed here
     late = [p for p in plan.payloads if isinstance(p.source, LateBytes)]

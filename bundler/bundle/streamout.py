@@ -23,10 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bundler.bundle import tarfmt
+from bundler.bundle.entries import _dedupe, compute_entries, stamp
 from bundler.bundle.index import FileEntry, chunk_count, render_sha256sums
 from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload, check_limits
 from bundler.bundle.signing import SigningKey
-from bundler.bundle.writer import _dedupe, _head, build_index, compute_entries, stamp
+from bundler.bundle.writer import _head, build_index
 from bundler.errors import AirgapError, SourceError, UsageError
 from bundler.fsutil import send_range
 from bundler.hashcache import HashCache

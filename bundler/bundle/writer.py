@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bundler import __version__, canonical, faults
 from bundler.bundle import tarfmt
+from bundler.bundle.entries import PayloadHashing, _dedupe, compute_entries, stamp
 from bundler.bundle.index import (
     FORMAT,
     INDEX_MEMBER,
@@ -47,68 +48,13 @@ from bundler.fsutil import (
     remove_stale_temps,
     writing_in,
 )
-from bundler.hashcache import HashCache, hash_with_cache
-from bundler.hashing import Digests, FileRange
+from bundler.hashcache import HashCache
+from bundler.hashing import FileRange
 
 logger = logging.getLogger(__name__)
 
 
 ProgressFn = Callable[[int], None]
-
-
-def _dedupe(payloads: Sequence[Payload]) -> list[Payload]:
-    """One payload per path; the same blob named twice (a shared layer) is kept once."""
-    by_path: dict[str, Payload] = {}
-    for p in payloads:
-        other = by_path.get(p.path)
-        if other is None:
-            by_path[p.path] = p
-        elif other.size != p.size or (
-            other.expected_sha256
-            and p.expected_sha256
-            and other.expected_sha256 != p.expected_sha256
-        ):
-            raise SourceError(
-                f"two different files want the same bundle path {p.path!r}",
-                path=p.origin or None,
-                hint="Rename one of them; bundle paths must be unique.",
-            )
-    return [by_path[k] for k in sorted(by_path)]
-
-
-def compute_entries(
-    payloads: Sequence[Payload],
-    chunk_size: int,
-    progress: ProgressFn | None = None,
-    cache: HashCache | None = None,
-) -> list[FileEntry]:
-    """Hash what is not hashed yet (all cores) and check each against its expected digest.
-
-    Raises:
-        SourceError: a source cannot be read or does not match its expected sha256.
-    """
-    digests: list[Digests | None] = [p.digests for p in payloads]
-    todo = [i for i, d in enumerate(digests) if d is None]
-    try:
-        sources = [s for i in todo if not isinstance(s := payloads[i].source, LateBytes)]
-        computed = hash_with_cache(sources, chunk_size, cache, progress)
-    except (OSError, EOFError) as e:
-        raise SourceError(
-            f"cannot read source: {e}", hint="Check the file exists and is readable."
-        ) from e
-    for i, computed_digests in zip(todo, computed, strict=True):
-        digests[i] = computed_digests
-    entries = []
-    for p, d in zip(payloads, digests, strict=True):
-        assert d is not None
-        if p.expected_sha256 and d.sha256 != p.expected_sha256:
-            raise SourceError(
-                f"content sha256 {d.sha256} differs from its declared digest {p.expected_sha256}",
-                path=p.origin or p.path,
-                hint="The source is damaged or was changed; fetch or export it again.",
-            )
-        entries.append(FileEntry(path=p.path, size=p.size, sha256=d.sha256, chunks=list(d.chunks)))
-    return entries
 
 
 class _Output:
@@ -292,6 +238,22 @@ def _head(
     return b"".join(out)
 
 
+def check_output(output: Path, keys: Sequence[SigningKey], split_size: int | None) -> Path:
+    """Refuse what would make :func:`write_bundle` fail before any work is done.
+
+    Raises:
+        UsageError: no signing key, a bad split size, or no such output directory.
+    """
+    if not keys:
+        raise UsageError("at least one --key is needed to sign the bundle")
+    if split_size is not None and split_size < 64 * 1024:
+        raise UsageError("--split-size must be at least 64K")
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise UsageError(f"{output.parent}: output directory does not exist")
+    return output
+
+
 def write_bundle(
     plan: BuildPlan,
     output: Path,
@@ -301,13 +263,16 @@ def write_bundle(
     progress: ProgressFn | None = None,
     hash_progress: ProgressFn | None = None,
     hash_cache: HashCache | None = None,
+    hashing: PayloadHashing | None = None,
 ) -> BuildResult:
     """Hash, sign and write a bundle, copying the payload while it is being hashed.
 
     Hex digests have a fixed length, so the size of the index, the signatures and
     SHA256SUMS is known before any file is hashed: that much space is reserved at
     the start, the payload is copied behind it while every core hashes, and the
-    signed head is written into the reserved space last.
+    signed head is written into the reserved space last. ``hashing``, when given, is
+    that hashing already started (for the same payload files, less late ones); the
+    caller closes it.
 
     Raises:
         UsageError: no signing key, a bad split size, or an index or parts list larger
@@ -315,21 +280,22 @@ def write_bundle(
         SourceError: a source is unreadable, changed during the build, or mismatched.
         InsufficientSpaceError: the output directory cannot hold the bundle (nothing written).
     """
-    if not keys:
-        raise UsageError("at least one --key is needed to sign the bundle")
-    if split_size is not None and split_size < 64 * 1024:
-        raise UsageError("--split-size must be at least 64K")
-    output = Path(output)
-    if not output.parent.is_dir():
-        raise UsageError(f"{output.parent}: output directory does not exist")
-
+    output = check_output(output, keys, split_size)
     payloads = _dedupe(plan.payloads)
     keys = list({k.keyid: k for k in keys}.values())
     mtime = int(plan.created.timestamp())
-    # A delta's sources were hashed before this call: checked against their stamps of then.
-    before = plan.stamps or {
-        p.source.path: stamp(p.source.path) for p in payloads if isinstance(p.source, FileRange)
-    }
+    early = [p for p in payloads if not isinstance(p.source, LateBytes)]
+    if hashing is not None and not hashing.covers(early):
+        raise AssertionError("the hashing started for this bundle is for other payload files")
+    # Sources hashed before this call (a delta's, or `hashing`'s) are checked against
+    # their stamps of then.
+    before = (
+        (hashing.stamps if hashing else None)
+        or plan.stamps
+        or {
+            p.source.path: stamp(p.source.path) for p in payloads if isinstance(p.source, FileRange)
+        }
+    )
     # The head's exact size, from placeholder digests of the same length.
     zero = "0" * 64
     placeholder = [
@@ -361,11 +327,9 @@ def write_bundle(
         sum(p.size for p in payloads),
         head_size,
     )
-    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-all")
-    early = [p for p in payloads if not isinstance(p.source, LateBytes)]
-    entries_future = hashing.submit(
-        compute_entries, early, plan.chunk_size, hash_progress, hash_cache
-    )
+    own = hashing is None
+    job = hashing or PayloadHashing(early, plan.chunk_size, hash_progress, hash_cache)
+    entries_future = job.future
     late: list[FileEntry] = []
     held = contextlib.ExitStack()  # our temp files are live until the commit
     held.enter_context(writing_in(output.parent))
@@ -415,8 +379,8 @@ def write_bundle(
         faults.point("build.head-written")  # index and signatures in the temp file(s)
         outputs = _commit(out, output, index, index_bytes, part_hashes, keys)
     except BaseException as e:
-        entries_future.cancel()
-        hashing.shutdown(wait=True, cancel_futures=True)
+        if own:
+            job.close()
         out.discard()
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
             raise OSError(e.errno, e.strerror, str(output)) from e  # say which disk is full
@@ -425,7 +389,8 @@ def write_bundle(
         for fd in fds.values():
             os.close(fd)
         held.close()
-    hashing.shutdown()
+    if own:
+        job.close()
     out.close()
     return BuildResult(
         index=index,
@@ -434,11 +399,6 @@ def write_bundle(
         size=out.total,
         signers=tuple(k for k, _ in signatures),
     )
-
-
-def stamp(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
 
 
 def _commit(

@@ -25,7 +25,7 @@ from bundler.progress import NullReporter
 
 if TYPE_CHECKING:
     from bundler.bundle.signing import TrustedKey
-    from bundler.fetch.remote import FetchOptions
+    from bundler.fetch.options import FetchOptions
     from bundler.install.elastic.steps import ElasticAccess
     from bundler.progress import Reporter
 
@@ -125,7 +125,7 @@ class FetchInputs:
 
 
 def _fetch_inputs(kw: Params) -> FetchInputs:
-    from bundler.fetch.remote import FetchOptions
+    from bundler.fetch.options import FetchOptions
 
     return FetchInputs(
         cache_dir=kw.pop("cache_dir") or env.cache_dir(),

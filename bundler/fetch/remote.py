@@ -28,6 +28,7 @@ from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
 from bundler.fetch.http import Downloader, Expect
 from bundler.fetch.huggingface import auth_headers, resolve_repo
+from bundler.fetch.options import FetchOptions as FetchOptions
 from bundler.fmt import human
 from bundler.fsutil import free_space, naming
 from bundler.hashing import FileRange, hash_sources
@@ -48,15 +49,6 @@ from bundler.pins import (
 logger = logging.getLogger(__name__)
 ELSER_URL = "https://ml-models.elastic.co"
 PRODUCT_DOCS_URL = "https://kibana-knowledge-base-artifacts.elastic.co"
-
-
-@dataclass(frozen=True)
-class FetchOptions:
-    jobs: int = 4
-    insecure_registries: frozenset[str] = frozenset()
-    registry_ca: Path | None = None
-    images_from: str = "registry"  # or "docker": export through the local engine
-    docker_url: str | None = None
 
 
 @dataclass
