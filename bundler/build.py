@@ -33,7 +33,6 @@ from bundler.modelfacts import measure
 from bundler.names import DOC_FILE_RE, ELSER_FILE_RE
 from bundler.pins import ArchiveImagePin, ImagePin, PathElasticPin, PathModelPin, Pins, drift
 from bundler.progress import NullReporter, Reporter
-from bundler.sbom.generate import add_sbom, check_model_licence
 
 
 @dataclass(frozen=True)
@@ -452,6 +451,8 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
     validity(m, opts)  # before anything is downloaded
     base = load_base(opts.base) if opts.base else None
     with planned(m, opts, reporter) as (plan, hashes):
+        from bundler.sbom.generate import add_sbom, check_model_licence  # not on fetch's path
+
         _, sbom_input = check_model_licence(plan, m)
         reporter.stage("reading image layers for the SBOM")
         sbom = add_sbom(plan, sbom_input, f"airgap {__version__}")
