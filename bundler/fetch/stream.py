@@ -104,12 +104,19 @@ class Body:
         view = memoryview(buf)
         try:
             return self._read(view)
+        except http.client.IncompleteRead as e:
+            raise BodyError("the connection closed before the end of the body") from e
         except (OSError, http.client.HTTPException, requests.RequestException) as e:
-            raise BodyError(f"the connection failed while reading: {e!r}") from e
+            raise BodyError(f"the connection failed while reading ({_name(e)})") from e
         except Exception as e:  # urllib3's own errors (ProtocolError, DecodeError)
             if type(e).__module__.split(".")[0] != "urllib3":
                 raise
-            raise BodyError(f"the connection failed while reading: {e!r}") from e
+            raise BodyError(f"the connection failed while reading ({_name(e)})") from e
+
+
+def _name(e: BaseException) -> str:
+    text = " ".join(str(e).split())[:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class StreamDigests:
