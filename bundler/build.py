@@ -35,7 +35,6 @@ from bundler.modelfacts import measure
 from bundler.names import DOC_FILE_RE, ELSER_FILE_RE
 from bundler.pins import ArchiveImagePin, ImagePin, PathElasticPin, PathModelPin, Pins, drift
 from bundler.progress import NullReporter, Reporter
-from bundler.sbom.generate import add_sbom, check_model_licence
 
 if TYPE_CHECKING:
     from bundler.fetch.remote import Fetcher
@@ -462,6 +461,8 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
     validity(m, opts)  # before anything is downloaded
     base = load_base(opts.base) if opts.base else None
     with planned(m, opts, reporter) as (plan, hashes):
+        from bundler.sbom.generate import add_sbom, check_model_licence  # not on fetch's path
+
         _, sbom_input = check_model_licence(plan, m)
         total = sum(p.size for p in plan.payloads)
         check_output(opts.output, opts.keys, opts.split_size)  # before hashing starts

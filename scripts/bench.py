@@ -16,6 +16,9 @@ two image archives), then times, as child processes with their peak RSS:
   (SHA-256 of every byte twice on those cores);
 * on all cores: ``airgap build`` against the same peers and ``airgap verify`` against
   ``openssl dgst -sha256`` over the same files.
+* with ``--download-gib`` / ``--hub-gib``: ``airgap fetch`` from a loopback registry
+  and a local hub against ``curl``, ``skopeo copy`` and ``hf download``
+  (``scripts/benchfetch.py``, which also runs on its own).
 
 Each build row also shows, from ``build --json`` (airgap's own timer), the seconds
 spent reading image layers for the SBOM: a cost apart from the hashing path, now
@@ -47,6 +50,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchfetch import bench_download, bench_hub  # noqa: E402  (scripts/benchfetch.py)
 
 from devkit.demo_data import Image, make_demo_sources  # noqa: E402
 
@@ -343,8 +348,15 @@ def main() -> None:
         "--download-gib",
         type=float,
         default=0.0,
-        help="also benchmark downloading an image layer of this size from a local registry: "
-        "`airgap fetch` against `curl` (starts a private registry)",
+        help="also benchmark downloading an image of this size from a local registry: "
+        "`airgap fetch` against `curl` and `skopeo copy` (starts a private registry)",
+    )
+    ap.add_argument(
+        "--hub-gib",
+        type=float,
+        default=0.0,
+        help="also benchmark downloading an LFS file of this size from a local hub: "
+        "`airgap fetch` against `hf download` (starts olah)",
     )
     ap.add_argument(
         "--install-gib",
@@ -364,6 +376,7 @@ def main() -> None:
         "machine": machine(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
+    args.results = results  # the fetch sections add their rows
     report: list[str] = []
     # Hand-written notes (the profile summary) below NOTES in --out survive a rerun.
     old = args.out.read_text() if args.out and args.out.exists() else ""
@@ -483,6 +496,8 @@ def main() -> None:
         bundle.unlink(missing_ok=True)
         if args.download_gib and budget.allows("download"):
             publish(bench_download(work, args, py).split("\n"))
+        if args.hub_gib and budget.allows("hub download"):
+            publish(bench_hub(work, args, py).split("\n"))
         if args.install_gib and budget.allows("install"):
             publish(bench_install(work, args, py).split("\n"))
         results["skipped"] = budget.skipped
@@ -494,134 +509,6 @@ def main() -> None:
         for v in results["rss_violations"]:
             print(f"FAIL: {v}", file=sys.stderr)
         raise SystemExit(1)
-
-
-def bench_download(work: Path, args: argparse.Namespace, py: str) -> str:
-    """`airgap fetch` of a big layer from a loopback registry vs `curl` of the same blob."""
-    import hashlib
-    import json
-
-    from devkit.services import registry
-
-    layout = work / "dl-oci"
-    blobs = layout / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    size = int(args.download_gib * GiB)
-    tmp = work / "layer.bin"
-    write_random(tmp, size)
-    h = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        while block := f.read(16 * MiB):
-            h.update(block)
-    layer = h.hexdigest()
-    tmp.rename(blobs / layer)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer}"]},
-        }
-    ).encode()
-    cfg = hashlib.sha256(config).hexdigest()
-    (blobs / cfg).write_bytes(config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": f"sha256:{cfg}",
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": f"sha256:{layer}",
-                    "size": size,
-                }
-            ],
-        }
-    ).encode()
-    man = hashlib.sha256(manifest).hexdigest()
-    (blobs / man).write_bytes(manifest)
-    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (layout / "index.json").write_text(
-        json.dumps(
-            {
-                "schemaVersion": 2,
-                "manifests": [
-                    {
-                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                        "digest": f"sha256:{man}",
-                        "size": len(manifest),
-                    }
-                ],
-            }
-        )
-    )
-    src = work / "dsrc"
-    src.mkdir()
-    demo = make_demo_sources(src)
-    cache = work / "dl-cache"
-    with registry() as reg:
-        subprocess.run(
-            [
-                "skopeo",
-                "copy",
-                "--dest-tls-verify=false",
-                "--preserve-digests",
-                f"oci:{layout}",
-                f"docker://{reg.url}/bench/big:1",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        shutil.rmtree(layout)
-        import yaml
-
-        doc = yaml.safe_load(demo.read_text())
-        doc["images"]["vllm"] = f"{reg.url}/bench/big:1"
-        demo.write_text(yaml.safe_dump(doc))
-        out = work / "curl.out"
-
-        def reset() -> None:
-            shutil.rmtree(cache, ignore_errors=True)
-            out.unlink(missing_ok=True)
-
-        rows = [
-            measure(
-                "curl (same blob)",
-                [
-                    "curl",
-                    "-sf",
-                    "-o",
-                    str(out),
-                    f"http://{reg.url}/v2/bench/big/blobs/sha256:{layer}",
-                ],
-                args.runs,
-                reset=reset,
-            ),
-            measure(
-                "airgap fetch (verified, chunk digests)",
-                [py, "-m", "bundler", "-q", "fetch", str(demo), "--cache-dir", str(cache)],
-                args.runs,
-                reset=reset,
-            ),
-        ]
-        reset()
-    ratio = rows[0]["seconds"] / rows[1]["seconds"]
-    return "\n".join(
-        [
-            "",
-            f"## Download ({size / GiB:.2f} GiB image layer from a loopback registry)",
-            "",
-            *table(rows, size),
-            "",
-            f"- airgap fetch throughput / curl: **{ratio:.2f}x** (target >= 0.8x); curl verifies "
-            "nothing, airgap checks the sha256 and computes the bundle's chunk digests.",
-            "",
-        ]
-    )
 
 
 def bench_install(work: Path, args: argparse.Namespace, py: str) -> str:
@@ -861,7 +748,7 @@ def footer(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
             flags.append(f"--{k.replace('_', '-')} {','.join(map(str, a[k]))}")
     if a["no_main"]:
         flags.append("--no-main")
-    for k in ("gzip_layer_mib", "download_gib", "install_gib"):
+    for k in ("gzip_layer_mib", "download_gib", "hub_gib", "install_gib"):
         if a[k]:
             flags.append(f"--{k.replace('_', '-')} {a[k]:g}")
     lines += ["", f"Reproduce: `python scripts/bench.py {' '.join(flags)}`", ""]

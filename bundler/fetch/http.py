@@ -1,30 +1,31 @@
 """Resumable, verified downloads into the cache.
 
 A download streams into ``partial/<key>.part``; an interrupted one resumes with an
-HTTP ``Range`` request (a server that ignores Range makes it start over). When the
-bytes are complete they are hashed on every core from the page cache (sha256 and
-the bundle's chunk digests, plus a git blob id where that is the published
-identity), checked, and only then renamed into ``blobs/``. Bytes that do not match
-are deleted, never cached. 5xx answers and dropped connections are retried with
-backoff; 401/403/404 are not (they will not get better).
+HTTP ``Range`` request (a server that ignores Range makes it start over). The bytes
+are hashed as they arrive, beside the download (sha256 and the bundle's chunk
+digests, plus a git blob id where that is the published identity; see
+:mod:`bundler.fetch.stream`), checked when complete, and only then renamed into
+``blobs/``. Bytes that do not match are deleted, never cached. 5xx answers and
+dropped connections are retried with backoff; 401/403/404 are not (they will not get
+better).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import requests
 
 from bundler import env, faults, net
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
+from bundler.fetch.stream import Body, BodyError, BufferPool, StreamDigests, Writeback
 from bundler.fsutil import naming
 from bundler.hashing import Digests
 
@@ -59,76 +60,6 @@ def git_blob_id(path: Path) -> str:
     return h.hexdigest()
 
 
-class StreamDigests:
-    """sha256, chunk digests (and a git blob id) of bytes as they arrive, on two threads.
-
-    The whole-file hash is inherently sequential; chunk digests run beside it, so
-    verification keeps up with the network instead of following it.
-    """
-
-    def __init__(self, chunk_size: int, git_blob_size: int | None = None) -> None:
-        self.chunk_size = chunk_size
-        self._whole = hashlib.sha256()
-        self._sha1 = None
-        if git_blob_size is not None:
-            self._sha1 = hashlib.sha1(usedforsecurity=False)
-            self._sha1.update(b"blob %d\0" % git_blob_size)
-        self._chunks: list[str] = []
-        self._chunk = hashlib.sha256()
-        self._chunk_fill = 0
-        self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=16) for _ in range(2)]
-        self._threads = [
-            threading.Thread(target=self._run_whole, daemon=True),
-            threading.Thread(target=self._run_chunks, daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _run_whole(self) -> None:
-        while (data := self._queues[0].get()) is not None:
-            self._whole.update(data)
-            if self._sha1 is not None:
-                self._sha1.update(data)
-
-    def _run_chunks(self) -> None:
-        while (data := self._queues[1].get()) is not None:
-            view = memoryview(data)
-            while view:
-                n = min(len(view), self.chunk_size - self._chunk_fill)
-                self._chunk.update(view[:n])
-                self._chunk_fill += n
-                view = view[n:]
-                if self._chunk_fill == self.chunk_size:
-                    self._chunks.append(self._chunk.hexdigest())
-                    self._chunk, self._chunk_fill = hashlib.sha256(), 0
-
-    def update(self, data: bytes) -> None:
-        for q in self._queues:
-            q.put(data)
-
-    def seed(self, path: Path) -> None:
-        """Hash what an earlier, interrupted run already downloaded."""
-        with open(path, "rb") as f:
-            while block := f.read(STREAM_BLOCK * 8):
-                self.update(block)
-
-    def finish(self) -> tuple[Digests, str | None]:
-        for q in self._queues:
-            q.put(None)
-        for t in self._threads:
-            t.join()
-        if self._chunk_fill or not self._chunks:
-            self._chunks.append(self._chunk.hexdigest())
-        whole = self._whole.hexdigest()
-        return Digests(whole, tuple(self._chunks)), (
-            self._sha1.hexdigest() if self._sha1 is not None else None
-        )
-
-    def abandon(self) -> None:
-        for q in self._queues:
-            q.put(None)
-
-
 class Downloader:
     def __init__(
         self,
@@ -148,6 +79,7 @@ class Downloader:
         self.backoff = backoff
         self.read_timeout = read_timeout
         self.progress = progress
+        self.pool = BufferPool()  # shared by every download, however many run at once
 
     def cached(self, expect: Expect) -> Path | None:
         if expect.sha256 and self.cache.has(expect.sha256, expect.size):
@@ -206,7 +138,7 @@ class Downloader:
             nonlocal digests
             if digests is not None:
                 digests.abandon()
-            digests = StreamDigests(self.chunk_size, git_size)
+            digests = StreamDigests(self.chunk_size, self.pool, git_size, expect.size)
             if seed and partial.exists():
                 digests.seed(partial)
             return digests
@@ -214,6 +146,8 @@ class Downloader:
         if partial.exists() and not (expect.sha256 or expect.git_blob):
             # Nothing pins these bytes, so a leftover could splice two versions: restart.
             partial.unlink()
+        # The bytes as stored: a content-encoded answer could not be resumed with Range.
+        headers = {"Accept-Encoding": "identity", **headers}
         try:
             while True:
                 offset = partial.stat().st_size if partial.exists() else 0
@@ -247,23 +181,20 @@ class Downloader:
                         elif not r.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
                             mode, offset = "wb", 0  # an answer we cannot splice: start over
                         d = fresh(seed=False) if mode == "wb" else (digests or fresh(seed=True))
+                        body = Body(r)
                         with naming(partial), open(partial, mode) as f:
-                            for block in r.iter_content(STREAM_BLOCK):
-                                if expect.size is not None and offset + len(block) > expect.size:
-                                    raise FetchError(
-                                        f"{what}: server sent more than the {expect.size} "
-                                        "bytes expected",
-                                        url=url,
-                                        hint="The source does not match its pin; check the lock.",
-                                    )
-                                f.write(block)
-                                d.update(block)
-                                offset += len(block)
-                                downloaded += len(block)
-                                if self.progress:
-                                    self.progress(len(block))
-                                if expect.size is not None and offset < expect.size:
-                                    faults.point("fetch.mid-blob")
+                            flusher = Writeback(f.fileno())
+                            try:
+                                while n := self._block(body, f, d, expect, offset, url, what):
+                                    offset += n
+                                    downloaded += n
+                                    flusher.wrote(n)
+                                    if self.progress:
+                                        self.progress(n)
+                                    if expect.size is not None and offset < expect.size:
+                                        faults.point("fetch.mid-blob")
+                            finally:
+                                flusher.close()
                         if expect.size is not None and offset < expect.size:
                             raise _Retry(f"connection closed at {offset} of {expect.size} bytes")
                         result = d.finish()
@@ -271,6 +202,7 @@ class Downloader:
                         return downloaded, *result
                 except (
                     _Retry,
+                    BodyError,
                     requests.ConnectionError,
                     requests.Timeout,
                     requests.exceptions.ChunkedEncodingError,
@@ -295,6 +227,38 @@ class Downloader:
         finally:
             if digests is not None:
                 digests.abandon()
+
+    @staticmethod
+    def _block(
+        body: Body,
+        f: IO[bytes],
+        d: StreamDigests,
+        expect: Expect,
+        offset: int,
+        url: str,
+        what: str,
+    ) -> int:
+        """Read the next block of ``body`` into a pool buffer, write it at ``offset`` and
+        hand it to the digests; returns its size (0 at the end of the body)."""
+        buf = d.buffer()
+        try:
+            n = body.readinto(buf)
+            if expect.size is not None and offset + n > expect.size:
+                raise FetchError(
+                    f"{what}: server sent more than the {expect.size} bytes expected",
+                    url=url,
+                    hint="The source does not match its pin; check the lock.",
+                )
+            if n:
+                f.write(memoryview(buf)[:n])
+        except BaseException:
+            d.discard(buf)
+            raise
+        if n:
+            d.update(buf, n)
+        else:
+            d.discard(buf)
+        return n
 
     @staticmethod
     def _check_status(r: requests.Response, url: str, what: str) -> None:
