@@ -157,6 +157,13 @@ def read_bounded(path: Path | str, limit: int, *, follow_symlinks: bool = False)
         os.close(fd)
 
 
+def _poll_ms(seconds: float) -> int:
+    """``poll``'s timeout in ms: at most ~24 days (its int limit); no inf or nan reaches it."""
+    if not seconds > 0:  # also nan
+        return 0
+    return int(min(seconds * 1000, 2**31 - 1))
+
+
 class StallGuard:
     """Read a stream from a file descriptor, giving up when it stalls.
 
@@ -177,7 +184,7 @@ class StallGuard:
     ) -> None:
         self.fd = fd
         self.timeout = timeout
-        self.start_timeout = timeout if start_timeout is None else max(timeout, start_timeout)
+        self.start_timeout = timeout if start_timeout is None else start_timeout
         self._started = False
         self.what = what
         self.option = option
@@ -193,7 +200,7 @@ class StallGuard:
         wait, option = self.timeout, self.option
         if not self._started:
             wait, option = self.start_timeout, "--start-timeout"
-        if not self._poll.poll(min(max(0, int(wait * 1000)), 2**31 - 1)):
+        if not self._poll.poll(_poll_ms(wait)):
             if not self._started:
                 raise InputStalledError(
                     f"{self.what}: nothing arrived in the first {wait:g} s ({option}); giving up",

@@ -21,6 +21,7 @@ from bundler.bundle.entries import PayloadHashing
 from bundler.bundle.index import DEFAULT_CHUNK_SIZE, ImageEntry, path_problem
 from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload
 from bundler.bundle.signing import SigningKey
+from bundler.bundle.sizing import require_output_space
 from bundler.bundle.writer import check_output, write_bundle
 from bundler.errors import FetchError, SourceError, UsageError
 from bundler.fetch.cache import Cache
@@ -466,6 +467,8 @@ def build(m: Manifest, opts: BuildOptions, reporter: Reporter | None = None) -> 
         _, sbom_input = check_model_licence(plan, m)
         total = sum(p.size for p in plan.payloads)
         check_output(opts.output, opts.keys, opts.split_size)  # before hashing starts
+        if base is None:  # the payload alone must fit (the exact check follows the SBOM)
+            require_output_space(opts.output, total, opts.split_size)
         if base is None:  # every core hashes while the layers are read for the SBOM
             reporter.stage("hashing and writing (and reading image layers for the SBOM)", 2 * total)
         hashing = (

@@ -7,8 +7,9 @@ import errno
 import fcntl
 import glob
 import os
+import select
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -172,10 +173,35 @@ def copy_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
         count -= n
 
 
-def send_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
+def wait_writable(fd: int) -> None:
+    """Block until ``fd`` takes more bytes (or has an error the next write reports): for
+    a destination its owner made non-blocking (some parents hand out such a stdout)."""
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    p.poll()
+
+
+def write_all(fd: int, data: bytes | memoryview, sent: Callable[[int], None] | None = None) -> None:
+    """Write all of ``data`` to ``fd``, blocking or not; ``sent`` hears of every byte."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            wait_writable(fd)
+            continue
+        view = view[n:]
+        if sent:
+            sent(n)
+
+
+def send_range(
+    src_fd: int, offset: int, dst_fd: int, count: int, sent: Callable[[int], None] | None = None
+) -> None:
     """Send ``count`` bytes of ``src_fd`` from ``offset`` to ``dst_fd`` (a pipe, a socket
     or a file): ``sendfile`` moves them in the kernel; where it cannot (an ``O_APPEND``
-    file, an old kernel) a bounded read/write loop does.
+    file, an old kernel) a bounded read/write loop does. ``sent`` hears of every byte
+    that left, also when a later write fails.
 
     Raises:
         EOFError: the source ended early (it shrank).
@@ -186,17 +212,20 @@ def send_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
         if use_sendfile:
             try:
                 n = os.sendfile(dst_fd, src_fd, offset, min(count, 1 << 30))
+            except BlockingIOError:
+                wait_writable(dst_fd)
+                continue
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     raise
                 use_sendfile = False
                 continue
+            if n and sent:
+                sent(n)
         else:
             data = os.pread(src_fd, min(count, COPY_BLOCK), offset)
             n = len(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(dst_fd, view) :]
+            write_all(dst_fd, data, sent)
         if n == 0:
             raise EOFError(f"source ended {count} bytes early")
         offset += n

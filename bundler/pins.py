@@ -178,6 +178,7 @@ ElasticPin = Annotated[
     Discriminator(_elastic_kind),
 ]
 
+
 def error_location(loc: tuple[int | str, ...]) -> str:
     """A validation error's place as an operator reads the document (``images.vllm.layers``),
     without the union tag pydantic puts in (``images.vllm.registry.layers``): the tag sits

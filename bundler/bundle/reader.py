@@ -49,7 +49,7 @@ from bundler.bundle.parts import (
 from bundler.bundle.payload import expect_member, payload_error, verify_ranges
 from bundler.bundle.policy import Sink, TrustPolicy, VerifyResult
 from bundler.bundle.signing import KEYID_RE, SIGNATURE_SIZE, verify_threshold
-from bundler.errors import BundleError, ExpiredError
+from bundler.errors import BundleError, ExpiredError, UsageError
 from bundler.hashing import BLOCK_SIZE, ChunkMismatch, StreamHasher
 
 logger = logging.getLogger(__name__)
@@ -246,6 +246,16 @@ def _read_head_members(
     return index_bytes, embedded, headers
 
 
+def _stdin_fd() -> int:
+    """Raises: UsageError: the command was started with standard input closed (``<&-``)."""
+    if sys.stdin is None:
+        raise UsageError(
+            "-: the bundle is read from standard input, which is closed here",
+            hint="Pipe or redirect the bundle into the command, or give its path.",
+        )
+    return sys.stdin.fileno()
+
+
 def read_bundle(
     spec: str | BundleLocation,
     policy: TrustPolicy,
@@ -271,7 +281,7 @@ def read_bundle(
     """
     loc = spec if isinstance(spec, BundleLocation) else locate_bundle(spec)
     if loc.base is None and stdin is None:
-        stdin = StallGuard(sys.stdin.fileno(), stall_timeout, start_timeout=start_timeout)
+        stdin = StallGuard(_stdin_fd(), stall_timeout, start_timeout=start_timeout)
     stream = ChainedReader(loc, stdin)
     r = _Reader(loc, stream)
     started = time.monotonic()
@@ -479,7 +489,7 @@ def read_head(spec: str | BundleLocation, *, stdin: Readable | None = None) -> B
     """
     loc = spec if isinstance(spec, BundleLocation) else locate_bundle(spec)
     if loc.base is None and stdin is None:
-        stdin = StallGuard(sys.stdin.fileno())
+        stdin = StallGuard(_stdin_fd())
     stream = ChainedReader(loc, stdin)
     try:
         index_bytes, embedded, _ = _read_head_members(_Reader(loc, stream))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,18 +21,44 @@ def bundle_size(head_size: int, payloads: Sequence[Payload], mtime: int) -> int:
     return total
 
 
-def require_output_space(output: Path, size: int) -> None:
+# Room for the small files beside a split bundle (parts list, its sums, signatures), per
+# part and in all: the parts list has ~150 bytes a part, SHA256SUMS-style lines ~100.
+SIDECAR_PER_PART = 512
+SIDECAR_FIXED = 64 * 1024
+
+
+def disk_need(size: int, split_size: int | None, block: int) -> int:
+    """What ``size`` bytes of bundle take on a disk of ``block``-byte blocks: each file
+    rounded up to whole blocks, plus the sidecar files of a split bundle."""
+
+    def blocks(n: int) -> int:
+        return -(-n // block) * block
+
+    if not split_size:
+        return blocks(size)
+    parts, last = divmod(size, split_size)
+    need = parts * blocks(split_size) + blocks(last)
+    count = parts + (1 if last else 0)
+    return need + 3 * blocks(SIDECAR_FIXED + count * SIDECAR_PER_PART)
+
+
+def require_output_space(output: Path, size: int, split_size: int | None = None) -> None:
     """Refuse a build whose bundle (``size`` bytes, split or not) cannot fit beside
     ``output`` before anything is written: a full disk found at 140 GB of 150 wastes
-    the hours it took.
+    the hours it took. Every file counts in whole blocks of that disk, and a split
+    bundle's parts list, sums and signatures count too.
 
     Raises:
-        InsufficientSpaceError: the output directory, the bundle's size and the free space.
+        InsufficientSpaceError: the output directory, the space needed and the free space.
     """
+    try:
+        block = max(512, os.statvfs(output.parent).f_frsize)
+    except OSError:
+        block = 4096
     require_free(
         output.parent,
-        size,
-        f"the bundle {output.name}",
+        disk_need(size, split_size, block),
+        f"the bundle {output.name}" + (" (its parts, parts list and sums)" if split_size else ""),
         hint="Free space there, write the bundle to a larger disk (-o), or stream it "
         "without touching disk (`airgap build -o - … | …`).",
     )

@@ -19,7 +19,11 @@ import errno
 import hashlib
 import logging
 import os
+import select
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from bundler.bundle import tarfmt
@@ -29,7 +33,7 @@ from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload, chec
 from bundler.bundle.signing import SigningKey
 from bundler.bundle.writer import _head, build_index
 from bundler.errors import AirgapError, SourceError, UsageError
-from bundler.fsutil import send_range
+from bundler.fsutil import send_range, write_all
 from bundler.hashcache import HashCache
 
 logger = logging.getLogger(__name__)
@@ -65,41 +69,79 @@ def head_size_of(plan: BuildPlan, payloads: Sequence[Payload], keyids: Sequence[
     return size
 
 
+def _closed(total: int, why: str) -> StreamClosedError:
+    when = f"after {total} bytes" if total else "before the first byte"
+    return StreamClosedError(
+        f"standard output was closed by the program reading the bundle {when} ({why})",
+        hint="The reading side stopped (its own error says why); the stream is "
+        "incomplete and every reader refuses it. Run the pipeline again.",
+    )
+
+
+def reader_gone(fd: int) -> bool:
+    """Whether the reading end of the pipe ``fd`` is closed (always False for a file)."""
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in p.poll(0))
+
+
 class _Sink:
-    """Blocking writes to ``fd``, counting bytes; a reader that went away is one clear error."""
+    """Writes to ``fd`` (blocking or not), counting every byte that left; a reader that
+    went away, or a full disk behind a redirect, is one clear error."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.total = 0
 
-    def _closed(self, e: OSError) -> StreamClosedError:
-        return StreamClosedError(
-            f"standard output was closed by the program reading the bundle after "
-            f"{self.total} bytes ({e.strerror})",
-            hint="The reading side stopped (its own error says why); the stream is "
-            "incomplete and every reader refuses it. Run the pipeline again.",
-        )
+    def _sent(self, n: int) -> None:
+        self.total += n
+
+    def _error(self, e: OSError) -> Exception:
+        if e.errno in (errno.EPIPE, errno.ECONNRESET):
+            return _closed(self.total, e.strerror or "broken pipe")
+        return OSError(e.errno, e.strerror, "standard output")  # name what is full
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
-                self.total += n
+            write_all(self.fd, data, self._sent)
         except OSError as e:
-            if e.errno in (errno.EPIPE, errno.ECONNRESET):
-                raise self._closed(e) from e
-            raise
+            raise self._error(e) from e
 
     def send(self, src_fd: int, offset: int, count: int) -> None:
         try:
-            send_range(src_fd, offset, self.fd, count)
+            send_range(src_fd, offset, self.fd, count, self._sent)
         except OSError as e:
-            if e.errno in (errno.EPIPE, errno.ECONNRESET):
-                raise self._closed(e) from e
-            raise
-        self.total += count
+            raise self._error(e) from e
+
+
+def _hash_watching(
+    payloads: Sequence[Payload],
+    chunk_size: int,
+    fd: int,
+    progress: ProgressFn | None,
+    cache: HashCache | None,
+) -> list[FileEntry]:
+    """Hash on every core, watching the reader meanwhile: a reader that went away, or
+    Ctrl-C, stops every hashing thread within one read block (not after the last byte).
+
+    Raises:
+        StreamClosedError: the reading side closed the pipe while we hashed.
+        SourceError: as :func:`compute_entries`.
+    """
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-all")
+    future = pool.submit(compute_entries, payloads, chunk_size, progress, cache, stop)
+    try:
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except FutureTimeout:
+                if reader_gone(fd):
+                    raise _closed(0, "while every source was being hashed") from None
+    finally:
+        if not future.done():
+            stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _changed(path: Path) -> SourceError:
@@ -144,7 +186,7 @@ def stream_bundle(
     }
     head_size_of(plan, payloads, [k.keyid for k in keys])  # limits, before any hashing
     early = [p for p in payloads if not isinstance(p.source, LateBytes)]
-    entries = compute_entries(early, plan.chunk_size, hash_progress, hash_cache)
+    entries = _hash_watching(early, plan.chunk_size, fd, hash_progress, hash_cache)
     done = sorted([*entries, *plan.reused], key=lambda e: e.path)
     rendered: dict[str, bytes] = {}
     for p in payloads:

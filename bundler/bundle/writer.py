@@ -318,7 +318,7 @@ def write_bundle(
     )
     check_limits(placeholder_index, head_size, payloads, split_size, mtime)
     remove_stale_temps(output.parent, output.name)  # what a killed build of it left
-    require_output_space(output, bundle_size(head_size, payloads, mtime))
+    require_output_space(output, bundle_size(head_size, payloads, mtime), split_size)
 
     logger.info(
         "writing %s: %d files, %d bytes, head %d bytes",

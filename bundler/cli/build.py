@@ -236,6 +236,12 @@ def _build_to_stdout(
     from bundler.bundle.signing import load_signing_key
     from bundler.errors import UsageError
 
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        raise UsageError(
+            "-o - writes the bundle to standard output, which is closed here",
+            hint="Pipe it (`airgap build … -o - | airgap verify - …`) or redirect it to a "
+            "file; or give -o BUNDLE.",
+        )
     if sys.stdout.isatty():
         raise UsageError(
             "-o - writes the bundle to standard output, which is a terminal here",

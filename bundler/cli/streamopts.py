@@ -3,6 +3,7 @@ wait: ``--stall-timeout`` once bytes flow, ``--start-timeout`` for the first byt
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,18 @@ from bundler.boundedio import DEFAULT_STALL_TIMEOUT, DEFAULT_START_TIMEOUT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_SECONDS = click.FloatRange(0, min_open=True)
+
+class _Seconds(click.FloatRange):
+    """Seconds above 0 and at most ~23 days (poll()'s limit); inf and nan are usage errors."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+_SECONDS = _Seconds(0, 2_000_000, min_open=True)
 
 
 def stall_timeout_option(f: F) -> F:

@@ -45,7 +45,6 @@ class ResolvedRepo:
     endpoint: str
     gated: str | None = None  # the hub's ``gated`` field: "auto" or "manual" when gated
 
-
     def url(self, path: str) -> str:
         from huggingface_hub import hf_hub_url
 
@@ -165,9 +164,7 @@ def resolve_repo(repo: str, revision: str, include: list[str], exclude: list[str
         assert isinstance(item, HubFile)
         sha = item.lfs.sha256 if item.lfs else None
         files.append(RepoFile(item.path, int(item.size), str(item.blob_id), sha))
-    return ResolvedRepo(
-        repo, revision, commit, files, endpoint, str(gated) if gated else None
-    )
+    return ResolvedRepo(repo, revision, commit, files, endpoint, str(gated) if gated else None)
 
 
 def auth_headers() -> dict[str, str]:

@@ -337,4 +337,3 @@ def decide(f: Facts, checks: list[Check], opts: InstallOptions) -> Decision:
     if f.reusable:
         return Decision.UNCHANGED if f.is_current else Decision.REACTIVATE
     return Decision.PROCEED
-

@@ -128,7 +128,7 @@ def scan_layer(source: FileRange | bytes, label: str) -> LayerScan:
                 if base == OPAQUE:
                     scan.opaque.append(head)
                 elif base.startswith(WHITEOUT):
-                    scan.deleted.append(f"{head}/{base[len(WHITEOUT):]}".lstrip("/"))
+                    scan.deleted.append(f"{head}/{base[len(WHITEOUT) :]}".lstrip("/"))
                 elif member.isdir():
                     scan.replaced_dirs.append(path)
                 elif member.islnk() and wanted(path) and _norm(member.linkname) in scan.files:

@@ -109,9 +109,7 @@ def model_licence(card: CardLicence | None, hub_gated: str | None) -> LicensePin
         return LicensePin(
             id=UNKNOWN, spdx=unknown, osi_approved=False, gated=gated, needs_acceptance=True
         )
-    named = [
-        (card.name or i) if i.lower() == "other" and card is not None else i for i in ids
-    ]
+    named = [(card.name or i) if i.lower() == "other" and card is not None else i for i in ids]
     spdx = [to_spdx(i) for i in named]
     osi = all((s := spdx_licence(x)) is not None and s.osi_approved for x in spdx)
     vague = any(i.lower() in ("other", UNKNOWN) for i in ids)

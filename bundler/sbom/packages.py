@@ -108,9 +108,7 @@ def parse_dpkg(data: bytes, found_in: str) -> list[Package]:
         if not status or status[-1] not in DPKG_PRESENT:
             continue
         source = st.get("source", "").split(" ")[0] or None
-        found.append(
-            Package("deb", name, version, st.get("architecture"), source, None, found_in)
-        )
+        found.append(Package("deb", name, version, st.get("architecture"), source, None, found_in))
     return found
 
 

@@ -109,9 +109,7 @@ class _Builder:
             for h in component.get("hashes") or []
             if h.get("alg") == "SHA-256"
         ]
-        comment = "; ".join(
-            f"{p['name']}={p['value']}" for p in component.get("properties") or []
-        )
+        comment = "; ".join(f"{p['name']}={p['value']}" for p in component.get("properties") or [])
         self.packages.append(
             Package(
                 spdx_id=sid,
@@ -187,6 +185,3 @@ def to_spdx(cdx: dict[str, Any]) -> bytes:
 def _version(text: str) -> Version:
     major, _, minor = text.partition(".")
     return Version(int(major), int(minor or 0))
-
-
-

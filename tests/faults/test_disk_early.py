@@ -35,7 +35,12 @@ def test_build_that_cannot_fit_is_refused_before_writing(
     args += ["--split-size", "64M"] if split else []
     with tmpfs(out, "8M"):
         r = airgap(*args, timeout=60)
-        err = assert_clean_error(r, f"{out}: not enough free space: the bundle demo.tar needs")
+        what = (
+            "the bundle demo.tar (its parts, parts list and sums)"
+            if split
+            else "the bundle demo.tar"
+        )
+        err = assert_clean_error(r, f"{out}: not enough free space: {what} needs")
         assert "64.0 GiB" in err and "8.0 MiB" in err and "free" in err, err
         assert tree(out) == {}  # no bundle, no part, no temp file
         huge.unlink()
@@ -46,3 +51,29 @@ def test_build_that_cannot_fit_is_refused_before_writing(
             if split
             else ["demo.tar"]
         ), names
+
+
+@pytest.mark.fault("disk full: build refused before writing")
+def test_split_parts_count_their_parts_list_and_whole_blocks(
+    fault_key: Keys, tmp_path: Path
+) -> None:
+    """A disk that holds the bundle's bytes as one file, but not as 64 KiB parts plus the
+    parts list and its sums: the split build is refused before the first part is written
+    (it used to fill the disk and fail at the parts list, after renaming every part)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    manifest = make_demo_sources(src, model_bytes=2_000_000)
+    key = ["--key", str(fault_key.private)]
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    assert_ok(airgap("build", str(manifest), "-o", str(probe / "demo.tar"), *key))
+    size = (probe / "demo.tar").stat().st_size
+    out = tmp_path / "out"
+    with tmpfs(out, str(-(-size // 4096) * 4096 + 16384)):
+        split = ["build", str(manifest), "-o", str(out / "demo.tar"), *key, "--split-size", "64K"]
+        r = airgap(*split, timeout=60)
+        assert_clean_error(r, f"{out}: not enough free space: the bundle demo.tar (its parts")
+        assert tree(out) == {}  # no part, no parts list, no temp file
+        # the negative control: the same bytes as one file fit
+        assert_ok(airgap("build", str(manifest), "-o", str(out / "demo.tar"), *key))
+        assert sorted(tree(out)) == ["demo.tar"]
