@@ -46,7 +46,7 @@ _MAX_INT_CHARS = 24  # 20 digits, a sign and some '_' separators
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class ModelSource(_Strict):

@@ -86,7 +86,7 @@ def chunk_count(size: int, chunk_size: int) -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class _Optional(_Strict):

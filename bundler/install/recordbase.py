@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model
 class Record(BaseModel):
     """Frozen and strict; fields in ``omit_unset`` are written only when they were given."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     omit_unset: ClassVar[frozenset[str]] = frozenset()
 
     @model_serializer(mode="wrap")
