@@ -28,10 +28,10 @@ from pathlib import Path
 
 from bundler.bundle import tarfmt
 from bundler.bundle.entries import _dedupe, compute_entries, stamp
-from bundler.bundle.index import FileEntry, chunk_count, render_sha256sums
-from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload, check_limits
+from bundler.bundle.index import FileEntry, render_sha256sums
+from bundler.bundle.plan import BuildPlan, BuildResult, LateBytes, Payload
 from bundler.bundle.signing import SigningKey
-from bundler.bundle.writer import _head, build_index
+from bundler.bundle.writer import _head, build_index, head_size_of
 from bundler.errors import AirgapError, SourceError, UsageError
 from bundler.fsutil import send_range, write_all
 from bundler.hashcache import HashCache
@@ -45,28 +45,6 @@ STDOUT_NAME = "-"
 
 class StreamClosedError(AirgapError):
     """The program reading the bundle from our standard output went away."""
-
-
-def head_size_of(plan: BuildPlan, payloads: Sequence[Payload], keyids: Sequence[str]) -> int:
-    """The head's exact size, from placeholder digests of the same length; also refuses
-    (:func:`check_limits`) an index that readers would refuse."""
-    zero = "0" * 64
-    placeholder = [
-        FileEntry(
-            path=p.path,
-            size=p.size,
-            sha256=zero,
-            chunks=[zero] * chunk_count(p.size, plan.chunk_size),
-        )
-        for p in payloads
-    ]
-    index = build_index(plan, placeholder, validate=False).to_bytes()
-    mtime = int(plan.created.timestamp())
-    size = len(
-        _head(index, [(k, bytes(64)) for k in keyids], render_sha256sums(placeholder), mtime)
-    )
-    check_limits(index, size, payloads, None, mtime)
-    return size
 
 
 def _closed(total: int, why: str) -> StreamClosedError:

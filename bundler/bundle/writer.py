@@ -254,6 +254,32 @@ def check_output(output: Path, keys: Sequence[SigningKey], split_size: int | Non
     return output
 
 
+def head_size_of(
+    plan: BuildPlan,
+    payloads: Sequence[Payload],
+    keyids: Sequence[str],
+    split_size: int | None = None,
+) -> int:
+    """The head's exact size, from placeholder digests of the same length (hex digests
+    have a fixed length); also refuses (:func:`check_limits`) what readers would refuse."""
+    zero = "0" * 64
+    placeholder = [
+        FileEntry(
+            path=p.path,
+            size=p.size,
+            sha256=zero,
+            chunks=[zero] * chunk_count(p.size, plan.chunk_size),
+        )
+        for p in payloads
+    ]
+    index = build_index(plan, placeholder, validate=False).to_bytes()
+    mtime = int(plan.created.timestamp())
+    sums = render_sha256sums(placeholder)
+    size = len(_head(index, [(k, bytes(64)) for k in keyids], sums, mtime))
+    check_limits(index, size, payloads, split_size, mtime)
+    return size
+
+
 def write_bundle(
     plan: BuildPlan,
     output: Path,
@@ -296,27 +322,7 @@ def write_bundle(
             p.source.path: stamp(p.source.path) for p in payloads if isinstance(p.source, FileRange)
         }
     )
-    # The head's exact size, from placeholder digests of the same length.
-    zero = "0" * 64
-    placeholder = [
-        FileEntry(
-            path=p.path,
-            size=p.size,
-            sha256=zero,
-            chunks=[zero] * chunk_count(p.size, plan.chunk_size),
-        )
-        for p in payloads
-    ]
-    placeholder_index = build_index(plan, placeholder, validate=False).to_bytes()
-    head_size = len(
-        _head(
-            placeholder_index,
-            [(k.keyid, bytes(64)) for k in keys],
-            render_sha256sums(placeholder),
-            mtime,
-        )
-    )
-    check_limits(placeholder_index, head_size, payloads, split_size, mtime)
+    head_size = head_size_of(plan, payloads, [k.keyid for k in keys], split_size)
     remove_stale_temps(output.parent, output.name)  # what a killed build of it left
     require_output_space(output, bundle_size(head_size, payloads, mtime), split_size)
 

@@ -28,6 +28,7 @@ from bundler.cli.output_delta import show_delta_preview
 
 if TYPE_CHECKING:
     from bundler.build import BuildOptions
+    from bundler.bundle.plan import BuildResult
     from bundler.cli.options import FetchInputs
     from bundler.manifest import Manifest
 
@@ -211,6 +212,10 @@ def build(
     opts = dataclasses.replace(opts, keys=tuple(load_signing_key(k, pw) for k in keys))
     with reporter(as_json) as r:
         result = run_build(m, opts, r)
+    _summary(result, base, as_json)
+
+
+def _summary(result: BuildResult, base: str | None, as_json: bool) -> None:
     if as_json:
         print_json(result.to_json())
     else:
@@ -236,15 +241,11 @@ def _build_to_stdout(
     from bundler.bundle.signing import load_signing_key
     from bundler.errors import UsageError
 
-    if sys.stdout is None:  # started with stdout closed (`>&-`)
+    # started with stdout closed (`>&-`), or on a terminal
+    unfit = "closed" if sys.stdout is None else "a terminal" if sys.stdout.isatty() else ""
+    if unfit:
         raise UsageError(
-            "-o - writes the bundle to standard output, which is closed here",
-            hint="Pipe it (`airgap build … -o - | airgap verify - …`) or redirect it to a "
-            "file; or give -o BUNDLE.",
-        )
-    if sys.stdout.isatty():
-        raise UsageError(
-            "-o - writes the bundle to standard output, which is a terminal here",
+            f"-o - writes the bundle to standard output, which is {unfit} here",
             hint="Pipe it (`airgap build … -o - | airgap verify - …`) or redirect it to a "
             "file; or give -o BUNDLE.",
         )
@@ -254,12 +255,7 @@ def _build_to_stdout(
     with reporter(as_json) as r:
         result = build_to_stream(m, opts, sys.stdout.fileno(), r)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the bundle
-        if as_json:
-            print_json(result.to_json())
-        else:
-            show_build(result)
-            if base and result.index.base is None:
-                show_warnings([f"nothing in common with the base {base}: wrote a full bundle"])
+        _summary(result, base, as_json)
 
 
 @click.command()

@@ -7,6 +7,7 @@ the documented exit code, the file named, at once, in little memory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -150,9 +151,7 @@ def test_hostile_parts_list_is_refused_at_once(
     assert ran.seconds < 30 and ran.rss_mb < MAX_RSS_MB, ran
 
 
-def test_signature_option_naming_a_fifo_is_refused(
-    tmp_path: Path, bundle: Path, key: Keys
-) -> None:
+def test_signature_option_naming_a_fifo_is_refused(tmp_path: Path, bundle: Path, key: Keys) -> None:
     named = tmp_path / f"extra.{key.keyid}.sig"
     os.mkfifo(named)
     ran = cli(
@@ -210,9 +209,7 @@ def index_with(manifest: dict[str, object]) -> bytes:
 
 
 @pytest.mark.parametrize("command", ["inspect", "verify"])
-def test_a_60_mb_index_is_refused_by_its_header(
-    tmp_path: Path, key: Keys, command: str
-) -> None:
+def test_a_60_mb_index_is_refused_by_its_header(tmp_path: Path, key: Keys, command: str) -> None:
     """Unsigned for inspect (nothing is checked there), validly signed for verify."""
     index = index_with({"pad": "x" * (60 * 1000 * 1000)})
     bundle = crafted(tmp_path / "big.tar", index, key if command == "verify" else None)
@@ -237,7 +234,9 @@ def test_an_index_just_inside_the_limits_parses_in_bounded_memory(
     pad = MAX_INDEX_SIZE - 3 * values - 1024
     index = index_with({"a": [{}] * values, "b": "x" * pad})
     bundle = crafted(tmp_path / "near.tar", index, key)
-    args = [command, str(bundle)] + (["--trusted-key", str(key.public)] if command == "verify" else [])
+    args = [command, str(bundle)] + (
+        ["--trusted-key", str(key.public)] if command == "verify" else []
+    )
     ran = cli(tmp_path, *args)
     assert "Traceback" not in ran.err
     assert ran.rc == 0, ran.err
@@ -290,7 +289,12 @@ def test_sign_refuses_a_fifo_that_serves_a_genuine_then_a_forged_parts_list(
     writer.start()
     try:
         ran = cli(
-            tmp_path, "sign", f"{split}.part-000", "--key", str(co), "--trusted-key",
+            tmp_path,
+            "sign",
+            f"{split}.part-000",
+            "--key",
+            str(co),
+            "--trusted-key",
             str(key.public),
         )
     finally:
@@ -338,18 +342,15 @@ def test_sign_rehashes_the_parts_and_names_the_damaged_one(
 
 
 @contextmanager
-def stalling_writer(data: bytes) -> Iterator[int]:
-    """A process that writes ``data`` to a pipe, then sends nothing for two minutes."""
+def writer_process(data: bytes, script: str) -> Iterator[int]:
+    """A process that gets ``data`` on its stdin and runs ``script`` (``d`` holds the data,
+    ``out`` its stdout); yields the reading end of its stdout."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; sys.stdout.buffer.write(sys.stdin.buffer.read()); "
-            "sys.stdout.flush(); time.sleep(120)",
-        ],
+        [sys.executable, "-c", f"import sys, time; d = sys.stdin.buffer.read(); "
+         f"out = sys.stdout.buffer; {script}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-    )
+    )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
     feeder = threading.Thread(target=lambda: (proc.stdin.write(data), proc.stdin.close()))
     feeder.start()
@@ -360,6 +361,17 @@ def stalling_writer(data: bytes) -> Iterator[int]:
         proc.wait()
         feeder.join(5)
         proc.stdout.close()
+
+
+def stalling_writer(data: bytes) -> contextlib.AbstractContextManager[int]:
+    """A process that writes ``data`` to a pipe, then sends nothing for two minutes."""
+    return writer_process(data, "out.write(d); out.flush(); time.sleep(120)")
+
+
+def late_writer(data: bytes, delay: float) -> contextlib.AbstractContextManager[int]:
+    """A process that sends nothing for ``delay`` seconds, then ``data`` (like a cold
+    ``airgap build -o -``, which hashes every source before its first byte)."""
+    return writer_process(data, f"time.sleep({delay}); out.write(d); out.flush()")
 
 
 def test_verify_stdin_that_stalls_fails_naming_the_option(
@@ -368,43 +380,30 @@ def test_verify_stdin_that_stalls_fails_naming_the_option(
     data = bundle.read_bytes()
     with stalling_writer(data[: len(data) // 2]) as fd:
         ran = cli(
-            tmp_path, "verify", "-", "--trusted-key", str(key.public), "--stall-timeout", "2",
-            stdin=fd, timeout=60,
+            tmp_path,
+            "verify",
+            "-",
+            "--trusted-key",
+            str(key.public),
+            "--stall-timeout",
+            "2",
+            stdin=fd,
+            timeout=60,
         )
     assert_clean_refusal(ran, 1, "<stdin>", "no data arrived for 2 s", "--stall-timeout")
     assert ran.seconds < 20, ran
     # Pauses shorter than the timeout are only pauses.
     ran = cli(
-        tmp_path, "verify", "-", "--trusted-key", str(key.public), "--stall-timeout", "30",
+        tmp_path,
+        "verify",
+        "-",
+        "--trusted-key",
+        str(key.public),
+        "--stall-timeout",
+        "30",
         input=data,
     )
     assert ran.rc == 0, ran.err
-
-
-@contextmanager
-def late_writer(data: bytes, delay: float) -> Iterator[int]:
-    """A process that sends nothing for ``delay`` seconds, then ``data`` (like a cold
-    ``airgap build -o -``, which hashes every source before its first byte)."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"import sys, time; d = sys.stdin.buffer.read(); time.sleep({delay}); "
-            "sys.stdout.buffer.write(d); sys.stdout.flush()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    feeder = threading.Thread(target=lambda: (proc.stdin.write(data), proc.stdin.close()))
-    feeder.start()
-    try:
-        yield proc.stdout.fileno()
-    finally:
-        proc.kill()  # by its id: the writer this test started
-        proc.wait()
-        feeder.join(5)
-        proc.stdout.close()
 
 
 def test_verify_stdin_waits_for_a_late_first_byte_up_to_the_start_timeout(
