@@ -3,6 +3,7 @@ to a terminal or with ``--split-size``, and one clear error when the reader goes
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bundler.names import image_tag
+from devkit import services
 from devkit.demo_data import make_demo_sources
 
 from conftest import Keys, build_bundle
@@ -236,3 +239,41 @@ def test_a_non_blocking_stdout_still_gets_the_whole_bundle(tmp_path: Path, key: 
     err = build.stderr.read().decode()
     assert build.wait(60) == 0, err
     assert verify.returncode == 0, verify.stderr.decode()
+
+
+def test_stream_piped_into_install_loads_the_release_and_images(
+    tmp_path: Path, demo_manifest: Path, key: Keys, docker_engine: services.Service
+) -> None:
+    """`airgap build -o - | airgap install -`: the operator's no-disk transfer, end to end
+    into a real Docker engine (files byte-identical to the sources, images by signed ID)."""
+    from test_install import docker_ids, inspect_id, remove_images
+
+    before = set(docker_ids(docker_engine))
+    prefix = tmp_path / "opt"
+    build = subprocess.Popen(
+        _build_cmd(demo_manifest, key), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert build.stdout is not None and build.stderr is not None
+    try:
+        install = subprocess.run(
+            [sys.executable, "-m", "bundler", "install", "-", "--trusted-key", str(key.public),
+             "--prefix", str(prefix), "--no-gpu", "--runtime-url", docker_engine.url,
+             "--no-serve", "--json"],
+            stdin=build.stdout, capture_output=True, check=False, timeout=600,
+        )  # fmt: skip
+        build.stdout.close()
+        err = build.stderr.read().decode()
+        assert build.wait(60) == 0, err
+        assert install.returncode == 0, install.stderr.decode()
+        assert json.loads(install.stdout)["status"] == "installed"
+        release = prefix / "releases" / "demo-1"
+        src = demo_manifest.parent / "weights" / "model.safetensors"
+        assert (release / "models/tiny/model.safetensors").read_bytes() == src.read_bytes()
+        receipt = json.loads((prefix / "state/receipt.json").read_text())
+        images = receipt["releases"]["demo-1"]["images"]
+        tags = {
+            i["role"]: inspect_id(docker_engine, image_tag("demo", 1, i["role"])) for i in images
+        }
+        assert images and tags == {i["role"]: i["id"] for i in images}
+    finally:
+        remove_images(docker_engine, sorted(set(docker_ids(docker_engine)) - before))
