@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +26,28 @@ import requests
 from bundler import env, faults, net
 from bundler.errors import FetchError
 from bundler.fetch.cache import Cache
-from bundler.fetch.stream import Body, BodyError, BufferPool, StreamDigests, Writeback
+from bundler.fetch.stream import (
+    Body,
+    BodyDecodeError,
+    BodyError,
+    BufferPool,
+    StreamDigests,
+    Watchdog,
+    Writeback,
+)
 from bundler.fsutil import naming
 from bundler.hashing import Digests
 
 logger = logging.getLogger(__name__)
 STREAM_BLOCK = 1024 * 1024
+
+
+# The most an unpinned download may be (callers set tighter bounds where they know them).
+UNPINNED_MAX = 4 * 1024 * 1024 * 1024
+
+
+class FetchCancelled(Exception):
+    """Another download failed, or the user interrupted: this one stopped (partial kept)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,8 @@ class Expect:
     size: int | None = None
     sha256: str | None = None
     git_blob: str | None = None
+    # Without a size pin, refuse a body larger than this (trust-on-first-use metadata).
+    max_size: int = UNPINNED_MAX
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,7 @@ class Downloader:
         self.read_timeout = read_timeout
         self.progress = progress
         self.pool = BufferPool()  # shared by every download, however many run at once
+        self.cancel = threading.Event()  # set: every download stops at once (partials kept)
 
     def cached(self, expect: Expect) -> Path | None:
         if expect.sha256 and self.cache.has(expect.sha256, expect.size):
@@ -182,20 +202,50 @@ class Downloader:
                             mode, offset = "wb", 0  # an answer we cannot splice: start over
                         d = fresh(seed=False) if mode == "wb" else (digests or fresh(seed=True))
                         body = Body(r)
-                        with naming(partial), open(partial, mode) as f:
-                            flusher = Writeback(f.fileno())
-                            try:
-                                while n := self._block(body, f, d, expect, offset, url, what):
-                                    offset += n
-                                    downloaded += n
-                                    flusher.wrote(n)
-                                    if self.progress:
-                                        self.progress(n)
-                                    if expect.size is not None and offset < expect.size:
-                                        faults.point("fetch.mid-blob")
-                            finally:
-                                flusher.close()
+                        watch = Watchdog(body, timeout, self.cancel)
+                        try:
+                            with naming(partial), open(partial, mode) as f:
+                                flusher = Writeback(f.fileno())
+                                try:
+                                    while n := self._block(body, f, d, expect, offset, url, what):
+                                        offset += n
+                                        downloaded += n
+                                        flusher.wrote(n)
+                                        watch.moved(n)
+                                        if self.progress:
+                                            self.progress(n)
+                                        if expect.size is not None and offset < expect.size:
+                                            faults.point("fetch.mid-blob")
+                                finally:
+                                    flusher.close()
+                        except (BodyError, FetchError) as e:
+                            if watch.fired == "cancelled":
+                                raise FetchCancelled(what) from e
+                            if isinstance(e, FetchError) or body.encoded:
+                                partial.unlink(missing_ok=True)  # never resumed from
+                            if isinstance(e, BodyDecodeError):
+                                raise FetchError(
+                                    f"{what}: the server content-encoded the body and {e}",
+                                    url=url,
+                                    hint="Fetch through a server or proxy that sends the "
+                                    "bytes as they are (airgap asks for identity).",
+                                ) from e
+                            if watch.fired:
+                                raise _Retry(watch.fired) from e
+                            raise
+                        finally:
+                            watch.close()
                         if expect.size is not None and offset < expect.size:
+                            if body.encoded:  # a whole encoded body of the wrong size
+                                partial.unlink(missing_ok=True)
+                                raise FetchError(
+                                    f"{what}: the server content-encoded the body "
+                                    f"({r.headers.get('Content-Encoding')}); decoded it is "
+                                    f"{offset} bytes, the pin says {expect.size}",
+                                    url=url,
+                                    hint="Fetch through a server or proxy that sends the "
+                                    "bytes as they are (airgap asks for identity).",
+                                )
                             raise _Retry(f"connection closed at {offset} of {expect.size} bytes")
                         result = d.finish()
                         digests = None
@@ -228,8 +278,8 @@ class Downloader:
             if digests is not None:
                 digests.abandon()
 
-    @staticmethod
     def _block(
+        self,
         body: Body,
         f: IO[bytes],
         d: StreamDigests,
@@ -240,6 +290,8 @@ class Downloader:
     ) -> int:
         """Read the next block of ``body`` into a pool buffer, write it at ``offset`` and
         hand it to the digests; returns its size (0 at the end of the body)."""
+        if self.cancel.is_set():
+            raise FetchCancelled(what)
         buf = d.buffer()
         try:
             n = body.readinto(buf)
@@ -248,6 +300,13 @@ class Downloader:
                     f"{what}: server sent more than the {expect.size} bytes expected",
                     url=url,
                     hint="The source does not match its pin; check the lock.",
+                )
+            if expect.size is None and offset + n > expect.max_size:
+                raise FetchError(
+                    f"{what}: server sent more than {expect.max_size} bytes, the most "
+                    "accepted for this file",
+                    url=url,
+                    hint="The server does not serve the expected file; check the URL.",
                 )
             if n:
                 f.write(memoryview(buf)[:n])

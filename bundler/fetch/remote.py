@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,10 @@ from bundler.pins import (
 logger = logging.getLogger(__name__)
 ELSER_URL = "https://ml-models.elastic.co"
 PRODUCT_DOCS_URL = "https://kibana-knowledge-base-artifacts.elastic.co"
+# Bounds for the files fetched without a pin (read to pin what they name): ELSER's
+# metadata is a few hundred bytes, its vocabulary under 1 MiB.
+META_MAX = 1024 * 1024
+VOCAB_MAX = 64 * 1024 * 1024
 
 
 @dataclass
@@ -158,7 +162,10 @@ class Fetcher:
         for model_id in e.model_ids():
             meta_url = f"{elser_base}/{model_id}.metadata.json"
             meta_file = self.downloader.fetch(
-                meta_url, Expect(), key=f"url-{meta_url}", what=f"ELSER {model_id} metadata"
+                meta_url,
+                Expect(max_size=META_MAX),
+                key=f"url-{meta_url}",
+                what=f"ELSER {model_id} metadata",
             )
             try:
                 meta = safejson.obj(safejson.loads(meta_file.path.read_bytes()), "metadata")
@@ -175,7 +182,10 @@ class Fetcher:
                 ) from err
             vocab_url = f"{elser_base}/{model_id}.vocab.json"
             vocab = self.downloader.fetch(
-                vocab_url, Expect(), key=f"url-{vocab_url}", what=f"ELSER {model_id} vocabulary"
+                vocab_url,
+                Expect(max_size=VOCAB_MAX),
+                key=f"url-{vocab_url}",
+                what=f"ELSER {model_id} vocabulary",
             )
             try:
                 pt = ElasticFilePin(
@@ -302,8 +312,20 @@ class Fetcher:
                 client.refresh_auth(d.url)  # bearer tokens are short-lived: renew, retry once
                 return attempt()
 
-        with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
-            return sum(pool.map(one, todo))
+        # The first failure (or Ctrl-C) stops the downloads still running at once, not
+        # after their last byte; what they got stays in partial/ for the next run.
+        cancel = self.downloader.cancel
+        cancel.clear()
+        pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
+        futures = [pool.submit(one, d) for d in todo]
+        try:
+            return sum(f.result() for f in as_completed(futures))
+        except BaseException:
+            cancel.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            cancel.clear()
 
     def payloads(self, m: Manifest, pins: Pins) -> tuple[list[Payload], list[ImageEntry]]:
         """Bundle payloads pointing at cached, verified files (call after fetch_all)."""

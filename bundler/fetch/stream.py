@@ -16,11 +16,14 @@ holds at most :data:`PER_DOWNLOAD` of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import queue
+import socket
 import threading
+import time
 from pathlib import Path
 
 import requests
@@ -36,8 +39,18 @@ PER_DOWNLOAD = 16 * 1024 * 1024
 WRITEBACK_EVERY = 64 * 1024 * 1024
 
 
+# A body must keep up at least this rate, averaged over the read timeout: a server that
+# trickles bytes (or sends endless chunk trailers) is cut and the download resumed. 16 KiB/s
+# is far below any link worth downloading a model over (1 Mbit/s is 122 KiB/s).
+MIN_RATE = 16 * 1024
+
+
 class BodyError(Exception):
     """The connection failed while the body was read (its cause is the transport error)."""
+
+
+class BodyDecodeError(BodyError):
+    """The server content-encoded the body and it does not decode: no retry will help."""
 
 
 class BufferPool:
@@ -83,11 +96,18 @@ class Body:
         self._r = r
         fp = getattr(r.raw, "_fp", None)
         encoding = r.headers.get("Content-Encoding", "").strip().lower()
-        self._fp = (
-            fp
-            if isinstance(fp, http.client.HTTPResponse) and (encoding in ("", "identity"))
-            else None
-        )
+        # asked for identity, the server encoded anyway: decoded bytes cannot be resumed
+        # with Range (its offsets count the encoded bytes)
+        self.encoded = encoding not in ("", "identity")
+        self._raw_fp = fp if isinstance(fp, http.client.HTTPResponse) else None
+        self._fp = None if self.encoded else self._raw_fp
+
+    def abort(self) -> None:
+        """Cut the connection under a read blocked in another thread (it then fails)."""
+        sock = getattr(getattr(getattr(self._raw_fp, "fp", None), "raw", None), "_sock", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _read(self, view: memoryview) -> int:
         if self._fp is not None:
@@ -111,7 +131,54 @@ class Body:
         except Exception as e:  # urllib3's own errors (ProtocolError, DecodeError)
             if type(e).__module__.split(".")[0] != "urllib3":
                 raise
+            if type(e).__name__ == "DecodeError":
+                raise BodyDecodeError(f"its content-encoding does not decode ({_name(e)})") from e
             raise BodyError(f"the connection failed while reading ({_name(e)})") from e
+
+
+class Watchdog:
+    """Cuts a body that is too slow, or a download that was cancelled, from a side thread.
+
+    Every second it checks the bytes :meth:`moved` reported: fewer than ``MIN_RATE`` per
+    second over the last ``window`` seconds (a trickle, or bytes that never reach the body
+    such as endless chunk trailers) or a set ``cancel`` event aborts the body, so the
+    blocked read fails and the download loop retries, resumes or stops.
+    """
+
+    def __init__(self, body: Body, window: float, cancel: threading.Event) -> None:
+        self._body = body
+        self._window = max(1.0, window)
+        self._cancel = cancel
+        self._moved = 0
+        self._done = threading.Event()
+        self.fired: str | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fetch-watchdog")
+        self._thread.start()
+
+    def moved(self, n: int) -> None:
+        self._moved += n
+
+    def _run(self) -> None:
+        marks: list[tuple[float, int]] = [(time.monotonic(), 0)]
+        while not self._done.wait(1.0):
+            now = time.monotonic()
+            marks.append((now, self._moved))
+            while len(marks) > 1 and now - marks[1][0] >= self._window:
+                marks.pop(0)
+            start, before = marks[0]
+            if self._cancel.is_set():
+                self.fired = "cancelled"
+            elif now - start >= self._window and self._moved - before < MIN_RATE * self._window:
+                self.fired = (
+                    f"the body came at under {MIN_RATE // 1024} KiB/s for {self._window:g} s"
+                )
+            if self.fired:
+                self._body.abort()
+                return
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _name(e: BaseException) -> str:

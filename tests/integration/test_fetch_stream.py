@@ -41,6 +41,9 @@ class _Server(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         start = time.monotonic()
+        if self.path not in self.files:
+            self.send_error(404)
+            return
         data = self.files[self.path]
         mode = self.mode.get(self.path, "")
         rng = self.headers.get("Range", "")
@@ -56,6 +59,27 @@ class _Server(http.server.BaseHTTPRequestHandler):
                 piece = body[i : i + 4096]
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
+        elif mode == "trickle":  # a slow-loris: one byte every 0.2 s
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                return  # the client cut us off
+        elif mode == "trailers":  # the whole body, then chunk trailers that never end
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n" % (len(body), body))
+            try:
+                for _ in range(100_000):
+                    self.wfile.write(b"X-Trailer: " + b"a" * 100 + b"\r\n")
+                    self.wfile.flush()
+                    time.sleep(0.01)
+            except OSError:
+                return
         elif mode == "gzip":
             packed = gzip.compress(body)
             self.send_header("Content-Encoding", "gzip")
@@ -169,6 +193,7 @@ def test_more_bytes_than_pinned_are_refused_and_nothing_is_cached(
     assert url + "/f" in str(e.value) and e.value.hint
     assert not cache.has(_pin(data).sha256 or "")
     assert list((tmp_path / "c" / "blobs" / "sha256").iterdir()) == []
+    assert _partials(tmp_path / "c") == []  # nothing a rerun would resume from
 
 
 def test_a_body_shorter_than_its_content_length_is_retried_even_unpinned(
@@ -222,3 +247,105 @@ def test_jobs_download_in_parallel_within_the_buffer_budget(
     assert 0 < pool.allocated <= pool.cap and pool.allocated * pool.block <= 4 * PER_DOWNLOAD
     for data in files.values():
         assert cache.blob(hashlib.sha256(data).hexdigest()).read_bytes() == data
+
+
+def _partials(root: Path) -> list[str]:
+    """The partial downloads a rerun would resume from (not the lock files beside them)."""
+    where = root / "partial"
+    return sorted(p.name for p in where.glob("*.part")) if where.exists() else []
+
+
+def test_a_trickling_body_is_cut_and_retried_not_waited_for(
+    tmp_path: Path, server: tuple[str, type[_Server]]
+) -> None:
+    """A server that sends a byte every 0.2 s never trips a read timeout; the download
+    must still give up (at under 16 KiB/s over the read timeout) instead of hanging."""
+    url, handler = server
+    data = os.urandom(BLOCK)
+    handler.files["/f"], handler.mode["/f"] = data, "trickle"
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=r"after 1 retries \(the body came at under 16 KiB/s"):
+        Downloader(Cache(tmp_path / "c"), CHUNK, retries=1, backoff=0.01, read_timeout=2).fetch(
+            url + "/f", _pin(data), key="k", what="f"
+        )
+    assert time.monotonic() - started < 30  # a byte every 0.2 s: 2.4 days for 1 MiB
+
+
+def test_endless_chunk_trailers_do_not_hold_the_download(
+    tmp_path: Path, server: tuple[str, type[_Server]]
+) -> None:
+    """The body, then trailer lines that never end: bytes flow, but none are the body's."""
+    url, handler = server
+    data = os.urandom(BLOCK // 2)
+    handler.files["/f"], handler.mode["/f"] = data, "trailers"
+    started = time.monotonic()
+    got = Downloader(Cache(tmp_path / "c"), CHUNK, backoff=0.01, read_timeout=2).fetch(
+        url + "/f", _pin(data), key="k", what="f"
+    )
+    assert got.path.read_bytes() == data
+    assert time.monotonic() - started < 30  # the trailers alone would run for 1000 s
+
+
+def test_an_unpinned_body_is_bounded_after_decoding(
+    tmp_path: Path, server: tuple[str, type[_Server]]
+) -> None:
+    """A gzip bomb where nothing pins the size (ELSER metadata is fetched to learn the
+    pins): refused at the caller's bound on the decoded bytes, nothing left to resume."""
+    url, handler = server
+    handler.files["/meta"], handler.mode["/meta"] = bytes(8 * BLOCK), "gzip"  # ~8 KiB on the wire
+    cache = Cache(tmp_path / "c")
+    with pytest.raises(FetchError, match=f"server sent more than {BLOCK} bytes") as e:
+        Downloader(cache, CHUNK, backoff=0.01).fetch(
+            url + "/meta", Expect(max_size=BLOCK), key="k", what="meta"
+        )
+    assert e.value.hint
+    assert _partials(tmp_path / "c") == []
+    assert list((tmp_path / "c" / "blobs" / "sha256").iterdir()) == []
+    # the negative control: within the bound it is fetched
+    handler.files["/small"], handler.mode["/small"] = bytes(BLOCK // 2), "gzip"
+    got = Downloader(cache, CHUNK, backoff=0.01).fetch(
+        url + "/small", Expect(max_size=BLOCK), key="k2", what="small"
+    )
+    assert got.size == BLOCK // 2
+
+
+def test_a_content_encoded_body_of_the_wrong_size_is_refused_not_resumed(
+    tmp_path: Path, server: tuple[str, type[_Server]]
+) -> None:
+    """A registry blob pinned by its wire bytes (a .tar.gz) that a CDN labels
+    Content-Encoding: gzip: decoded it is another size. Refused at once with the cause,
+    never resumed with a Range counted in decoded bytes."""
+    url, handler = server
+    data = os.urandom(3 * BLOCK)
+    wire = gzip.compress(data)
+    handler.files["/blob"], handler.mode["/blob"] = data, "gzip"  # sends gzip(data) = wire
+    with pytest.raises(FetchError, match="content-encoded the body .*decoded it is") as e:
+        Downloader(Cache(tmp_path / "c"), CHUNK, backoff=0.01).fetch(
+            url + "/blob", _pin(wire), key="k", what="blob"
+        )
+    assert "identity" in (e.value.hint or "")
+    assert [rng for p, *_, rng in handler.log if p == "/blob"] == [""]  # one try, no Range
+    assert _partials(tmp_path / "c") == []
+
+
+def test_one_failed_download_stops_the_others_at_once(
+    tmp_path: Path, server: tuple[str, type[_Server]]
+) -> None:
+    """With --jobs, a 404 (or Ctrl-C) ends the run without waiting for a slow download
+    in flight to finish; what it got stays for the next run to resume."""
+    url, handler = server
+    big = os.urandom(64 * BLOCK)
+    handler.files["/big"], handler.mode["/big"] = big, "slow"  # ≈20 s at this pace
+    cache = Cache(tmp_path / "c")
+    fetcher = Fetcher(cache, CHUNK, FetchOptions(jobs=2))
+    downloads = [
+        Download("big", url + "/big", _pin(big), hashlib.sha256(big).hexdigest()),
+        Download("gone", url + "/missing", Expect(size=5, sha256="0" * 64), "0" * 64),
+    ]
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="404"):
+        fetcher.fetch_all(downloads)
+    assert time.monotonic() - started < 10
+    kept = _partials(tmp_path / "c")
+    assert len(kept) == 1 and (tmp_path / "c" / "partial" / kept[0]).stat().st_size < len(big)
+    assert not fetcher.downloader.cancel.is_set()  # the next run starts clean
