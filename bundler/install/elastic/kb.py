@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bundler.errors import AirgapError, InstallError
+from bundler.errors import AirgapError
 from bundler.install.elastic.api import ApiClient
 from bundler.install.elastic.connector import Version, parse_version, version_text
+from bundler.install.elastic.credentials import credentials_needed
 from bundler.install.elastic.embedding import BUILTIN_SINCE, E5_ENDPOINT, carried_for, family
 from bundler.install.elastic.kbroutes import (
     DOCS,
@@ -209,12 +210,11 @@ def check_access(records: list[AnyElastic], access: ElasticAccess) -> None:
     """Raises: InstallError: product docs to uninstall, and no Kibana credentials."""
     ours = [r for r in records if isinstance(r, ProductDocsRecord) and r.created_by_us]
     if ours and access.kibana is None:
-        raise InstallError(
-            "airgap installed Kibana's product docs in "
-            + ", ".join(f"{r.url} ({r.inference_id})" for r in ours)
-            + " and needs Kibana credentials to uninstall them",
-            hint="Set AIRGAP_KIBANA_API_KEY (or --kibana-api-key-file / "
-            "--kibana-credentials-file), or pass --keep-elastic to leave them.",
+        raise credentials_needed(
+            "installed Kibana's product docs in",
+            [f"{r.url} ({r.inference_id})" for r in ours],
+            "Kibana",
+            "uninstall them",
         )
 
 

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bundler.errors import AirgapError, InstallError
+from bundler.errors import AirgapError
 from bundler.install.elastic import kbsettings, proof
+from bundler.install.elastic.credentials import credentials_needed
 from bundler.install.elastic.elasticsearch import Elasticsearch, EsOptions
 from bundler.install.elastic.endpoint import ChatEndpoints, TrustHint, Wanted, fingerprint
 from bundler.install.elastic.kibana import Kibana, KibanaOptions, unregister
@@ -169,20 +170,19 @@ def check_access(records: list[AnyElastic], access: ElasticAccess) -> None:
     settings = [r for r in records if isinstance(r, KibanaSettingsRecord)]
     ours = [r for r in records if isinstance(r, ChatEndpointRecord) and r.created_by_us]
     if settings and access.kibana is None:
-        raise InstallError(
-            "airgap changed Kibana's default AI model in "
-            + ", ".join(f"{r.url} space {r.space}" for r in settings)
-            + " and needs Kibana credentials to put the earlier value back",
-            hint="Set AIRGAP_KIBANA_API_KEY (or --kibana-api-key-file / "
-            "--kibana-credentials-file), or pass --keep-elastic to leave it.",
+        raise credentials_needed(
+            "changed Kibana's default AI model in",
+            [f"{r.url} space {r.space}" for r in settings],
+            "Kibana",
+            "put the earlier value back",
+            leave="it",
         )
     if ours and access.es is None:
-        raise InstallError(
-            "airgap created inference endpoint(s) "
-            + ", ".join(f"{r.endpoint_id} at {r.url}" for r in ours)
-            + " and needs Elasticsearch credentials to delete them",
-            hint="Set AIRGAP_ES_API_KEY (or --es-api-key-file / --es-credentials-file), "
-            "or pass --keep-elastic to leave them.",
+        raise credentials_needed(
+            "created inference endpoint(s)",
+            [f"{r.endpoint_id} at {r.url}" for r in ours],
+            "Elasticsearch",
+            "delete them",
         )
 
 

@@ -23,6 +23,7 @@ from bundler.install.elastic import artifacts, embedding, kb, llm
 from bundler.install.elastic.api import Credentials
 from bundler.install.elastic.checks import elser_repository, kb_plan
 from bundler.install.elastic.connector import trust_snippet
+from bundler.install.elastic.credentials import credentials_needed
 from bundler.install.elastic.elasticsearch import Elasticsearch, EsOptions
 from bundler.install.elastic.endpoint import TrustHint, Wanted
 from bundler.install.elastic.kibana import KibanaOptions, register, unregister
@@ -276,20 +277,18 @@ def undo(receipt: Receipt, access: ElasticAccess) -> list[str]:
         llm.check_access(everything, access)
         kb.check_access(everything, access)
         if connectors and access.kibana is None:
-            raise InstallError(
-                "airgap created Kibana connector(s) "
-                + ", ".join(f"{i} at {u}" for u, _, i in connectors)
-                + " and needs Kibana credentials to delete them",
-                hint="Set AIRGAP_KIBANA_API_KEY (or --kibana-api-key-file / "
-                "--kibana-credentials-file), or pass --keep-elastic to leave them.",
+            raise credentials_needed(
+                "created Kibana connector(s)",
+                [f"{i} at {u}" for u, _, i in connectors],
+                "Kibana",
+                "delete them",
             )
         if endpoints and access.es is None:
-            raise InstallError(
-                "airgap created inference endpoint(s) "
-                + ", ".join(f"{i} at {u}" for u, i in endpoints)
-                + " and needs Elasticsearch credentials to delete them",
-                hint="Set AIRGAP_ES_API_KEY (or --es-api-key-file / --es-credentials-file), "
-                "or pass --keep-elastic to leave them.",
+            raise credentials_needed(
+                "created inference endpoint(s)",
+                [f"{i} at {u}" for u, i in endpoints],
+                "Elasticsearch",
+                "delete them",
             )
         removed += llm.undo(everything, access)
         removed += kb.undo(everything, access)
